@@ -1,0 +1,57 @@
+"""Entry point: builds the Typer app from the subcommand modules and turns expected errors into
+one readable line and a non-zero exit code (never a bare traceback)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from her2score import __version__
+from her2score.errors import Her2ScoreError
+
+app = typer.Typer(
+    name="her2score",
+    help="HER2 scoring from digital pathology: slides, stains, the ASCO/CAP quantifier and slide-level models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+#: Subcommand modules; each defines ``register(app)``. Their heavy imports live inside the commands.
+COMMAND_MODULES = (
+    "her2score.cli.info",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"her2score {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """HER2 scoring from digital pathology."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; expected failures print ``error: FILE: cause`` and exit with status 2."""
+    try:
+        app(args=argv, prog_name="her2score")
+    except Her2ScoreError as exc:
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Manifests, tasks and splits, synthetic cohorts and datasets."""

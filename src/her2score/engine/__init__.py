@@ -1,0 +1,1 @@
+"""The training, evaluation and checkpoint engine shared by every model."""

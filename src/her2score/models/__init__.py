@@ -1,0 +1,1 @@
+"""Slide-level models, created by name through one registry."""

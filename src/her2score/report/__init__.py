@@ -1,0 +1,1 @@
+"""Metrics with confidence intervals, plots, heatmaps and run reports."""

@@ -1,0 +1,487 @@
+"""Open whole slides and plain images alike, and read them at a requested resolution in µm/px.
+
+The format is found from the file's content, never its extension (real data sets ship JPEG bytes
+named ``.png``). Pyramidal formats go through OpenSlide; plain images through Pillow. A region is
+read from the nearest *finer* pyramid level and resized, so that a 2048-px overview of a 100k-px
+slide touches only a small level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2score.errors import MissingMPPError, SlideError
+
+#: Largest plain (non-pyramidal) image decoded into memory, in pixels (about 3 GB as RGB).
+MAX_PLAIN_PIXELS = 1_000_000_000
+#: Smallest side, in pixels, of an image worth analysing.
+MIN_SIDE = 16
+
+_MAGIC_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_MAGIC_PLAIN = {
+    b"\x89PNG": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"BM": "bmp",
+    b"GIF8": "gif",
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: its size in pixels and its resolution."""
+
+    width: int
+    height: int
+    downsample: float
+    mpp: float | None
+
+
+@dataclass
+class SlideInfo:
+    """What ``her2score info`` reports about a slide."""
+
+    path: str
+    format: str
+    vendor: str
+    width: int
+    height: int
+    mpp: float | None
+    levels: list[Level] = field(default_factory=list)
+    objective_power: float | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def sniff_format(path: str | Path) -> str:
+    """Return the file's container format from its first bytes: ``tiff``, ``png``, ``jpeg``, ... .
+
+    Raises:
+        SlideError: the file is missing, empty, a folder, or of no known image format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideError("file does not exist", path)
+    if path.is_dir():
+        if any(path.glob("*.dcm")):
+            return "dicom-folder"
+        raise SlideError("is a folder, not a slide or image file", path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise SlideError(f"cannot be read ({exc.strerror or exc})", path) from exc
+    if not head:
+        raise SlideError("file is empty (0 bytes)", path)
+    if head[:4] in _MAGIC_TIFF:
+        return "tiff"
+    for magic, name in _MAGIC_PLAIN.items():
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if len(head) >= 132 or path.suffix.lower() in {".mrxs", ".vms", ".vmu", ".dcm"}:
+        vendor = _openslide_vendor(path)
+        if vendor:
+            return vendor
+    raise SlideError(
+        f"not a recognised slide or image format (first bytes {head[:8]!r}); "
+        "expected a whole-slide format readable by OpenSlide, TIFF, PNG or JPEG",
+        path,
+    )
+
+
+def _openslide_vendor(path: Path) -> str | None:
+    try:
+        import openslide
+    except ImportError:  # pragma: no cover - openslide is a dependency
+        return None
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception:
+        return None
+
+
+class Slide:
+    """A slide or image, read by resolution in µm/px.
+
+    Coordinates (``location``, ``bounds``) are always level-0 pixels; sizes of returned images are
+    pixels at the requested µm/px.
+
+    Example:
+        >>> slide = Slide.open("case.svs")                       # doctest: +SKIP
+        >>> overview = slide.read_overview(mpp=8.0)              # doctest: +SKIP
+        >>> patch = slide.read_region((1000, 2000), (512, 512), mpp=0.5)  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, fmt: str, backend: _Backend, mpp: float | None) -> None:
+        self.path = path
+        self.format = fmt
+        self._backend = backend
+        self.mpp = mpp
+        self.width, self.height = backend.dimensions
+        if min(self.width, self.height) < MIN_SIDE:
+            raise SlideError(
+                f"image is too small ({self.width}x{self.height} px); at least {MIN_SIDE} px a side needed",
+                path,
+            )
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path, mpp: float | None = None) -> Slide:
+        """Open ``path`` by content. ``mpp`` overrides (or supplies) the level-0 µm/px.
+
+        Raises:
+            SlideError: the file cannot be opened as a slide or image; the message says why.
+        """
+        path = Path(path)
+        fmt = sniff_format(path)
+        if mpp is not None and not (0.01 <= float(mpp) <= 1000):
+            raise SlideError(f"mpp={mpp} is outside the plausible range 0.01-1000 µm/px", path)
+        backend: _Backend
+        if fmt in ("png", "jpeg", "bmp", "gif", "webp"):
+            backend = _PlainBackend(path)
+        else:
+            vendor = _openslide_vendor(path)
+            if vendor is not None:
+                backend = _OpenSlideBackend(path, vendor)
+            elif fmt == "tiff":
+                backend = _PlainBackend(path)
+            else:
+                raise SlideError(f"{fmt} is recognised but cannot be opened", path)
+        level0_mpp = float(mpp) if mpp is not None else backend.mpp
+        return cls(path, fmt, backend, level0_mpp)
+
+    def close(self) -> None:
+        """Release the file handle."""
+        self._backend.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mpp = f"{self.mpp:.3f}" if self.mpp else "unknown"
+        return f"Slide({self.path.name!r}, {self.width}x{self.height}, mpp={mpp}, {self.vendor})"
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def vendor(self) -> str:
+        return self._backend.vendor
+
+    @property
+    def levels(self) -> list[Level]:
+        return [
+            Level(w, h, ds, None if self.mpp is None else self.mpp * ds)
+            for (w, h), ds in zip(self._backend.level_dimensions, self._backend.level_downsamples, strict=True)
+        ]
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self._backend.properties)
+
+    def info(self) -> SlideInfo:
+        """Summary of dimensions, levels, resolution and vendor."""
+        power = self._backend.properties.get("openslide.objective-power")
+        return SlideInfo(
+            path=str(self.path),
+            format=self.format,
+            vendor=self.vendor,
+            width=self.width,
+            height=self.height,
+            mpp=self.mpp,
+            levels=self.levels,
+            objective_power=float(power) if power else None,
+            properties=self.properties,
+        )
+
+    def require_mpp(self) -> float:
+        """Level-0 µm/px, or a clear error when neither the file nor the caller gave it."""
+        if self.mpp is None:
+            raise MissingMPPError(
+                "resolution unknown: the file carries no µm/px metadata; pass mpp= (CLI: --mpp)", self.path
+            )
+        return self.mpp
+
+    # ------------------------------------------------------------------ reading
+    def best_level(self, mpp: float) -> int:
+        """Index of the coarsest level that is still at least as fine as ``mpp``."""
+        target_ds = mpp / self.require_mpp()
+        best = 0
+        for i, ds in enumerate(self._backend.level_downsamples):
+            if ds <= target_ds * 1.001 and ds >= self._backend.level_downsamples[best]:
+                best = i
+        return best
+
+    def read_bounds(self, bounds: tuple[int, int, int, int], mpp: float) -> np.ndarray:
+        """Read the level-0 rectangle ``(x0, y0, x1, y1)`` at ``mpp`` µm/px as an RGB uint8 array.
+
+        Parts outside the slide come back white (background).
+        """
+        x0, y0, x1, y1 = (int(v) for v in bounds)
+        if x1 <= x0 or y1 <= y0:
+            raise SlideError(f"empty region {bounds}", self.path)
+        scale = self.require_mpp() / mpp
+        out_w = max(1, round((x1 - x0) * scale))
+        out_h = max(1, round((y1 - y0) * scale))
+        return self._read(x0, y0, x1 - x0, y1 - y0, out_w, out_h, mpp)
+
+    def read_region(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
+        """Read ``size`` (w, h) output pixels at ``mpp`` µm/px whose top-left is level-0 ``location``."""
+        w, h = (int(v) for v in size)
+        if w <= 0 or h <= 0:
+            raise SlideError(f"empty region size {size}", self.path)
+        factor = mpp / self.require_mpp()
+        return self._read(
+            int(location[0]), int(location[1]), math.ceil(w * factor), math.ceil(h * factor), w, h, mpp
+        )
+
+    def read_overview(self, mpp: float | None = None, max_size: int | None = None) -> tuple[np.ndarray, float]:
+        """Read the whole slide at ``mpp`` µm/px, or fitted so that its longer side is ``max_size``.
+
+        Returns the image and the µm/px it was read at. With both given, the coarser wins.
+        """
+        if mpp is None and max_size is None:
+            raise ValueError("read_overview needs mpp or max_size")
+        level0 = self.require_mpp()
+        target = 0.0
+        if mpp is not None:
+            target = float(mpp)
+        if max_size is not None:
+            target = max(target, level0 * max(self.width, self.height) / max_size)
+        target = max(target, level0)
+        return self.read_bounds((0, 0, self.width, self.height), target), target
+
+    def _read(self, x: int, y: int, w0: int, h0: int, out_w: int, out_h: int, mpp: float) -> np.ndarray:
+        level = self.best_level(mpp)
+        ds = self._backend.level_downsamples[level]
+        lw = max(1, math.ceil(w0 / ds))
+        lh = max(1, math.ceil(h0 / ds))
+        try:
+            region = self._backend.read(level, x, y, lw, lh)
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(f"reading failed at level {level} ({type(exc).__name__}: {exc})", self.path) from exc
+        if region.shape[1] != out_w or region.shape[0] != out_h:
+            region = _resize(region, out_w, out_h)
+        return region
+
+
+def _resize(region: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(region)
+    shrinking = width < region.shape[1]
+    resample = Image.Resampling.BOX if shrinking and region.shape[1] >= 2 * width else Image.Resampling.BILINEAR
+    return np.asarray(img.resize((width, height), resample=resample, reducing_gap=None))
+
+
+# ---------------------------------------------------------------------- backends
+class _Backend:
+    vendor: str = "unknown"
+    dimensions: tuple[int, int]
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+    properties: dict[str, str]
+    mpp: float | None
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _OpenSlideBackend(_Backend):
+    def __init__(self, path: Path, vendor: str) -> None:
+        import openslide
+
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except Exception as exc:
+            raise SlideError(f"OpenSlide cannot open this {vendor} file ({exc})", path) from exc
+        self.path = path
+        self.vendor = vendor
+        self.dimensions = self._slide.dimensions
+        self.level_dimensions = list(self._slide.level_dimensions)
+        self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
+        self.properties = dict(self._slide.properties)
+        self.mpp = _mpp_from_properties(self.properties)
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        rgba = np.asarray(self._slide.read_region((x, y), level, (w, h)))
+        return _rgba_to_rgb(rgba)
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+def _mpp_from_properties(props: dict[str, Any]) -> float | None:
+    """µm/px from OpenSlide properties, falling back to TIFF resolution tags."""
+    for key in ("openslide.mpp-x", "aperio.MPP"):
+        val = props.get(key)
+        if val:
+            try:
+                mpp = float(val)
+            except ValueError:
+                continue
+            if mpp > 0:
+                return mpp
+    res = props.get("tiff.XResolution")
+    unit = str(props.get("tiff.ResolutionUnit", "")).lower()
+    if res:
+        try:
+            r = float(res)
+        except ValueError:
+            return None
+        per_um = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3}.get(unit)
+        if r > 0 and per_um:
+            mpp = per_um / r
+            if 0.01 <= mpp <= 1000:
+                return mpp
+    return None
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite on white: transparent pixels (outside the scanned area) become background."""
+    if rgba.shape[-1] == 3:
+        return np.ascontiguousarray(rgba)
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    out = (rgb * alpha + 255 * (255 - alpha)) // 255
+    return out.astype(np.uint8)
+
+
+class _PlainBackend(_Backend):
+    """A single-resolution image, decoded fully on first read (after a size check)."""
+
+    def __init__(self, path: Path) -> None:
+        from PIL import Image
+
+        self.path = path
+        self.level_downsamples = [1.0]
+        self.properties = {}
+        self._array: np.ndarray | None = None
+        try:
+            with Image.open(path) as img:
+                self.dimensions = img.size
+                self.vendor = (img.format or "image").lower()
+                self._mode = img.mode
+                self.mpp = _mpp_from_pil(img)
+        except Image.DecompressionBombError:
+            self._too_large_from_tiff_header(path)
+        except Exception as exc:
+            raise SlideError(f"cannot be decoded as an image ({type(exc).__name__}: {exc})", path) from exc
+        self.level_dimensions = [self.dimensions]
+        w, h = self.dimensions
+        if w * h > MAX_PLAIN_PIXELS:
+            raise SlideError(
+                f"plain image of {w}x{h} px is too large to decode in memory "
+                f"(limit {MAX_PLAIN_PIXELS / 1e6:.0f} Mpx); convert it to a tiled pyramidal TIFF",
+                path,
+            )
+        if self._mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+            raise SlideError(
+                f"grayscale image (mode {self._mode}): brightfield RGB is needed to separate stains", path
+            )
+
+    def _too_large_from_tiff_header(self, path: Path) -> None:
+        raise SlideError(
+            f"image is too large to decode in memory (limit {MAX_PLAIN_PIXELS / 1e6:.0f} Mpx); "
+            "convert it to a tiled pyramidal TIFF",
+            path,
+        )
+
+    def _load(self) -> np.ndarray:
+        if self._array is None:
+            self._array = load_rgb(self.path)
+        return self._array
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        arr = self._load()
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        sx0, sy0 = max(x, 0), max(y, 0)
+        sx1, sy1 = min(x + w, arr.shape[1]), min(y + h, arr.shape[0])
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = arr[sy0:sy1, sx0:sx1]
+        return out
+
+
+def _mpp_from_pil(img: Any) -> float | None:
+    """µm/px from a TIFF's resolution tags, when present and in a physical unit."""
+    tags = getattr(img, "tag_v2", None)
+    if not tags:
+        return None
+    unit = tags.get(296)  # ResolutionUnit: 2 inch, 3 centimeter
+    xres = tags.get(282)
+    if not xres or unit not in (2, 3):
+        return None
+    r = float(xres)
+    if r <= 0:
+        return None
+    mpp = (25400.0 if unit == 2 else 1e4) / r
+    return mpp if 0.01 <= mpp <= 1000 else None
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode a plain image file into RGB uint8, whatever its mode.
+
+    RGBA is composited on white, palette images expanded, 16-bit RGB scaled to 8 bits; grayscale
+    is refused (stain separation needs colour). Truncated files raise :class:`SlideError`.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P" or mode == "PA":
+                img = img.convert("RGBA")
+                mode = "RGBA"
+            if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+                raise SlideError(f"grayscale image (mode {mode}): brightfield RGB is needed", path)
+            if mode in ("RGB", "RGBA"):
+                arr = np.asarray(img)
+            elif mode == "CMYK" or mode == "YCbCr":
+                arr = np.asarray(img.convert("RGB"))
+            else:
+                arr = None
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(f"cannot be decoded ({type(exc).__name__}: {exc}); the file may be truncated", path) from exc
+    if arr is None:
+        arr = _load_with_tifffile(path)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = _rgba_to_rgb(arr)
+    return np.ascontiguousarray(arr)
+
+
+def _load_with_tifffile(path: Path) -> np.ndarray:
+    """Decode TIFFs Pillow cannot (16-bit RGB and friends) and scale to 8 bits."""
+    import tifffile
+
+    try:
+        arr = tifffile.imread(str(path))
+    except Exception as exc:
+        raise SlideError(f"cannot be decoded ({type(exc).__name__}: {exc})", path) from exc
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise SlideError(f"unsupported image layout {arr.shape} {arr.dtype}: RGB needed", path)
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.integer):
+            arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255.0).round().astype(np.uint8)
+        else:
+            arr = (np.clip(arr, 0, 1) * 255.0).round().astype(np.uint8)
+    return arr
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a slide or image by content; see :meth:`Slide.open`."""
+    return Slide.open(path, mpp=mpp)
