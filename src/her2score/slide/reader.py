@@ -1,14 +1,18 @@
 """Open whole slides and plain images alike, and read them at a requested resolution in µm/px.
 
 The format is found from the file's content, never its extension (real data sets ship JPEG bytes
-named ``.png``). Pyramidal formats go through OpenSlide; plain images through Pillow. A region is
+named ``.png``). Vendor formats go through OpenSlide, generic tiled TIFFs (successive-IFD or
+SubIFD pyramids) through tifffile, plain images through Pillow. A region is
 read from the nearest *finer* pyramid level and resized, so that a 2048-px overview of a 100k-px
 slide touches only a small level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from her2score.errors import MissingMPPError, SlideError
 
 #: Largest plain (non-pyramidal) image decoded into memory, in pixels (about 3 GB as RGB).
 MAX_PLAIN_PIXELS = 1_000_000_000
+#: Plain images up to this many pixels are decoded when opened, so that a corrupt file fails early.
+EAGER_DECODE_PIXELS = 64_000_000
 #: Smallest side, in pixels, of an image worth analysing.
 MIN_SIDE = 16
 
@@ -83,10 +89,9 @@ def sniff_format(path: str | Path) -> str:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if len(head) >= 132 or path.suffix.lower() in {".mrxs", ".vms", ".vmu", ".dcm"}:
-        vendor = _openslide_vendor(path)
-        if vendor:
-            return vendor
+    vendor = _openslide_vendor(path)  # formats without a magic number of their own (MRXS, VMS, DICOM)
+    if vendor:
+        return vendor
     raise SlideError(
         f"not a recognised slide or image format (first bytes {head[:8]!r}); "
         "expected a whole-slide format readable by OpenSlide, TIFF, PNG or JPEG",
@@ -141,15 +146,35 @@ class Slide:
         fmt = sniff_format(path)
         if mpp is not None and not (0.01 <= float(mpp) <= 1000):
             raise SlideError(f"mpp={mpp} is outside the plausible range 0.01-1000 µm/px", path)
+        layout = None
+        if fmt == "tiff":
+            try:
+                layout = _inspect_tiff(path)
+            except SlideError as exc:
+                # A vendor TIFF dialect tifffile cannot parse is still fine when OpenSlide reads it;
+                # a truncated or grayscale file is not.
+                if exc.cause.startswith(("truncated", "grayscale")) or _openslide_vendor(path) is None:
+                    raise
         backend: _Backend
         if fmt in ("png", "jpeg", "bmp", "gif", "webp"):
             backend = _PlainBackend(path)
+        elif fmt == "dicom-folder":  # OpenSlide opens a DICOM slide from any file of its series
+            first = sorted(path.glob("*.dcm"))[0]
+            vendor = _openslide_vendor(first)
+            if vendor is None:
+                raise SlideError("folder of DICOM files that OpenSlide cannot read as a slide", path)
+            backend = _OpenSlideBackend(first, vendor)
         else:
             vendor = _openslide_vendor(path)
-            if vendor is not None:
+            if layout is not None and layout.tiled and layout.plain_rgb and vendor in (None, "generic-tiff"):
+                # Generic tiled RGB TIFFs are read with tifffile: OpenSlide's generic-tiff reader sees
+                # only successive IFDs, not SubIFD pyramids (an overview would then decode level 0),
+                # and tifffile decodes the tiles several times faster.
+                backend = _TiffBackend(path, layout, vendor or "tiff")
+            elif vendor is not None:
                 backend = _OpenSlideBackend(path, vendor)
             elif fmt == "tiff":
-                backend = _PlainBackend(path)
+                backend = _PlainBackend(path, layout)
             else:
                 raise SlideError(f"{fmt} is recognised but cannot be opened", path)
         level0_mpp = float(mpp) if mpp is not None else backend.mpp
@@ -178,7 +203,9 @@ class Slide:
     def levels(self) -> list[Level]:
         return [
             Level(w, h, ds, None if self.mpp is None else self.mpp * ds)
-            for (w, h), ds in zip(self._backend.level_dimensions, self._backend.level_downsamples, strict=True)
+            for (w, h), ds in zip(
+                self._backend.level_dimensions, self._backend.level_downsamples, strict=True
+            )
         ]
 
     @property
@@ -241,7 +268,9 @@ class Slide:
             int(location[0]), int(location[1]), math.ceil(w * factor), math.ceil(h * factor), w, h, mpp
         )
 
-    def read_overview(self, mpp: float | None = None, max_size: int | None = None) -> tuple[np.ndarray, float]:
+    def read_overview(
+        self, mpp: float | None = None, max_size: int | None = None
+    ) -> tuple[np.ndarray, float]:
         """Read the whole slide at ``mpp`` µm/px, or fitted so that its longer side is ``max_size``.
 
         Returns the image and the µm/px it was read at. With both given, the coarser wins.
@@ -262,12 +291,22 @@ class Slide:
         ds = self._backend.level_downsamples[level]
         lw = max(1, math.ceil(w0 / ds))
         lh = max(1, math.ceil(h0 / ds))
+        if lw * lh > MAX_PLAIN_PIXELS or out_w * out_h > MAX_PLAIN_PIXELS:
+            raise SlideError(
+                f"region of {max(lw, out_w)}x{max(lh, out_h)} px at {mpp:g} µm/px is too large to read at "
+                "once; read it in tiles or at a coarser µm/px",
+                self.path,
+            )
         try:
             region = self._backend.read(level, x, y, lw, lh)
         except SlideError:
             raise
         except Exception as exc:
-            raise SlideError(f"reading failed at level {level} ({type(exc).__name__}: {exc})", self.path) from exc
+            raise SlideError(
+                f"reading failed at {ds * self.require_mpp():.3g} µm/px ({type(exc).__name__}: {exc}); "
+                "the file may be truncated or corrupt",
+                self.path,
+            ) from exc
         if region.shape[1] != out_w or region.shape[0] != out_h:
             region = _resize(region, out_w, out_h)
         return region
@@ -278,7 +317,9 @@ def _resize(region: np.ndarray, width: int, height: int) -> np.ndarray:
 
     img = Image.fromarray(region)
     shrinking = width < region.shape[1]
-    resample = Image.Resampling.BOX if shrinking and region.shape[1] >= 2 * width else Image.Resampling.BILINEAR
+    resample = (
+        Image.Resampling.BOX if shrinking and region.shape[1] >= 2 * width else Image.Resampling.BILINEAR
+    )
     return np.asarray(img.resize((width, height), resample=resample, reducing_gap=None))
 
 
@@ -352,6 +393,8 @@ def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite on white: transparent pixels (outside the scanned area) become background."""
     if rgba.shape[-1] == 3:
         return np.ascontiguousarray(rgba)
+    if rgba[..., 3].min() == 255:  # fully opaque, the usual case: no arithmetic needed
+        return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16)
     alpha = rgba[..., 3:4].astype(np.uint16)
     out = (rgb * alpha + 255 * (255 - alpha)) // 255
@@ -359,9 +402,13 @@ def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
 
 
 class _PlainBackend(_Backend):
-    """A single-resolution image, decoded fully on first read (after a size check)."""
+    """A single-resolution image; its size is checked from the header before anything is decoded.
 
-    def __init__(self, path: Path) -> None:
+    Images up to :data:`EAGER_DECODE_PIXELS` are decoded at once, so that a truncated or corrupt file
+    fails when opened rather than half-way through an analysis.
+    """
+
+    def __init__(self, path: Path, layout: _TiffLayout | None = None) -> None:
         from PIL import Image
 
         self.path = path
@@ -369,34 +416,30 @@ class _PlainBackend(_Backend):
         self.properties = {}
         self._array: np.ndarray | None = None
         try:
-            with Image.open(path) as img:
+            with _no_pillow_bomb_check(), Image.open(path) as img:
                 self.dimensions = img.size
                 self.vendor = (img.format or "image").lower()
                 self._mode = img.mode
                 self.mpp = _mpp_from_pil(img)
-        except Image.DecompressionBombError:
-            self._too_large_from_tiff_header(path)
         except Exception as exc:
-            raise SlideError(f"cannot be decoded as an image ({type(exc).__name__}: {exc})", path) from exc
+            if layout is None:
+                raise SlideError(
+                    f"cannot be decoded as an image ({type(exc).__name__}: {exc})", path
+                ) from exc
+            # Pillow does not read every TIFF (e.g. 16-bit RGB, some compressions); tifffile will.
+            self.dimensions = layout.levels[0]
+            self.vendor = "tiff"
+            self._mode = "tifffile"
+            self.mpp = layout.mpp
         self.level_dimensions = [self.dimensions]
         w, h = self.dimensions
-        if w * h > MAX_PLAIN_PIXELS:
-            raise SlideError(
-                f"plain image of {w}x{h} px is too large to decode in memory "
-                f"(limit {MAX_PLAIN_PIXELS / 1e6:.0f} Mpx); convert it to a tiled pyramidal TIFF",
-                path,
-            )
-        if self._mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        check_decodable_size(w, h, path)
+        if self._mode in _GRAY_MODES:
             raise SlideError(
                 f"grayscale image (mode {self._mode}): brightfield RGB is needed to separate stains", path
             )
-
-    def _too_large_from_tiff_header(self, path: Path) -> None:
-        raise SlideError(
-            f"image is too large to decode in memory (limit {MAX_PLAIN_PIXELS / 1e6:.0f} Mpx); "
-            "convert it to a tiled pyramidal TIFF",
-            path,
-        )
+        if w * h <= EAGER_DECODE_PIXELS and min(w, h) >= MIN_SIDE:
+            self._load()
 
     def _load(self) -> np.ndarray:
         if self._array is None:
@@ -411,6 +454,226 @@ class _PlainBackend(_Backend):
         if sx1 > sx0 and sy1 > sy0:
             out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = arr[sy0:sy1, sx0:sx1]
         return out
+
+
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+@contextlib.contextmanager
+def _no_pillow_bomb_check() -> Iterator[None]:
+    """Pillow's decompression-bomb limit is replaced by our own size check, which names the file."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def check_decodable_size(width: int, height: int, path: str | Path) -> None:
+    """Refuse, before decoding, a plain image too large to hold in memory (its header gives the size).
+
+    Raises:
+        SlideError: over :data:`MAX_PLAIN_PIXELS`, or needing more than half of this machine's memory.
+    """
+    pixels = int(width) * int(height)
+    needed = pixels * 3 * 2  # the decoded RGB array plus one working copy
+    memory = _physical_memory_bytes()
+    if pixels > MAX_PLAIN_PIXELS or (memory is not None and needed > memory // 2):
+        have = f"; this machine has {memory / 2**30:.1f} GiB" if memory else ""
+        raise SlideError(
+            f"plain image of {width}x{height} px is too large to decode in memory "
+            f"(needs about {needed / 2**30:.1f} GiB{have}, limit {MAX_PLAIN_PIXELS / 1e6:.0f} Mpx); "
+            "convert it to a tiled pyramidal TIFF",
+            path,
+        )
+
+
+@dataclass(frozen=True)
+class _TiffLayout:
+    """What tifffile reads from a TIFF's header: the main image's pyramid and how it is stored."""
+
+    levels: list[tuple[int, int]]  # (width, height) per level, finest first
+    tiled: bool
+    mpp: float | None
+    dtype: str
+    plain_rgb: bool  # interleaved RGB(A) or YCbCr, 8 or 16 bits: what the tifffile backend decodes
+
+
+def _inspect_tiff(path: Path) -> _TiffLayout:
+    """Read a TIFF's structure (no pixel data) and refuse truncated, grayscale or odd files."""
+    import logging
+
+    import tifffile
+
+    size = path.stat().st_size
+    log = logging.getLogger("tifffile")
+    saved_level = log.level
+    log.setLevel(logging.CRITICAL)  # tifffile logs corrupt IFDs; we report them as one error instead
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            pages = [lvl.pages[0] for lvl in series.levels]
+            pages = [p for p in pages if p is not None]
+            if not pages:
+                raise SlideError("TIFF holds no image", path)
+            first = pages[0]
+            end = max(
+                (
+                    int(o) + int(c)
+                    for p in pages
+                    for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)
+                ),
+                default=0,
+            )
+            levels = [(int(p.imagewidth), int(p.imagelength)) for p in pages]
+            samples = int(first.samplesperpixel)
+            photometric = int(first.photometric)
+            dtype = str(first.dtype)
+            tiled = all(p.is_tiled for p in pages)
+            plain_rgb = all(
+                int(p.planarconfig) == 1
+                and int(p.photometric) in (2, 6)  # RGB, YCbCr
+                and int(p.samplesperpixel) in (3, 4)
+                and str(p.dtype) in ("uint8", "uint16")
+                for p in pages
+            )
+            mpp = _mpp_from_tifffile_page(first)
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(
+            f"TIFF structure is unreadable ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt",
+            path,
+        ) from exc
+    finally:
+        log.setLevel(saved_level)
+    if end > size:
+        raise SlideError(
+            f"truncated TIFF: image data runs to byte {end:,} but the file ends at {size:,} bytes", path
+        )
+    if samples == 1 and photometric in (0, 1):  # MINISWHITE, MINISBLACK
+        raise SlideError(f"grayscale TIFF ({dtype}): brightfield RGB is needed to separate stains", path)
+    if samples == 2:
+        raise SlideError("grayscale TIFF with alpha: brightfield RGB is needed to separate stains", path)
+    return _TiffLayout(levels=levels, tiled=tiled, mpp=mpp, dtype=dtype, plain_rgb=plain_rgb)
+
+
+def _mpp_from_tifffile_page(page: Any) -> float | None:
+    tag_res = page.tags.get("XResolution")
+    tag_unit = page.tags.get("ResolutionUnit")
+    if tag_res is None or tag_unit is None:
+        return None
+    num, den = tag_res.value if isinstance(tag_res.value, tuple) else (tag_res.value, 1)
+    unit = int(tag_unit.value)
+    if not den or unit not in (2, 3):
+        return None
+    res = float(num) / float(den)
+    if res <= 0:
+        return None
+    mpp = (25400.0 if unit == 2 else 1e4) / res
+    return mpp if 0.01 <= mpp <= 1000 else None
+
+
+class _TiffBackend(_Backend):
+    """Generic tiled RGB TIFFs (successive-IFD or SubIFD pyramids), read with tifffile.
+
+    Only the tiles that overlap a requested region are read and decoded.
+    """
+
+    def __init__(self, path: Path, layout: _TiffLayout, vendor: str = "generic-tiff") -> None:
+        import threading
+
+        import tifffile
+
+        self.path = path
+        self.vendor = vendor
+        self._lock = threading.Lock()
+        try:
+            self._tif = tifffile.TiffFile(str(path))
+            self._pages = [lvl.pages[0] for lvl in self._tif.series[0].levels]
+        except Exception as exc:
+            raise SlideError(f"TIFF cannot be opened ({type(exc).__name__}: {exc})", path) from exc
+        self.dimensions = layout.levels[0]
+        self.level_dimensions = list(layout.levels)
+        w0 = layout.levels[0][0]
+        self.level_downsamples = [w0 / w for w, _ in layout.levels]
+        self.mpp = layout.mpp
+        self.properties = {"tiff.levels": str(len(layout.levels)), "tiff.dtype": layout.dtype}
+        if self.mpp is not None:
+            self.properties["tiff.mpp"] = f"{self.mpp:.6g}"
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        page = self._pages[level]
+        ds = self.level_downsamples[level]
+        lx, ly = math.floor(x / ds), math.floor(y / ds)
+        lw_img, lh_img = self.level_dimensions[level]
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        tw, th = int(page.tilewidth), int(page.tilelength)
+        across = math.ceil(lw_img / tw)
+        rows = range(max(0, ly // th), min(math.ceil(lh_img / th), math.ceil((ly + h) / th)))
+        cols = range(max(0, lx // tw), min(across, math.ceil((lx + w) / tw)))
+        # Read the compressed tiles in file order (one file handle), then decode them in threads:
+        # the codecs release the GIL.
+        jobs = []
+        fh = self._tif.filehandle
+        with self._lock:  # one shared file position
+            for ty in rows:
+                for tx in cols:
+                    index = ty * across + tx
+                    count = int(page.databytecounts[index])
+                    if count == 0:  # a tile never written: background
+                        continue
+                    fh.seek(int(page.dataoffsets[index]))
+                    jobs.append((tx, ty, index, fh.read(count)))
+
+        def paste(job: tuple[int, int, int, bytes]) -> None:
+            tx, ty, index, data = job
+            tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            tile = _to_rgb8(np.asarray(tile).reshape(th, tw, -1))
+            x0, y0 = max(lx, tx * tw), max(ly, ty * th)  # overlap with the window, in level px
+            x1, y1 = min(lx + w, (tx + 1) * tw, lw_img), min(ly + h, (ty + 1) * th, lh_img)
+            if x1 > x0 and y1 > y0:
+                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = tile[
+                    y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw
+                ]
+
+        if len(jobs) <= 2:
+            for job in jobs:
+                paste(job)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1, 8)) as pool:
+                list(pool.map(paste, jobs))
+        return out
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def _to_rgb8(arr: np.ndarray) -> np.ndarray:
+    """Any RGB(A) array of 8 or 16 bits (or floats in 0-1) as RGB uint8, RGBA composited on white."""
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.integer):
+            arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255.0).round().astype(np.uint8)
+        else:
+            arr = (np.clip(arr, 0, 1) * 255.0).round().astype(np.uint8)
+    if arr.shape[-1] == 4:
+        return _rgba_to_rgb(arr)
+    if arr.shape[-1] != 3:
+        raise ValueError(f"{arr.shape[-1]} samples per pixel: RGB needed")
+    return arr
 
 
 def _mpp_from_pil(img: Any) -> float | None:
@@ -433,52 +696,59 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """Decode a plain image file into RGB uint8, whatever its mode.
 
     RGBA is composited on white, palette images expanded, 16-bit RGB scaled to 8 bits; grayscale
-    is refused (stain separation needs colour). Truncated files raise :class:`SlideError`.
+    is refused (stain separation needs colour), and so is an image too large for memory, from its
+    header before decoding. Truncated or corrupt files raise :class:`SlideError`.
     """
     from PIL import Image
 
     path = Path(path)
+    sniff_format(path)
+    arr: np.ndarray | None = None
     try:
-        with Image.open(path) as img:
-            img.load()
+        with _no_pillow_bomb_check(), Image.open(path) as img:
+            check_decodable_size(*img.size, path)
             mode = img.mode
-            if mode == "P" or mode == "PA":
+            if mode in _GRAY_MODES:
+                raise SlideError(f"grayscale image (mode {mode}): brightfield RGB is needed", path)
+            img.load()
+            if mode in ("P", "PA"):
                 img = img.convert("RGBA")
                 mode = "RGBA"
-            if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-                raise SlideError(f"grayscale image (mode {mode}): brightfield RGB is needed", path)
             if mode in ("RGB", "RGBA"):
                 arr = np.asarray(img)
-            elif mode == "CMYK" or mode == "YCbCr":
+            elif mode in ("CMYK", "YCbCr", "RGBX", "RGBa", "LAB", "HSV"):
                 arr = np.asarray(img.convert("RGB"))
-            else:
-                arr = None
     except SlideError:
         raise
     except Exception as exc:
-        raise SlideError(f"cannot be decoded ({type(exc).__name__}: {exc}); the file may be truncated", path) from exc
-    if arr is None:
+        if sniff_format(path) != "tiff":
+            raise SlideError(
+                f"cannot be decoded ({type(exc).__name__}: {exc}); the file may be truncated or corrupt", path
+            ) from exc
+    if arr is None:  # TIFFs Pillow cannot read or convert, e.g. 16-bit RGB
         arr = _load_with_tifffile(path)
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = _rgba_to_rgb(arr)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(_to_rgb8(arr))
 
 
 def _load_with_tifffile(path: Path) -> np.ndarray:
-    """Decode TIFFs Pillow cannot (16-bit RGB and friends) and scale to 8 bits."""
+    """Decode TIFFs Pillow cannot (16-bit RGB and friends); scaling to 8 bits is left to the caller."""
     import tifffile
 
     try:
-        arr = tifffile.imread(str(path))
+        with tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages[0]
+            check_decodable_size(int(page.imagewidth), int(page.imagelength), path)
+            arr = page.asarray()
+    except SlideError:
+        raise
     except Exception as exc:
-        raise SlideError(f"cannot be decoded ({type(exc).__name__}: {exc})", path) from exc
+        raise SlideError(
+            f"cannot be decoded ({type(exc).__name__}: {exc}); the file may be truncated or corrupt", path
+        ) from exc
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 2)):
+        raise SlideError(f"grayscale image ({arr.dtype}): brightfield RGB is needed", path)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise SlideError(f"unsupported image layout {arr.shape} {arr.dtype}: RGB needed", path)
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.integer):
-            arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255.0).round().astype(np.uint8)
-        else:
-            arr = (np.clip(arr, 0, 1) * 255.0).round().astype(np.uint8)
     return arr
 
 

@@ -65,7 +65,7 @@ def separate_stains(rgb: np.ndarray, stains: StainMatrix | str = "hdab") -> dict
     matrix = STAINS[stains] if isinstance(stains, str) else stains
     m = matrix.matrix()
     inv = np.linalg.inv(m).astype(np.float32)
-    od = rgb_to_od(rgb)
+    od = rgb_to_od(np.asarray(rgb)[..., :3])  # an alpha channel, if any, carries no stain
     conc = od.reshape(-1, 3) @ inv
     conc = conc.reshape(*od.shape[:-1], 3)
     names = (*matrix.names, "residual") if len(matrix.names) == 2 else matrix.names
@@ -87,15 +87,13 @@ def combine_stains(concentrations: dict[str, np.ndarray], stains: StainMatrix | 
     return od_to_rgb(od.reshape(*first.shape, 3))
 
 
-def estimate_stain_vectors(
-    rgb: np.ndarray, od_threshold: float = 0.15, alpha: float = 1.0
-) -> StainMatrix:
+def estimate_stain_vectors(rgb: np.ndarray, od_threshold: float = 0.15, alpha: float = 1.0) -> StainMatrix:
     """Estimate two stain vectors from an image (Macenko et al., 2009).
 
     Useful to adapt the defaults to a lab's staining. The first returned stain is the one closer to
     hematoxylin, the second the other (DAB or eosin).
     """
-    od = rgb_to_od(rgb).reshape(-1, 3)
+    od = rgb_to_od(np.asarray(rgb)[..., :3]).reshape(-1, 3)
     od = od[np.all(od > od_threshold, axis=1)]
     if od.shape[0] < 100:
         raise ValueError("too few stained pixels to estimate stain vectors")
