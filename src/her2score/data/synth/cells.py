@@ -1,0 +1,475 @@
+"""Cell layouts and their ground truth: where the tissue, tumour nests, stroma, fat and cells are, and
+how strongly each tumour cell's membrane (HER2) or nucleus (ER/PR) carries DAB.
+
+The HER2 truth follows ASCO/CAP 2018 cumulatively: 3+ when more than 10% of tumour cells have intense
+complete membrane staining; else 2+ when more than 10% have complete staining of any intensity; else 1+
+when more than 10% have any (faint, incomplete) staining; else 0. ER/PR are positive when at least 1% of
+tumour nuclei stain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MEMBRANE_CLASSES = ("none", "faint-incomplete", "faint-complete", "moderate-complete", "intense-complete")
+HER2_CATEGORIES = ("0", "1+", "2+", "3+")
+RECEPTOR_CATEGORIES = ("neg", "pos")
+MARKERS = ("her2", "er", "pr")
+CELL_TYPES = ("tumour", "fibroblast", "lymphocyte", "adipocyte", "dust")
+
+#: Intensity (0 none .. 3 intense) of each membrane class, in MEMBRANE_CLASSES order.
+MEMBRANE_INTENSITY = np.array([0, 1, 1, 2, 3], dtype=np.int8)
+#: Typical membrane DAB optical density per intensity (0, 1, 2, 3), before site and slide gains.
+MEMBRANE_DAB_OD = np.array([0.0, 0.16, 0.42, 1.0], dtype=np.float32)
+#: Typical nuclear DAB optical density per intensity for ER/PR.
+NUCLEAR_DAB_OD = np.array([0.0, 0.22, 0.5, 0.9], dtype=np.float32)
+
+#: Coarse grid used for region maps (tissue, tumour, fat, artefacts), in µm/px.
+COARSE_MPP = 4.0
+
+#: Nominal "grade" (morphological aggressiveness, 0..1) by HER2 category: higher HER2 goes with higher
+#: cellularity and larger, more pleomorphic nuclei on average, with strong overlap (noise added per case).
+GRADE_BY_HER2 = {"0": 0.2, "1+": 0.3, "2+": 0.45, "3+": 0.7}
+
+
+# --------------------------------------------------------------------------- ASCO/CAP truth
+def her2_category(membrane_class: Sequence[str] | np.ndarray) -> str:
+    """HER2 IHC category (``0``, ``1+``, ``2+``, ``3+``) of a set of tumour cells by the ASCO/CAP 10% rule."""
+    codes = _class_codes(membrane_class)
+    return HER2_CATEGORIES[_category_index(codes)]
+
+
+def receptor_status(nuclear_positive: Sequence[bool] | np.ndarray) -> str:
+    """ER/PR status (``pos`` when at least 1% of tumour nuclei stain, else ``neg``)."""
+    pos = np.asarray(nuclear_positive, dtype=bool)
+    if pos.size == 0:
+        return "neg"
+    return "pos" if int(pos.sum()) * 100 >= pos.size else "neg"
+
+
+def _class_codes(membrane_class: Sequence[str] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(membrane_class)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int8)
+    lookup = {name: i for i, name in enumerate(MEMBRANE_CLASSES)}
+    return np.array([lookup[str(c)] for c in arr], dtype=np.int8)
+
+
+def _category_index(codes: np.ndarray) -> int:
+    n = codes.size
+    if n == 0:
+        return 0
+    if int((codes == 4).sum()) * 10 > n:
+        return 3
+    if int((codes >= 2).sum()) * 10 > n:
+        return 2
+    if int((codes >= 1).sum()) * 10 > n:
+        return 1
+    return 0
+
+
+def draw_membrane_mixture(category: str, rng: np.random.Generator) -> np.ndarray:
+    """Fractions of tumour cells in each membrane class for one case of ``category``.
+
+    Ranges overlap near the thresholds (a 1+ case may have 13% faint incomplete cells, a 0 case 8%) and
+    positive cases mix classes (a 3+ case has moderate and faint cells too).
+    """
+    u = rng.uniform
+    if category == "0":
+        stained = u(0.0, 0.02) if u() < 0.5 else u(0.02, 0.085)
+        p = [1 - stained, 0.9 * stained, 0.1 * stained, 0.0, 0.0]
+    elif category == "1+":
+        fi = u(0.13, 0.8)
+        fc, mc = u(0.0, 0.05), u(0.0, 0.03)
+        p = [1 - fi - fc - mc, fi, fc, mc, 0.0]
+    elif category == "2+":
+        complete = u(0.13, 0.75)
+        share = u(0.3, 0.75)
+        ic = u(0.0, 0.07)
+        fi = u(0.05, 0.35) * (1 - complete - ic)
+        p = [1 - complete - ic - fi, fi, complete * share, complete * (1 - share), ic]
+    elif category == "3+":
+        ic = u(0.13, 0.9)
+        mc = u(0.03, 0.35) * (1 - ic)
+        fc = u(0.0, 0.3) * (1 - ic - mc)
+        fi = u(0.0, 0.4) * (1 - ic - mc - fc)
+        p = [1 - ic - mc - fc - fi, fi, fc, mc, ic]
+    else:
+        raise ValueError(f"unknown HER2 category {category!r}; expected one of {HER2_CATEGORIES}")
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+    return p / p.sum()
+
+
+def enforce_her2_category(codes: np.ndarray, category: str, rng: np.random.Generator) -> np.ndarray:
+    """Re-label the fewest cells so that ``codes`` (membrane class indices) score ``category``.
+
+    Drawn fractions already sit inside the category; this only fixes sampling noise on small patches.
+    """
+    codes = codes.copy()
+    n = codes.size
+    if n == 0:
+        return codes
+    limit, need = n // 10, n // 10 + 1  # "≤10%" allows `limit` cells; ">10%" needs `need`
+
+    def pick(mask: np.ndarray, k: int) -> np.ndarray:
+        return rng.permutation(np.flatnonzero(mask))[:k]
+
+    def at_most(mask: np.ndarray, k_max: int, to: int) -> None:
+        excess = int(mask.sum()) - k_max
+        if excess > 0:
+            codes[pick(mask, excess)] = to
+
+    def at_least(mask: np.ndarray, k_min: int, to: int | np.ndarray) -> None:
+        lack = k_min - int(mask.sum())
+        if lack > 0:
+            idx = pick(~mask, lack)
+            codes[idx] = to if np.isscalar(to) else rng.choice(to, size=idx.size)
+
+    cat = HER2_CATEGORIES.index(category)
+    if cat == 3:
+        at_least(codes == 4, need, 4)
+    elif cat == 2:
+        at_most(codes == 4, limit, 3)
+        at_least(codes >= 2, need, np.array([2, 3]))
+    elif cat == 1:
+        at_most(codes >= 2, limit, 1)
+        at_least(codes >= 1, need, 1)
+    else:
+        at_most(codes >= 1, limit, 0)
+    assert _category_index(codes) == cat
+    return codes
+
+
+def draw_receptor_fraction(status: str, rng: np.random.Generator) -> float:
+    """Fraction of ER/PR-positive tumour nuclei for a case of ``status`` (``pos``/``neg``)."""
+    if status == "pos":
+        return rng.uniform(0.015, 0.1) if rng.uniform() < 0.15 else rng.uniform(0.3, 0.97)
+    if status == "neg":
+        return 0.0 if rng.uniform() < 0.6 else rng.uniform(0.0, 0.006)
+    raise ValueError(f"unknown receptor status {status!r}; expected 'pos' or 'neg'")
+
+
+def enforce_receptor_status(positive: np.ndarray, status: str, rng: np.random.Generator) -> np.ndarray:
+    """Flip the fewest nuclei so that ``positive`` scores ``status`` by the 1% rule."""
+    positive = positive.copy()
+    n = positive.size
+    if n == 0:
+        return positive
+    k = int(positive.sum())
+    need = -(-n // 100)  # ceil(1% of n)
+    if status == "pos" and k < need:
+        positive[rng.permutation(np.flatnonzero(~positive))[: need - k]] = True
+    elif status == "neg" and k >= need:
+        positive[rng.permutation(np.flatnonzero(positive))[: k - need + 1]] = False
+    return positive
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass
+class Case:
+    """What a layout must show: the marker on the section and the patient's true statuses."""
+
+    her2: str = "0"
+    er: str = "neg"
+    pr: str = "neg"
+    marker: str = "her2"
+    grade: float = 0.3
+
+
+@dataclass
+class Layout:
+    """Region maps on a coarse grid and every cell of a section, in level-0 pixels."""
+
+    height: int
+    width: int
+    mpp: float
+    coarse_factor: int  # level-0 px per coarse px
+    fields: dict[str, np.ndarray]  # coarse float32 maps in 0..1: tissue, tumour, fat, ink, fold, focus
+    cells: dict[str, np.ndarray]  # per-cell arrays of equal length
+    case: Case
+    blush: float = 0.0  # cytoplasmic (non-membranous) DAB in tumour, OD
+    dab_gain: float = 1.0  # slide-level staining strength (batch variation)
+    ink_colour: int = 0
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian-filtered white noise (drawn coarser and zoomed when smooth)."""
+    step = max(1, int(sigma / 3))
+    small = (-(-shape[0] // step), -(-shape[1] // step))
+    noise = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), sigma / step, mode="wrap")
+    if step > 1:
+        noise = ndimage.zoom(noise, step, order=1, mode="grid-wrap", grid_mode=True)[: shape[0], : shape[1]]
+    return (noise - noise.mean()) / (noise.std() + 1e-6)
+
+
+def _tissue_pieces(shape: tuple[int, int], n_pieces: int, rng: np.random.Generator) -> np.ndarray:
+    """1-3 irregular tissue blobs (biopsy cores or resection pieces) as a soft 0..1 map."""
+    hc, wc = shape
+    yy, xx = np.mgrid[0:hc, 0:wc].astype(np.float32)
+    wobble = _smooth_noise(shape, max(hc, wc) / 18, rng)
+    field_ = np.full(shape, -1.0, dtype=np.float32)
+    for i in range(n_pieces):
+        # Pieces share the slide along its long axis so that they rarely overlap.
+        along = (i + rng.uniform(0.35, 0.65)) / n_pieces
+        cy, cx = (
+            (hc * rng.uniform(0.35, 0.65), wc * along)
+            if wc >= hc
+            else (hc * along, wc * rng.uniform(0.35, 0.65))
+        )
+        span = min(hc, wc * 1.0 / n_pieces) if wc >= hc else min(wc, hc * 1.0 / n_pieces)
+        a = span * rng.uniform(0.22, 0.36)
+        b = a * rng.uniform(0.45, 1.0)
+        if wc >= hc and n_pieces == 1:
+            a, b = wc * rng.uniform(0.22, 0.34), hc * rng.uniform(0.2, 0.34)
+        theta = rng.uniform(0, np.pi)
+        c, s = np.cos(theta), np.sin(theta)
+        u = ((xx - cx) * c + (yy - cy) * s) / a
+        v = (-(xx - cx) * s + (yy - cy) * c) / b
+        field_ = np.maximum(field_, 1.0 - np.sqrt(u * u + v * v))
+    field_ += 0.22 * wobble
+    return np.clip(field_ / 0.04, 0.0, 1.0)
+
+
+def _threshold_fraction(noise: np.ndarray, inside: np.ndarray, fraction: float) -> np.ndarray:
+    """Soft mask where ``noise`` is in its top ``fraction`` within ``inside``."""
+    if fraction <= 0 or not inside.any():
+        return np.zeros_like(noise)
+    t = np.quantile(noise[inside], 1.0 - min(fraction, 1.0))
+    return np.clip((noise - t) / 0.15 + 0.5, 0.0, 1.0) * inside
+
+
+def _hex_grid(h: int, w: int, spacing: float, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """Jittered hexagonal grid of points (y, x) covering an h×w area (float, level-0 px)."""
+    dy = spacing * np.sqrt(3) / 2
+    ys = np.arange(dy / 2, h, dy)
+    xs = np.arange(spacing / 2, w + spacing, spacing)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    xx = xx + (np.arange(ys.size)[:, None] % 2) * spacing / 2
+    pts = np.stack([yy.ravel(), xx.ravel()], axis=1)
+    pts += rng.normal(0, jitter * spacing, pts.shape)
+    keep = (pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w)
+    return pts[keep]
+
+
+def _lookup(fieldmap: np.ndarray, pts: np.ndarray, factor: int) -> np.ndarray:
+    iy = np.clip((pts[:, 0] // factor).astype(np.int64), 0, fieldmap.shape[0] - 1)
+    ix = np.clip((pts[:, 1] // factor).astype(np.int64), 0, fieldmap.shape[1] - 1)
+    return fieldmap[iy, ix]
+
+
+def _stroke(shape: tuple[int, int], rng: np.random.Generator, width: float) -> np.ndarray:
+    """A pen-ink stroke (a wobbly thick line) on the coarse grid."""
+    from skimage.draw import disk
+
+    hc, wc = shape
+    out = np.zeros(shape, dtype=np.float32)
+    y, x = rng.uniform(0.1, 0.9) * hc, rng.uniform(0.05, 0.3) * wc
+    angle = rng.uniform(-0.6, 0.6)
+    n = int(rng.uniform(0.2, 0.5) * wc / max(width / 3, 1))
+    for _ in range(n):
+        rr, cc = disk((y, x), width / 2, shape=shape)
+        out[rr, cc] = 1.0
+        angle += rng.normal(0, 0.12)
+        y += np.sin(angle) * width / 3
+        x += np.cos(angle) * width / 3
+    return ndimage.gaussian_filter(out, 1.0)
+
+
+def build_layout(
+    shape: tuple[int, int],
+    mpp: float,
+    case: Case,
+    rng: np.random.Generator,
+    *,
+    whole_slide: bool = True,
+    artefacts: bool = True,
+) -> Layout:
+    """Draw the regions and cells of one section of ``shape`` (h, w) level-0 px at ``mpp`` µm/px."""
+    h, w = shape
+    factor = max(1, round(COARSE_MPP / mpp))
+    hc, wc = -(-h // factor), -(-w // factor)
+    um = 1.0 / (mpp * factor)  # coarse px per µm
+
+    if whole_slide:
+        tissue = _tissue_pieces((hc, wc), int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2])), rng)
+    else:
+        holes = _smooth_noise((hc, wc), 30 * um, rng)
+        tissue = np.clip((holes + 1.8) / 0.3, 0.0, 1.0)  # rarely a gap in a patch
+    inside = tissue > 0.5
+
+    g = case.grade
+    tumour_fraction = float(np.clip(rng.normal(0.3 + 0.3 * g, 0.08), 0.15, 0.75))
+    if not whole_slide:
+        tumour_fraction = float(np.clip(tumour_fraction + 0.15, 0.25, 0.85))
+    nest_scale = rng.uniform(25, 60) * um
+    tumour = _threshold_fraction(_smooth_noise((hc, wc), nest_scale, rng), inside, tumour_fraction)
+    rest = inside & (tumour < 0.5)
+    fat = _threshold_fraction(_smooth_noise((hc, wc), 60 * um, rng), rest, rng.uniform(0.0, 0.35))
+    lymph = _threshold_fraction(
+        _smooth_noise((hc, wc), 20 * um, rng), rest & (fat < 0.5), rng.uniform(0.02, 0.1)
+    )
+    strength = _smooth_noise((hc, wc), rng.uniform(40, 120) * um, rng)  # intra-slide heterogeneity
+
+    zeros = np.zeros((hc, wc), dtype=np.float32)
+    ink, fold, focus = zeros, zeros, zeros
+    ink_colour = int(rng.integers(0, 3))
+    if artefacts and whole_slide:
+        if rng.uniform() < 0.5:
+            ink = _stroke((hc, wc), rng, width=rng.uniform(60, 160) * um)
+        if rng.uniform() < 0.35:
+            band = _smooth_noise((hc, wc), 30 * um, rng)
+            along = _threshold_fraction(-np.abs(band), inside, 0.04)
+            fold = ndimage.gaussian_filter(along, 2.0)
+        if rng.uniform() < 0.35:
+            cy, cx, r = (
+                rng.uniform(0.2, 0.8) * hc,
+                rng.uniform(0.2, 0.8) * wc,
+                rng.uniform(0.08, 0.2) * min(hc, wc),
+            )
+            yy, xx = np.mgrid[0:hc, 0:wc]
+            focus = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / r, 0.0, 1.0).astype(np.float32)
+    fields = {
+        "tissue": tissue.astype(np.float32),
+        "tumour": tumour.astype(np.float32),
+        "fat": fat.astype(np.float32),
+        "ink": ink.astype(np.float32),
+        "fold": fold.astype(np.float32),
+        "focus": focus.astype(np.float32),
+    }
+
+    cells = _draw_cells((h, w), mpp, factor, fields, lymph, strength, case, rng, whole_slide)
+    layout = Layout(
+        height=h,
+        width=w,
+        mpp=mpp,
+        coarse_factor=factor,
+        fields=fields,
+        cells=cells,
+        case=case,
+        blush=float(rng.uniform(0.03, 0.1)) if case.marker == "her2" and rng.uniform() < 0.3 else 0.0,
+        dab_gain=float(np.exp(rng.normal(0, 0.12))),
+        ink_colour=ink_colour,
+    )
+    return layout
+
+
+def tumour_spacing_um(grade: float) -> float:
+    """Centre-to-centre distance of tumour cells: denser (more cellular) at higher grade."""
+    return 16.0 - 4.0 * grade
+
+
+def _draw_cells(
+    shape: tuple[int, int],
+    mpp: float,
+    factor: int,
+    fields: dict[str, np.ndarray],
+    lymph: np.ndarray,
+    strength: np.ndarray,
+    case: Case,
+    rng: np.random.Generator,
+    whole_slide: bool,
+) -> dict[str, np.ndarray]:
+    h, w = shape
+    tissue, tumour, fat = fields["tissue"], fields["tumour"], fields["fat"]
+    stroma = (tissue > 0.5) & (tumour < 0.5) & (fat < 0.5)
+
+    spacing = tumour_spacing_um(case.grade) * rng.uniform(0.93, 1.07) / mpp
+    t_pts = _hex_grid(h, w, spacing, 0.12, rng)
+    t_pts = t_pts[(_lookup(tumour, t_pts, factor) > 0.5) & (_lookup(tissue, t_pts, factor) > 0.5)]
+    if t_pts.shape[0] == 0:  # a patch must show tumour: put a small nest in the middle
+        t_pts = _hex_grid(min(h, int(6 * spacing)), min(w, int(6 * spacing)), spacing, 0.12, rng)
+        t_pts += [(h - min(h, 6 * spacing)) / 2, (w - min(w, 6 * spacing)) / 2]
+
+    f_pts = _hex_grid(h, w, 22 / mpp, 0.45, rng)
+    f_pts = f_pts[_lookup(stroma, f_pts, factor) & (rng.uniform(size=len(f_pts)) < 0.7)]
+    l_pts = _hex_grid(h, w, 9 / mpp, 0.3, rng)
+    l_prob = 0.03 + 0.9 * _lookup(lymph, l_pts, factor)
+    l_pts = l_pts[_lookup(stroma, l_pts, factor) & (rng.uniform(size=len(l_pts)) < l_prob)]
+    a_pts = _hex_grid(h, w, 70 / mpp, 0.08, rng)
+    a_pts = a_pts[(_lookup(fat, a_pts, factor) > 0.5) & (_lookup(tissue, a_pts, factor) > 0.5)]
+    n_dust = int(rng.poisson(25 * h * w * mpp * mpp / 25e6)) if whole_slide else int(rng.poisson(0.3))
+    d_pts = rng.uniform(0, 1, (n_dust, 2)) * [h, w]
+
+    pts = np.concatenate([t_pts, f_pts, l_pts, a_pts, d_pts])
+    kind = np.concatenate(
+        [np.full(len(p), k, dtype=np.int8) for k, p in enumerate([t_pts, f_pts, l_pts, a_pts, d_pts])]
+    )
+    n, nt = len(pts), len(t_pts)
+    is_t = kind == 0
+
+    # HER2 membrane classes: slide mixture, re-weighted locally by the heterogeneity field, then fixed
+    # up so that the whole section scores its category.
+    membrane = np.zeros(n, dtype=np.int8)
+    nuclear_pos = np.zeros(n, dtype=bool)
+    if case.marker == "her2":
+        mix = draw_membrane_mixture(case.her2, rng)
+        s = _lookup(strength, t_pts, factor)[:, None] * rng.uniform(0.4, 0.9)
+        weights = mix[None, :] * np.exp(s * (np.arange(5)[None, :] - 1.5))
+        weights /= weights.sum(axis=1, keepdims=True)
+        codes = (
+            (rng.uniform(size=(nt, 1)) > np.cumsum(weights, axis=1)).sum(axis=1).clip(0, 4).astype(np.int8)
+        )
+        membrane[is_t] = enforce_her2_category(codes, case.her2, rng)
+    else:
+        status = case.er if case.marker == "er" else case.pr
+        frac = draw_receptor_fraction(status, rng)
+        s = _lookup(strength, t_pts, factor)
+        local = np.clip(frac * np.exp(0.6 * s), 0, 1) if 0 < frac < 0.9 else np.full(nt, frac)
+        nuclear_pos[is_t] = enforce_receptor_status(rng.uniform(size=nt) < local, status, rng)
+
+    intensity = np.zeros(n, dtype=np.int8)
+    completeness = np.zeros(n, dtype=np.float32)
+    if case.marker == "her2":
+        intensity = MEMBRANE_INTENSITY[membrane]
+        incomplete = membrane == 1
+        completeness[incomplete] = rng.uniform(0.15, 0.8, int(incomplete.sum()))
+        complete = membrane >= 2
+        completeness[complete] = rng.uniform(0.92, 1.0, int(complete.sum()))
+    else:
+        npos = int(nuclear_pos.sum())
+        intensity[nuclear_pos] = rng.choice([1, 2, 3], size=npos, p=[0.3, 0.4, 0.3])
+
+    return {
+        "y": pts[:, 0].astype(np.float32),
+        "x": pts[:, 1].astype(np.float32),
+        "kind": kind,
+        "variant": rng.integers(0, 1 << 16, n).astype(np.int32),
+        "membrane": membrane,
+        "intensity": intensity,
+        "completeness": completeness,
+        "arc_start": rng.uniform(0, 2 * np.pi, n).astype(np.float32),
+        "nuclear_positive": nuclear_pos,
+        "od_jitter": np.exp(rng.normal(0, 0.15, n)).astype(np.float32),
+    }
+
+
+def cells_table(layout: Layout, offset: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
+    """Per-cell truth as a DataFrame: tumour cells, fibroblasts and lymphocytes; x, y in level-0 px
+    (minus ``offset`` (y, x)); ``membrane_class`` and ``cell_type`` as plain strings."""
+    import pandas as pd
+
+    c = layout.cells
+    keep = c["kind"] <= 2
+    kind = c["kind"][keep]
+    return pd.DataFrame(
+        {
+            "cell_id": np.arange(int(keep.sum()), dtype=np.int32),
+            "x": c["x"][keep] - np.float32(offset[1]),
+            "y": c["y"][keep] - np.float32(offset[0]),
+            "cell_type": np.asarray(CELL_TYPES, dtype=object)[kind],
+            "is_tumour": kind == 0,
+            "intensity": c["intensity"][keep],
+            "completeness": c["completeness"][keep],
+            "membrane_class": np.asarray(MEMBRANE_CLASSES, dtype=object)[c["membrane"][keep]],
+            "nuclear_positive": c["nuclear_positive"][keep],
+        }
+    )
