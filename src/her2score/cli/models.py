@@ -1,0 +1,23 @@
+"""``her2score models``: the registered slide-level models, their input and tasks."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``models`` to the CLI."""
+    app.command("models")(models)
+
+
+def models() -> None:
+    """List the models 'her2score train --model' accepts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from her2score.models.registry import list_models
+
+    table = Table("model", "input", "tasks", "description")
+    for spec in list_models():
+        table.add_row(spec.name, spec.input_kind, ", ".join(spec.tasks), spec.description)
+    Console().print(table)

@@ -1,0 +1,87 @@
+"""``her2score train``: train a slide-level model from a manifest (one run, fixed splits, or k-fold CV)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from her2score.cli.options import Device, Out, Quiet, Workers
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the CLI."""
+    app.command("train")(train)
+
+
+def train(
+    manifest: Annotated[
+        Path, typer.Option("--manifest", "-m", help="Manifest CSV: slide, her2, ... columns.")
+    ],
+    out: Out,
+    task: Annotated[
+        str | None, typer.Option("--task", help="her2-3way (default), her2-4way, er or pr.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Registered model (see 'her2score models').")
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="k-fold patient-grouped cross-validation (k >= 2).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML/JSON config; flags given here override it.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    device: Device = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last epoch.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (same seed, same result).")] = None,
+    workers: Workers = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Train on a cohort; writes config, checkpoints, metrics with 95% CIs, plots and a report to --out."""
+    import time
+
+    from rich.console import Console
+
+    from her2score.data.manifest import load_manifest
+    from her2score.engine.config import load_config
+    from her2score.engine.train import train_run
+
+    console = Console(stderr=True, quiet=quiet)
+    start = time.perf_counter()
+    cfg = load_config(
+        config, task=task, model=model, folds=folds, epochs=epochs, seed=seed,
+        device=None if device == "auto" and config else device, workers=workers or None,
+    )  # fmt: skip
+    cohort = load_manifest(manifest, cfg.task, cfg.equivocal)
+    console.print(f"{len(cohort)} slides for task {cfg.task} ({', '.join(cohort.classes)}) from {manifest}")
+    result = train_run(cohort, cfg, out, resume=resume, quiet=quiet, log=console.print)
+    summarise(result, console, time.perf_counter() - start)
+
+
+def summarise(result: object, console: object, seconds: float) -> None:
+    """Print the headline metrics, where the outputs are, and the slides that were skipped."""
+    metrics = getattr(result, "metrics", None)
+    run_dir = getattr(result, "run_dir", None)
+    if metrics:
+        pooled = metrics.get("pooled", metrics)
+        ci = pooled.get("ci", {})
+        parts = []
+        for key in ("auc_macro", "f1_macro", "accuracy", "kappa_qw"):
+            value = pooled.get(key)
+            if value is None:
+                continue
+            low, high = ci.get(key, [float("nan"), float("nan")])
+            parts.append(f"{key} {value:.3f} [{low:.3f}, {high:.3f}]")
+        console.print("held-out: " + " · ".join(parts))  # type: ignore[attr-defined]
+    for note in getattr(result, "notes", []):
+        console.print(note)  # type: ignore[attr-defined]
+    failures = getattr(result, "failures", [])
+    if failures:
+        console.print(f"[yellow]{len(failures)} slide(s) skipped:[/]")  # type: ignore[attr-defined]
+        for f in failures:
+            console.print(f"  {f.slide}: {f.cause}", highlight=False)  # type: ignore[attr-defined]
+    console.print(f"done in {seconds:.0f} s; outputs in {run_dir} (report.html)")  # type: ignore[attr-defined]

@@ -1,0 +1,124 @@
+"""Augmentations suited to slides, as torch ops on batches of RGB in [0, 1] (B, 3, H, W).
+
+Slides have no canonical orientation (flips, 90° rotations), sit slightly differently on the glass
+(small affine, white fill), and vary in staining between labs (jitter of hematoxylin and DAB
+concentrations in optical-density space), focus (blur) and illumination (brightness). Every draw uses
+the given ``torch.Generator`` so that an epoch is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from her2score.engine.config import AugmentConfig
+
+_EPS = 1e-3
+
+
+def _uniform(gen: Any, n: int, low: float, high: float, device: Any) -> Any:
+    import torch
+
+    return (torch.rand(n, generator=gen) * (high - low) + low).to(device)
+
+
+def flips_and_rot90(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
+    """Random horizontal/vertical flips and 90° rotations, per image."""
+    import torch
+
+    n = x.shape[0]
+    if cfg.flip:
+        h = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        v = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(h[:, None, None, None], x.flip(-1), x)
+        x = torch.where(v[:, None, None, None], x.flip(-2), x)
+    if cfg.rot90 and x.shape[-1] == x.shape[-2]:
+        k = torch.randint(0, 4, (n,), generator=gen).to(x.device)
+        out = x.clone()
+        for turns in (1, 2, 3):
+            sel = k == turns
+            if sel.any():
+                out[sel] = torch.rot90(x[sel], turns, dims=(-2, -1))
+        x = out
+    return x
+
+
+def small_affine(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
+    """Small rotation, scale and shift; uncovered corners become white background."""
+    import torch
+    import torch.nn.functional as F
+
+    if not (cfg.affine_degrees or cfg.affine_scale or cfg.affine_translate):
+        return x
+    n = x.shape[0]
+    angle = _uniform(gen, n, -cfg.affine_degrees, cfg.affine_degrees, x.device) * (math.pi / 180)
+    scale = _uniform(gen, n, 1 - cfg.affine_scale, 1 + cfg.affine_scale, x.device)
+    tx = _uniform(gen, n, -cfg.affine_translate, cfg.affine_translate, x.device) * 2
+    ty = _uniform(gen, n, -cfg.affine_translate, cfg.affine_translate, x.device) * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # sample "ink" (1 - x) with zero padding so that the outside reads as white glass
+    return 1 - F.grid_sample(1 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def stain_jitter(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
+    """Scale and shift hematoxylin, DAB and residual concentrations (Ruifrok-Johnston OD space)."""
+    import torch
+
+    from her2score.stain.deconvolution import HDAB
+
+    if not (cfg.stain_jitter or cfg.stain_shift):
+        return x
+    n = x.shape[0]
+    m = torch.as_tensor(HDAB.matrix(), dtype=torch.float32, device=x.device)  # stains x RGB
+    m_inv = torch.linalg.inv(m)
+    od = -torch.log10(x.float().clamp_min(_EPS)).permute(0, 2, 3, 1)  # B H W 3
+    conc = od @ m_inv
+    alpha = _uniform(gen, n * 3, 1 - cfg.stain_jitter, 1 + cfg.stain_jitter, x.device).view(n, 1, 1, 3)
+    beta = _uniform(gen, n * 3, -cfg.stain_shift, cfg.stain_shift, x.device).view(n, 1, 1, 3)
+    tissue = (od.sum(-1, keepdim=True) > 0.05).float()  # leave glass white
+    conc = conc * alpha + beta * tissue
+    out = torch.pow(10.0, -(conc @ m)).permute(0, 3, 1, 2)
+    return out.clamp(0, 1).to(x.dtype)
+
+
+def gaussian_blur(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
+    """Blur a random subset of images (out-of-focus scans), one sigma per batch."""
+    import torch
+    import torch.nn.functional as F
+
+    if cfg.blur_prob <= 0 or cfg.blur_sigma <= 0:
+        return x
+    sel = (torch.rand(x.shape[0], generator=gen) < cfg.blur_prob).to(x.device)
+    sigma = float(_uniform(gen, 1, 0.3, cfg.blur_sigma, "cpu")[0])
+    if not sel.any():
+        return x
+    radius = max(1, math.ceil(2.5 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    blurred = F.pad(x[sel], (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(blurred, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    blurred = F.conv2d(blurred, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    out = x.clone()
+    out[sel] = blurred
+    return out
+
+
+def brightness(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
+    """Multiply each image by a factor near 1 (illumination)."""
+    if cfg.brightness <= 0:
+        return x
+    f = _uniform(gen, x.shape[0], 1 - cfg.brightness, 1 + cfg.brightness, x.device).view(-1, 1, 1, 1)
+    return (x * f).clamp(0, 1)
+
+
+def augment_batch(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
+    """All augmentations in a fixed order; ``x`` is float RGB in [0, 1], (B, 3, H, W)."""
+    x = flips_and_rot90(x, gen, cfg)
+    x = small_affine(x, gen, cfg)
+    x = stain_jitter(x, gen, cfg)
+    x = gaussian_blur(x, gen, cfg)
+    return brightness(x, gen, cfg)

@@ -1,0 +1,182 @@
+"""Training configuration: one dataclass, loaded from YAML/JSON with validation, saved resolved in the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from her2score.errors import ConfigError
+
+BALANCE_MODES = ("weighted-loss", "sampler", "none")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentations for whole-slide images (all torch ops on batches; 0 switches one off)."""
+
+    flip: bool = True
+    rot90: bool = True
+    affine_degrees: float = 10.0
+    affine_scale: float = 0.08
+    affine_translate: float = 0.04
+    stain_jitter: float = 0.05  # relative scale jitter of H and DAB concentrations (HED space)
+    stain_shift: float = 0.02  # additive OD shift
+    blur_prob: float = 0.2
+    blur_sigma: float = 1.0
+    brightness: float = 0.08
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.yaml`` in the run folder."""
+
+    task: str = "her2-3way"
+    equivocal: str = "ish"  # where HER2 2+ goes in her2-3way: ish, low or high
+    model: str = "lowres-convnext"
+    backbone: str | None = None  # timm name; None: convnext_tiny on GPU, convnext_atto on CPU
+    weights: str | None = None  # local pretrained weights (safetensors or timm checkpoint)
+    mpp: float = 8.0
+    input_size: int = 224
+    margin: float = 0.02
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    balance: str = "weighted-loss"
+    label_smoothing: float = 0.0
+    drop_rate: float = 0.0
+    patience: int = 10  # early stopping on validation macro-F1; 0: off
+    folds: int = 0  # >= 2: k-fold cross-validation; 0: fixed splits from the manifest, or a holdout
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+    cache_dir: str | None = None
+    n_boot: int = 1000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self) -> TrainConfig:
+        """Check ranges and names; raise ``ConfigError`` naming the bad key."""
+        from her2score.data.manifest import EQUIVOCAL_RULES, TASKS
+
+        checks = [
+            (self.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
+            (self.equivocal in EQUIVOCAL_RULES, f"equivocal must be one of {', '.join(EQUIVOCAL_RULES)}"),
+            (1.0 <= self.mpp <= 64.0, "mpp must be within 1-64 µm/px (8-16 suits whole-slide models)"),
+            (16 <= self.input_size <= 4096, "input_size must be 16-4096 px"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.balance in BALANCE_MODES, f"balance must be one of {', '.join(BALANCE_MODES)}"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.patience >= 0, "patience must be >= 0"),
+            (self.folds == 0 or self.folds >= 2, "folds must be 0 (no cross-validation) or >= 2"),
+            (0 < self.test_fraction < 1, "test_fraction must be in (0, 1)"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.n_boot >= 0, "n_boot must be >= 0"),
+            (self.workers >= 0, "workers must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def resolved_cache_dir(self) -> Path:
+        """Where low-resolution images are cached (``$HER2SCORE_CACHE`` or ``~/.cache/her2score``)."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("HER2SCORE_CACHE") or Path.home() / ".cache" / "her2score"
+        return Path(base) / "lowres"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(data: dict[str, Any], source: str | Path | None = None) -> TrainConfig:
+    """Build a validated ``TrainConfig``; unknown keys and wrong types are errors, not ignored."""
+    data = dict(data or {})
+    augment = data.pop("augment", None) or {}
+    if not isinstance(augment, dict):
+        raise ConfigError("'augment' must be a mapping", source)
+    cfg = TrainConfig(**_coerce(TrainConfig, data, source))
+    cfg.augment = AugmentConfig(**_coerce(AugmentConfig, augment, source, prefix="augment."))
+    try:
+        return cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(exc.cause, source) from None
+
+
+def _coerce(cls: type, data: dict[str, Any], source: str | Path | None, prefix: str = "") -> dict[str, Any]:
+    known = {f.name: f for f in fields(cls) if f.name != "augment"}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(known)})", source)
+        kind = str(known[key].type)
+        try:
+            if value is None:
+                if "None" not in kind:
+                    raise ValueError("may not be empty")
+                out[key] = None
+            elif kind.startswith("bool"):
+                if not isinstance(value, bool):
+                    raise ValueError("must be true or false")
+                out[key] = value
+            elif kind.startswith("int"):
+                if isinstance(value, bool) or float(value) != int(float(value)):
+                    raise ValueError("must be an integer")
+                out[key] = int(float(value))
+            elif kind.startswith("float"):
+                if isinstance(value, bool):
+                    raise ValueError("must be a number")
+                out[key] = float(value)
+            else:
+                out[key] = str(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config key '{prefix}{key}': {value!r} {exc}", source) from None
+    return out
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Read a YAML or JSON config (or none), apply ``overrides`` that are not None, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config file not found", path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix.lower() == ".json":
+                data = json.loads(text) or {}
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+        except Exception as exc:
+            raise ConfigError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
+        if not isinstance(data, dict):
+            raise ConfigError("top level must be a mapping of keys to values", path)
+    augment_over = overrides.pop("augment", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if augment_over:
+        data["augment"] = {**(data.get("augment") or {}), **augment_over}
+    return config_from_dict(data, path)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    import yaml
+
+    from her2score.io import write_text
+
+    return write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,27 @@
+"""Rich progress bars shared by the engine (silent with ``quiet``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def progress_bar(quiet: bool = False, transient: bool = False) -> Any:
+    """A ``rich.progress.Progress``: bar, counts, elapsed and remaining time; metrics in the description."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+        transient=transient,
+    )

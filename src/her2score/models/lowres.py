@@ -1,0 +1,132 @@
+"""``lowres-convnext``: a timm backbone classifying the whole tissue at low resolution (IPD-Breast).
+
+The backbone is any timm architecture by name (ConvNeXt by default: ``convnext_tiny`` on a GPU,
+``convnext_atto`` on a CPU). timm is always asked for ``pretrained=False``: weights come only from a
+local file (safetensors, or a timm/PyTorch checkpoint read with ``weights_only=True``), never from the
+network. Without a file the model trains from scratch, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from her2score.errors import CheckpointError, ConfigError
+from her2score.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+CPU_BACKBONE = "convnext_atto"
+GPU_BACKBONE = "convnext_tiny"
+
+
+def default_backbone() -> str:
+    """``convnext_tiny`` when CUDA is available, ``convnext_atto`` otherwise."""
+    import torch
+
+    return GPU_BACKBONE if torch.cuda.is_available() else CPU_BACKBONE
+
+
+def _make_classifier(
+    num_classes: int, backbone: str | None, weights: str | Path | None, drop_rate: float
+) -> Any:
+    import timm
+    import torch.nn as nn
+
+    name = backbone or default_backbone()
+    if Path(str(name)).suffix in {".safetensors", ".pth", ".pt", ".bin"}:
+        raise ConfigError(f"backbone must be a timm architecture name, not a file ({name}); use weights=")
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    except RuntimeError as exc:  # timm: unknown model
+        raise ConfigError(f"timm has no architecture {name!r} ({exc})") from exc
+
+    class LowResClassifier(nn.Module):
+        """A timm backbone split into features (last conv stage, for Grad-CAM) and head."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = net
+            self.backbone_name = name
+
+        def features(self, x: Any) -> Any:
+            return self.backbone.forward_features(x)
+
+        def head(self, feats: Any) -> Any:
+            return self.backbone.forward_head(feats)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.features(x))
+
+    model = LowResClassifier()
+    model.weights_note = (
+        load_backbone_weights(model.backbone, weights) if weights else "training from scratch"
+    )
+    return model
+
+
+def load_backbone_weights(net: Any, path: str | Path) -> str:
+    """Load local weights into ``net`` (classifier head skipped when its shape differs); say what happened."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("weights file not found", path)
+    try:
+        if is_safetensors(path):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", path) from exc
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError("no tensors found in the weights file", path)
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    own = net.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not kept:
+        raise CheckpointError(f"no tensor matches the {type(net).__name__} architecture", path)
+    net.load_state_dict(kept, strict=False)
+    skipped = len(own) - len(kept)
+    return f"weights from {path.name} ({len(kept)} tensors loaded, {skipped} left at initialisation)"
+
+
+def is_safetensors(path: Path) -> bool:
+    """True when the file's content is safetensors (8-byte header length, then a JSON header)."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+@register_model(
+    "lowres-convnext",
+    tasks=("her2-3way", "her2-4way", "er", "pr"),
+    input_kind="lowres",
+    description="Whole tissue at 8-16 µm/px into a timm ConvNeXt (IPD-Breast); any timm backbone by name.",
+)
+def lowres_convnext(
+    num_classes: int, backbone: str | None = None, weights: str | Path | None = None, drop_rate: float = 0.0
+) -> Any:
+    """Whole-slide low-resolution ConvNeXt classifier."""
+    return _make_classifier(num_classes, backbone, weights, drop_rate)
+
+
+@register_model(
+    "lowres-resnet",
+    tasks=("her2-3way", "her2-4way", "er", "pr"),
+    input_kind="lowres",
+    description="Whole tissue at low resolution into a timm ResNet-18 (a classic baseline).",
+)
+def lowres_resnet(
+    num_classes: int, backbone: str | None = None, weights: str | Path | None = None, drop_rate: float = 0.0
+) -> Any:
+    """Whole-slide low-resolution ResNet baseline."""
+    return _make_classifier(num_classes, backbone or "resnet18", weights, drop_rate)

@@ -1,0 +1,100 @@
+"""The shared training engine on a tiny cohort: resume to the same result, CV outputs, broken slides."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from her2score.data.manifest import load_manifest
+from her2score.engine.config import TrainConfig
+from her2score.engine.train import train_run
+from her2score.errors import ConfigError
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def _stop_after(epoch_to_stop: int):
+    def callback(epoch: int, record: dict) -> None:
+        if epoch == epoch_to_stop:
+            raise Interrupt
+
+    return callback
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_to_the_same_result(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+) -> None:
+    fast_config.epochs = 3
+    cohort = load_manifest(tiny_manifest)
+    full = train_run(cohort, fast_config, tmp_path / "full", quiet=True, log=lambda s: None)
+
+    with pytest.raises(Interrupt):
+        train_run(cohort, fast_config, tmp_path / "cut", quiet=True, on_epoch_end=_stop_after(0))
+    assert (tmp_path / "cut" / "state.pt").is_file()
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        train_run(cohort, fast_config, tmp_path / "cut", quiet=True)
+    resumed = train_run(cohort, fast_config, tmp_path / "cut", resume=True, quiet=True, log=lambda s: None)
+
+    a = load_file(str(full.model_paths[0]))
+    b = load_file(str(resumed.model_paths[0]))
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+    assert full.metrics["auc_macro"] == resumed.metrics["auc_macro"]
+    h_full = pd.read_csv(tmp_path / "full" / "history.csv")
+    h_cut = pd.read_csv(tmp_path / "cut" / "history.csv")
+    pd.testing.assert_frame_equal(h_full, h_cut)
+    assert len(h_full) == 3
+
+
+@pytest.mark.slow
+def test_cross_validation_writes_per_fold_and_pooled_metrics_with_cis(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+) -> None:
+    fast_config.folds, fast_config.epochs = 3, 1
+    run = tmp_path / "cv"
+    train_run(load_manifest(tiny_manifest), fast_config, run, quiet=True, log=lambda s: None, heatmaps=0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_folds"] == 3
+    assert set(metrics["folds"]) == {"0", "1", "2"}
+    pooled = metrics["pooled"]
+    assert pooled["n"] == 12
+    low, high = pooled["ci"]["accuracy"]
+    assert low <= pooled["accuracy"] <= high
+    assert "mean" in metrics["fold_summary"]["accuracy"]
+    for k in range(3):
+        assert (run / f"fold_{k}" / "model.safetensors").is_file()
+        assert len(pd.read_csv(run / f"fold_{k}" / "predictions.csv")) == 4
+    preds = pd.read_csv(run / "predictions.csv")
+    assert sorted(preds["slide"]) == sorted(load_manifest(tiny_manifest).frame["slide"])  # each slide once
+    assert "cross-validation" in (run / "report.html").read_text()
+
+
+def test_broken_slide_is_skipped_and_listed(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cohort"
+    shutil.copytree(tiny_manifest.parent, folder)
+    (folder / "slides" / "broken.tiff").write_bytes(b"II*\x00" + b"\x01" * 200)
+    with (folder / "manifest.csv").open("a") as fh:
+        fh.write("slides/broken.tiff,2+,neg,P999,site0\n")
+    fast_config.epochs = 1
+    messages: list[str] = []
+    result = train_run(
+        load_manifest(folder / "manifest.csv"), fast_config, tmp_path / "run", quiet=True,
+        log=messages.append, heatmaps=1,
+    )  # fmt: skip
+    assert [Path(f.slide).name for f in result.failures] == ["broken.tiff"]
+    assert any("skipped" in m for m in messages)
+    skipped = pd.read_csv(tmp_path / "run" / "skipped_slides.csv")
+    assert list(skipped["slide"].map(lambda s: Path(s).name)) == ["broken.tiff"]
+    assert "broken.tiff" in (tmp_path / "run" / "report.html").read_text()
+    assert len(list((tmp_path / "run" / "heatmaps").glob("*.png"))) == 1
