@@ -3,10 +3,11 @@
 1. Per tile: ``quantify_image`` on 1024 x 1024 px synthetic HER2 IHC tiles at 0.5 µm/px.
 2. Per slide: ``quantify_file`` on a synthetic pyramidal slide, tiled over tissue, in the main
    process and over worker processes (slide megapixels at 0.5 µm/px per second of wall time).
-3. Agreement: the ASCO/CAP category of synthetic patches (and slides) against their truth, and the
+3. Agreement: the ASCO/CAP category of synthetic patches and of small synthetic slides
+   (``make_cohort``, 1.5 x 1.0 mm, scored by ``quantify_file``) against their truth, and the
    membrane class of matched tumour cells (nearest truth cell within 4 µm); confusion matrices.
 
-Run: .venv/bin/python benchmarks/bench_quantify.py [--patches 10] [--slides 1] [--workers 2]
+Run: .venv/bin/python benchmarks/bench_quantify.py [--patches 10] [--slides 1] [--cohort 12] [--workers 2]
 """
 
 from __future__ import annotations
@@ -108,12 +109,36 @@ def bench_slides(folder: Path, n: int, workers: int) -> tuple[list[dict], pd.Dat
     return rows, pd.concat(pairs)
 
 
+def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Small synthetic slides (1.5 x 1.0 mm pyramidal TIFFs from ``make_cohort``) via ``quantify_file``."""
+    from her2score.data.synth import make_cohort
+    from her2score.errors import Her2ScoreError
+    from her2score.stain.quantify import quantify_file
+
+    manifest = make_cohort(folder, n, seed=seed, kind="slides", size_mm=(1.5, 1.0), workers=0)
+    rows, pairs = [], []
+    for rec in pd.read_csv(manifest).itertuples():
+        path = manifest.parent / rec.slide
+        try:
+            result = quantify_file(path, folder / "out")
+        except Her2ScoreError as exc:  # counted as a miss, and said
+            print(f"slide {rec.slide}: {exc}")
+            rows.append((str(rec.her2), "failed"))
+            continue
+        rows.append((str(rec.her2), result.row["category"]))
+        truth = pd.read_parquet(path.with_name(path.stem + ".cells.parquet"))
+        pairs.append(_match(pd.read_parquet(result.cells_path), truth))
+    return pd.DataFrame(rows, columns=["truth", "found"]), pd.concat(pairs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=10, help="synthetic 512 px patches per category")
     parser.add_argument("--slides", type=int, default=1, help="synthetic 3 x 2 mm slides (categories cycle)")
     parser.add_argument("--tiles", type=int, default=4, help="1024 px tiles timed")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cohort", type=int, default=12, help="small 1.5 x 1.0 mm synthetic slides")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the small-slide cohort")
     args = parser.parse_args(argv)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 12)
@@ -128,6 +153,16 @@ def main(argv: list[str] | None = None) -> None:
         print(pd.DataFrame(rows).round(2).to_string(index=False))
         print("slide cell membrane-class confusion (rows truth):")
         print(pd.crosstab(slide_cells.truth, slide_cells.found))
+
+    if args.cohort:
+        with tempfile.TemporaryDirectory() as tmp:
+            scores, cells = agreement_cohort(Path(tmp), args.cohort, args.seed)
+        print(f"\ncategory confusion on {len(scores)} small synthetic slides (rows truth, columns found):")
+        print(pd.crosstab(scores.truth, scores.found))
+        print(f"slide category agreement: {(scores.truth == scores.found).mean():.2f}")
+        print("slide cell membrane-class confusion (rows truth):")
+        print(pd.crosstab(cells.truth, cells.found))
+        print(f"slide cell agreement: {(cells.truth == cells.found).mean():.2f} over {len(cells)} cells")
 
     if args.patches:
         scores, cells = agreement_patches(args.patches)

@@ -149,7 +149,10 @@ def test_whole_slide_is_tiled_and_matches_the_single_piece_result(tmp_path: Path
     assert whole["mode"] == "image"
     assert tiled["mode"].startswith("slide")
     assert tiled["n_cells"] == pytest.approx(whole["n_cells"], rel=0.1)
-    assert tiled["category"] == whole["category"]
+    # The same measurements (a category alone would flip on a case sitting at a 10 % cut).
+    for key in ("pct_none", "pct_faint_incomplete", "pct_intense_complete"):
+        assert tiled[key] == pytest.approx(whole[key], abs=4.0), key
+    assert tiled["her2_index"] == pytest.approx(whole["her2_index"], rel=0.15)
     cells = pd.read_parquet(tmp_path / "tiled" / "s.cells.parquet")
     assert cells["cell_id"].is_unique
     # no cell counted twice in the overlaps: nearest neighbours are never closer than 2 µm

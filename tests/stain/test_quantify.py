@@ -220,7 +220,35 @@ def test_calibration_follows_the_control() -> None:
         calibrate_thresholds(cells, "4+")
 
 
+def test_label_quantile_per_cell() -> None:
+    from her2score.stain.quantify import label_quantile
+
+    ids = np.array([0, 0, 0, 0, 2, 2, 0])
+    values = np.array([0.4, 0.1, 0.3, 0.2, 0.9, 0.5, 0.0])
+    assert label_quantile(ids, values, 3, 0.25).tolist() == [0.1, 0.0, 0.5]
+    assert label_quantile(ids, values, 3, 1.0).tolist() == [0.4, 0.0, 0.9]
+
+
 # ---------------------------------------------------------------------------- synthetic truth
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_synthetic_truth_keeps_a_margin_at_every_ten_percent_cut(category: str) -> None:
+    """The fractions that decide a case's category sit ≥ 3 points from the 10 % cut (both sides)."""
+    pytest.importorskip("her2score.data.synth")
+    from her2score.data.synth.cells import enforce_her2_category
+
+    rng = np.random.default_rng(3)
+    for n in (40, 150, 1000):
+        codes = enforce_her2_category(rng.integers(0, 5, n).astype(np.int8), category, rng)
+        stained, complete, intense = (codes >= 1).mean(), (codes >= 2).mean(), (codes == 4).mean()
+        deciding = {
+            "0": [stained <= 0.07],
+            "1+": [stained >= 0.13, complete <= 0.07],
+            "2+": [complete >= 0.13, intense <= 0.07],
+            "3+": [intense >= 0.13],
+        }[category]
+        assert all(deciding), (n, stained, complete, intense)
+
+
 def _match(found: pd.DataFrame, truth: pd.DataFrame, max_um: float = 4.0) -> pd.DataFrame:
     from scipy.spatial import cKDTree
 
@@ -263,10 +291,33 @@ def test_synthetic_patches_reproduce_category_and_cell_classes() -> None:
     assert cell_agreement > 0.6
 
 
-#: What the quantifier achieves today (0.875 on these 16 patches, 0.75 on 40 others in the
-#: benchmark), NOT the 0.9 the issue asks for: the generator puts many patches within 1-2 % of
-#: a 10 % cut, where one misread cell in fifty flips the category.
-CATEGORY_AGREEMENT_FLOOR = 0.75
+#: The issue's bar (≥ 90 % of cases with the true category): these 16 patches read 15/16 today; the
+#: generator keeps every deciding fraction ≥ 3 points from a 10 % cut.
+CATEGORY_AGREEMENT_FLOOR = 0.9
+
+
+@pytest.mark.slow
+def test_synthetic_slides_reproduce_category(tmp_path: Path) -> None:
+    """Small synthetic whole slides (pyramidal TIFFs) scored through ``quantify_file``."""
+    pytest.importorskip("her2score.data.synth")
+    from her2score.data.synth import make_cohort
+    from her2score.stain.quantify import quantify_file
+
+    manifest = make_cohort(tmp_path / "cohort", 8, seed=0, kind="slides", size_mm=(1.5, 1.0), workers=0)
+    frame = pd.read_csv(manifest)
+    found = [quantify_file(manifest.parent / rel, tmp_path / "out").row["category"] for rel in frame["slide"]]
+    scores = pd.DataFrame({"truth": frame["her2"].astype(str), "found": found})
+    print("\nslide category confusion\n", pd.crosstab(scores.truth, scores.found))
+    assert scores.truth.nunique() == 4
+    assert (scores.truth == scores.found).mean() >= SLIDE_AGREEMENT_FLOOR
+    steps = scores.truth.map(CATEGORIES.index) - scores.found.map(CATEGORIES.index)
+    assert steps.abs().max() <= 1
+
+
+#: NOT the issue's 0.9: over 20 small slides (this cohort and the benchmark's) 17 read their true
+#: category (85 %); the misses are one step (a 1+ read 2+ from ~10.5 % complete rings where a
+#: neighbour's stained membrane completes an incomplete ring; a 3+ read 2+). Raise when true.
+SLIDE_AGREEMENT_FLOOR = 0.85
 
 
 # ------------------------------------------------------------------------------------ real IHC

@@ -6,8 +6,8 @@ Per image (a patch, a TMA core or one tile of a slide):
 * an H&E image passed by mistake is refused (:class:`~her2score.errors.StainError`);
 * cells from :mod:`her2score.stain.cells`; each membrane ring is cut into ``n_sectors`` angular
   sectors around the nucleus; a sector is *stained* when its peak DAB OD reaches the low hysteresis
-  threshold (``continuity`` x faint) AND stands above the perinuclear cytoplasm (membrane
-  accentuation: a uniform cytoplasmic blush is not membrane staining);
+  threshold (``continuity`` x faint) AND stands above the perinuclear cytoplasm (its lower
+  quartile; membrane accentuation: a uniform cytoplasmic blush is not membrane staining);
 * completeness = stained sectors / sectors present; membrane DAB = median peak DAB of stained sectors
   (a cell is stained only when this reaches the faint threshold and ≥ ``min_stained_fraction`` of
   its ring is stained: one stained contact with a positive neighbour is not enough);
@@ -56,8 +56,10 @@ class Thresholds:
     moderate: float = 0.35
     intense: float = 0.60
     #: A ring is "complete" when at least this fraction of its sectors is stained. Automatic rings
-    #: lose sectors at cell contacts and tangential cuts, which an eye forgives: 0.75, not 1.0.
-    complete_fraction: float = 0.75
+    #: lose sectors at cell contacts and tangential cuts, which an eye forgives (not 1.0); but a
+    #: sector counts as stained when any of it is, and a neighbour's stained membrane lends a few
+    #: sectors to an incomplete ring, so that an 80 % arc already measures ~0.85-0.9: 0.85.
+    complete_fraction: float = 0.85
     #: Low hysteresis threshold for completeness, as a fraction of ``faint``.
     continuity: float = 0.75
     #: Fewer stained sectors than this fraction: no membrane staining (class ``none``).
@@ -67,6 +69,8 @@ class Thresholds:
     membrane_contrast_od: float = 0.05
     #: ... and by this fraction of the cytoplasm DAB (so a strong blush needs a stronger membrane).
     membrane_contrast_ratio: float = 0.2
+    #: The cytoplasm DAB of a cell is this quantile of its perinuclear band (see ``measure_cells``).
+    cytoplasm_quantile: float = 0.25
     #: Tumour-cell filter on the nucleus: segmented tumour nuclei are 6-15 µm across (pale ones come
     #: out small, so the floor is low: 18 µm²); fibroblast nuclei are spindles (long / short axis
     #: > 2.5); lymphocytes are small (< ``lymphocyte_max_um2``) AND dark (hematoxylin above
@@ -93,6 +97,8 @@ class Thresholds:
             raise ConfigError("need 0 <= min_stained_fraction < complete_fraction <= 1")
         if not 0 < self.continuity <= 1:
             raise ConfigError(f"continuity must be in (0, 1] (got {self.continuity})")
+        if not 0 <= self.cytoplasm_quantile <= 1:
+            raise ConfigError(f"cytoplasm_quantile must be in [0, 1] (got {self.cytoplasm_quantile})")
         if self.n_sectors < 8:
             raise ConfigError(f"n_sectors must be at least 8 (got {self.n_sectors})")
 
@@ -188,12 +194,14 @@ def looks_like_he(rgb: np.ndarray, tissue: np.ndarray, estimate: StainMatrix | N
         return eosin_share > 0.6
     other = np.asarray(est.vectors[1])
     green_over_blue = float(other[1] / max(other[2], 1e-6))
+    # Eosin absorbs green most; a second stain absorbing red most is ink or a blue dye, not eosin.
+    green_dominant = other[1] >= other[0] and green_over_blue > 1.2
     # A second stain almost parallel to hematoxylin means there is only one stain (a HER2-0 IHC).
     # The Macenko cue only counts when its second stain is well apart from hematoxylin: in a pale
     # HER2-0 IHC it is a hematoxylin variant. Refusing a real IHC is the worse mistake, so pale,
     # ambiguous images pass (some oddly stained H&E with little eosin then pass too).
     distinct = _angle_deg(other, HEMATOXYLIN) >= 18.0
-    return eosin_share > 0.6 or (distinct and green_over_blue > 1.2)
+    return eosin_share > 0.6 or (distinct and green_dominant)
 
 
 def tissue_mask_for(rgb: np.ndarray, mpp: float, mask_mpp: float = 2.0) -> np.ndarray:
@@ -240,6 +248,7 @@ def measure_cells(
     props = nucleus_shapes(seg.nuclei, hematoxylin)
     cy, cx = props["y"], props["x"]
     s = thresholds.n_sectors
+    t = thresholds
 
     ring = seg.rings
     yy, xx = np.nonzero(ring)
@@ -257,12 +266,13 @@ def measure_cells(
     ring_mean = np.bincount(ids, weights=values, minlength=n) / np.maximum(ring_count, 1)
     ring_max = np.where(present.any(axis=1), np.where(present, sector_peak, 0).max(axis=1), 0.0)
 
+    # The cytoplasm level is the lower quartile of the perinuclear band, not its mean: in small
+    # cells with thick membranes (real 3+) the membrane crosses part of that band, and its mean
+    # would then count the membrane itself as "blush"; a uniform blush has quartile = mean.
     cyto = seg.cytoplasm
     cyto_ids = cyto[cyto > 0] - 1
-    cyto_count = np.bincount(cyto_ids, minlength=n)
-    cyto_mean = np.bincount(cyto_ids, weights=dab[cyto > 0], minlength=n) / np.maximum(cyto_count, 1)
+    cyto_mean = label_quantile(cyto_ids, dab[cyto > 0], n, t.cytoplasm_quantile)
 
-    t = thresholds
     needed = cyto_mean[:, None] + np.maximum(
         t.membrane_contrast_od, t.membrane_contrast_ratio * cyto_mean[:, None]
     )
@@ -323,6 +333,20 @@ def measure_cells(
             "membrane_class": pd.Categorical(membrane_class, categories=MEMBRANE_CLASSES),
         }
     )
+
+
+def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.ndarray:
+    """The ``q`` quantile (nearest rank) of ``values`` per label ``ids`` (0..n-1); 0 for empty labels."""
+    out = np.zeros(n, dtype=np.float64)
+    if ids.size == 0:
+        return out
+    order = np.lexsort((values, ids))
+    counts = np.bincount(ids, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    has = counts > 0
+    rank = starts[has] + np.floor(q * (counts[has] - 1)).astype(np.int64)
+    out[has] = values[order][rank]
+    return out
 
 
 def nucleus_shapes(nuclei: np.ndarray, hematoxylin: np.ndarray) -> dict[str, np.ndarray]:

@@ -108,16 +108,22 @@ def draw_membrane_mixture(category: str, rng: np.random.Generator) -> np.ndarray
     return p / p.sum()
 
 
-def enforce_her2_category(codes: np.ndarray, category: str, rng: np.random.Generator) -> np.ndarray:
+def enforce_her2_category(
+    codes: np.ndarray, category: str, rng: np.random.Generator, margin: float = 0.03
+) -> np.ndarray:
     """Re-label the fewest cells so that ``codes`` (membrane class indices) score ``category``.
 
-    Drawn fractions already sit inside the category; this only fixes sampling noise on small patches.
+    Every fraction that decides the category is kept at least ``margin`` (3 points by default) away
+    from the 10% cut on its side (a 2+ case has at most 7% intense complete and at least 13% complete
+    cells, ...), so that the truth is not a coin toss at the cut. Drawn fractions mostly sit there
+    already; this fixes the local heterogeneity and the sampling noise of small patches.
     """
     codes = codes.copy()
     n = codes.size
     if n == 0:
         return codes
-    limit, need = n // 10, n // 10 + 1  # "≤10%" allows `limit` cells; ">10%" needs `need`
+    limit = min(n // 10, int(np.floor(n * (0.10 - margin) + 1e-9)))  # at most 7%, never over 10%
+    need = max(n // 10 + 1, int(np.ceil(n * (0.10 + margin) - 1e-9)))  # at least 13%, always over 10%
 
     def pick(mask: np.ndarray, k: int) -> np.ndarray:
         return rng.permutation(np.flatnonzero(mask))[:k]
