@@ -13,7 +13,7 @@ from her2score.errors import Her2ScoreError
 
 app = typer.Typer(
     name="her2score",
-    help="HER2 scoring from digital pathology: slides, stains, the ASCO/CAP quantifier and slide-level models.",
+    help="HER2 scoring from digital pathology: slides, stains, ASCO/CAP quantifier, slide-level models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -23,6 +23,13 @@ app = typer.Typer(
 #: Subcommand modules; each defines ``register(app)``. Their heavy imports live inside the commands.
 COMMAND_MODULES = (
     "her2score.cli.info",
+    "her2score.cli.synth",
+    "her2score.cli.models",
+    "her2score.cli.train",
+    "her2score.cli.evaluate",
+    "her2score.cli.predict",
+    "her2score.cli.demo",
+    "her2score.cli.quantify",
 )
 
 
@@ -34,7 +41,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """HER2 scoring from digital pathology."""
 

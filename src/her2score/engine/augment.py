@@ -63,7 +63,11 @@ def small_affine(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
 
 
 def stain_jitter(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
-    """Scale and shift hematoxylin, DAB and residual concentrations (Ruifrok-Johnston OD space)."""
+    """Scale hematoxylin, DAB and residual concentrations and shift hematoxylin and residual (OD space).
+
+    DAB is only scaled, never shifted: its amount over the tissue *is* the HER2 signal at low
+    resolution, and an additive shift the size of the 0 / 1+ difference would blur the labels.
+    """
     import torch
 
     from her2score.stain.deconvolution import HDAB
@@ -77,6 +81,7 @@ def stain_jitter(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
     conc = od @ m_inv
     alpha = _uniform(gen, n * 3, 1 - cfg.stain_jitter, 1 + cfg.stain_jitter, x.device).view(n, 1, 1, 3)
     beta = _uniform(gen, n * 3, -cfg.stain_shift, cfg.stain_shift, x.device).view(n, 1, 1, 3)
+    beta = beta * torch.tensor([1.0, 0.0, 1.0], device=x.device)  # no additive DAB
     tissue = (od.sum(-1, keepdim=True) > 0.05).float()  # leave glass white
     conc = conc * alpha + beta * tissue
     out = torch.pow(10.0, -(conc @ m)).permute(0, 3, 1, 2)

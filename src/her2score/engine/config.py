@@ -24,10 +24,10 @@ class AugmentConfig:
     affine_scale: float = 0.08
     affine_translate: float = 0.04
     stain_jitter: float = 0.05  # relative scale jitter of H and DAB concentrations (HED space)
-    stain_shift: float = 0.02  # additive OD shift
+    stain_shift: float = 0.02  # additive OD shift of hematoxylin and residual (DAB is only scaled)
     blur_prob: float = 0.2
     blur_sigma: float = 1.0
-    brightness: float = 0.08
+    brightness: float = 0.03  # illumination; larger factors shift DAB optical density like staining does
 
 
 @dataclass

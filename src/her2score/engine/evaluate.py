@@ -17,6 +17,8 @@ def resolve_device(name: str = "auto") -> Any:
 
     from her2score.errors import ConfigError
 
+    # Tiny activations (denormal floats) make CPU kernels many times slower; they carry no signal.
+    torch.set_flush_denormal(True)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

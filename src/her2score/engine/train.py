@@ -100,6 +100,21 @@ def _macro_f1(y: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float(f1_score(y, probs.argmax(1), labels=list(range(k)), average="macro", zero_division=0))
 
 
+def input_statistics(images: Any, train: np.ndarray, pretrained: bool) -> tuple[tuple[float, ...], ...]:
+    """Per-channel mean and std that normalise the model input.
+
+    With pretrained weights, the statistics they were trained with (ImageNet). From scratch, those of
+    the training images: low-resolution slides are mostly white glass, and centring them on ImageNet's
+    mean leaves the faint stain differences that carry the label too small to learn from.
+    """
+    if pretrained or len(train) == 0:
+        return IMAGENET_MEAN, IMAGENET_STD
+    x = images[train].float().div(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
 def model_metadata(cfg: TrainConfig, cohort: Cohort, input_kind: str, model: Any) -> dict[str, Any]:
     """Everything ``predict`` needs to rebuild the model and its input from the checkpoint alone."""
     backbone = getattr(model, "backbone_name", cfg.backbone)
@@ -115,9 +130,9 @@ def model_metadata(cfg: TrainConfig, cohort: Cohort, input_kind: str, model: Any
         "input_size": cfg.input_size,
         "mpp": cfg.mpp,
         "margin": cfg.margin,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "normalisation": "ImageNet mean/std on RGB in [0, 1]",
+        "mean": list(getattr(model, "input_mean", IMAGENET_MEAN)),
+        "std": list(getattr(model, "input_std", IMAGENET_STD)),
+        "normalisation": getattr(model, "input_normalisation", "ImageNet mean/std on RGB in [0, 1]"),
         "weights_origin": getattr(model, "weights_note", "unknown"),
     }
 
@@ -155,7 +170,12 @@ def fit(
         cfg.model, num_classes, backbone=cfg.backbone, weights=cfg.weights, drop_rate=cfg.drop_rate
     ).to(device)
     log(f"{cfg.model} ({getattr(model, 'backbone_name', cfg.backbone)}) on {device}: {model.weights_note}")
-    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "classes": list(range(num_classes))}
+    mean, std = input_statistics(images, train, pretrained=bool(cfg.weights))
+    model.input_mean, model.input_std = mean, std
+    model.input_normalisation = (
+        "ImageNet mean/std on RGB in [0, 1]" if cfg.weights else "training-image mean/std on RGB in [0, 1]"
+    )
+    norm = {"mean": mean, "std": std, "classes": list(range(num_classes))}
     y_train, y_val = labels[train], labels[val]
     steps = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,7 +219,7 @@ def fit(
             total_loss = 0.0
             for b in range(steps):
                 idx = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-                x = to_model_input(images[idx], IMAGENET_MEAN, IMAGENET_STD, device, cfg.augment, gen)
+                x = to_model_input(images[idx], mean, std, device, cfg.augment, gen)
                 target = torch.as_tensor(labels[idx], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss = criterion(model(x).float(), target)

@@ -37,8 +37,13 @@ def _make_classifier(
     name = backbone or default_backbone()
     if Path(str(name)).suffix in {".safetensors", ".pth", ".pt", ".bin"}:
         raise ConfigError(f"backbone must be a timm architecture name, not a file ({name}); use weights=")
+    extra: dict[str, Any] = {}
+    if weights is None and name.startswith("convnext"):
+        # ConvNeXt starts its residual branches at 1e-6 (layer scale), tuned for long ImageNet runs: from
+        # scratch on a few hundred steps the blocks stay near identity and the loss sits at chance.
+        extra["ls_init_value"] = 1.0
     try:
-        net = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, **extra)
     except RuntimeError as exc:  # timm: unknown model
         raise ConfigError(f"timm has no architecture {name!r} ({exc})") from exc
 

@@ -46,7 +46,8 @@ def draw_patients(n: int, seed: int = 0, n_sites: int = 3) -> list[Patient]:
     patients = []
     for i, her2 in enumerate(cats):
         her2 = str(her2)
-        ish = "pos" if her2 == "3+" or (her2 == "2+" and rng.uniform() < 0.35) else "neg"
+        # About one IHC 2+ case in five is ISH-amplified in published series (roughly 10-30%).
+        ish = "pos" if her2 == "3+" or (her2 == "2+" and rng.uniform() < 0.2) else "neg"
         p_er = {"0": 0.8, "1+": 0.8, "2+": 0.7, "3+": 0.5}[her2]
         er = "pos" if rng.uniform() < p_er else "neg"
         pr = "pos" if rng.uniform() < (0.8 if er == "pos" else 0.05) else "neg"
