@@ -57,7 +57,7 @@ def demo(
     from her2score.engine.config import config_from_dict
     from her2score.engine.train import train_run
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True)
     start = time.perf_counter()
     manifest = out / "cohort" / "manifest.csv"
     if manifest.is_file():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Device, Out, Quiet, Workers
+from her2score.cli.options import Cache, Device, Out, Quiet, Workers
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +24,7 @@ def evaluate(
     n_boot: Annotated[
         int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")
     ] = 1000,
-    cache: Annotated[
-        Path | None, typer.Option("--cache", help="Folder caching low-resolution images (default: none).")
-    ] = None,
+    cache: Cache = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a trained model on the slides of a manifest (unreadable slides are skipped and listed)."""
@@ -34,7 +32,7 @@ def evaluate(
 
     from her2score.engine.evaluate import evaluate_model
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True)
     metrics, failures = evaluate_model(
         model, manifest, out, device=device, cache_dir=cache, workers=workers, quiet=quiet, n_boot=n_boot
     )

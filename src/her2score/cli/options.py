@@ -21,3 +21,6 @@ Workers = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Cache = Annotated[
+    Path | None, typer.Option("--cache", help="Folder caching low-resolution images (default: none).")
+]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Device, Mpp, OutFile, Quiet, Workers
+from her2score.cli.options import Cache, Device, Mpp, OutFile, Quiet, Workers
 
 
 def register(app: typer.Typer) -> None:
@@ -25,9 +25,7 @@ def predict(
     mpp: Mpp = None,
     device: Device = "auto",
     workers: Workers = 0,
-    cache: Annotated[
-        Path | None, typer.Option("--cache", help="Folder caching low-resolution images (default: none).")
-    ] = None,
+    cache: Cache = None,
     quiet: Quiet = False,
 ) -> None:
     """Predict each slide's class; unreadable slides are listed at the end (exit status 1 if any)."""
@@ -36,7 +34,7 @@ def predict(
     from her2score.engine.checkpoint import read_metadata
     from her2score.engine.predict import describe, predict_slides
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True)
     console.print(describe(read_metadata(model)), highlight=False)
     frame, failures = predict_slides(
         model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp, cache_dir=cache,

@@ -50,7 +50,7 @@ def train(
     from her2score.engine.config import load_config
     from her2score.engine.train import train_run
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True)
     start = time.perf_counter()
     cfg = load_config(
         config, task=task, model=model, folds=folds, epochs=epochs, seed=seed,
