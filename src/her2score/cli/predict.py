@@ -40,10 +40,13 @@ def predict(
         model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp, cache_dir=cache,
         workers=workers, quiet=quiet,
     )  # fmt: skip
-    done = int((frame["status"] == "ok").sum())
+    warned = frame[frame["status"].str.startswith("warning")]
+    done = int((frame["status"] == "ok").sum()) + len(warned)
     console.print(f"{done} slide(s) predicted -> {out}" + (f"; heatmaps in {heatmaps}" if heatmaps else ""))
+    for row in warned.itertuples():
+        console.print(f"[yellow]{row.slide}:[/] {row.status}", highlight=False)
     if failures:
-        Console(stderr=True).print(f"[yellow]{len(failures)} slide(s) skipped:[/]")
+        console.print(f"[yellow]{len(failures)} slide(s) skipped:[/]")
         for f in failures:
-            Console(stderr=True).print(f"  {f.slide}: {f.cause}", highlight=False)
+            console.print(f"  {f.slide}: {f.cause}", highlight=False)
         raise typer.Exit(2 if done == 0 else 1)

@@ -47,7 +47,7 @@ def predict_slides(
     names = [str(files[i]) for i in inputs.positions]
     probs = predict_probs(model, inputs.images, meta, dev)
     frame = prediction_frame(names, probs, meta["classes"])
-    frame["status"] = "ok"
+    frame["status"] = [stain_status(inputs.images[i]) for i in range(len(names))]
     if inputs.failures:
         failed = pd.DataFrame({"slide": [f.slide for f in inputs.failures]})
         failed["status"] = [f"skipped: {f.cause}" for f in inputs.failures]
@@ -58,6 +58,20 @@ def predict_slides(
     if heatmap_dir is not None and len(names):
         gradcam_figures(model, inputs.images, names, meta, dev, heatmap_dir)
     return frame, inputs.failures
+
+
+def stain_status(image: Any) -> str:
+    """``ok``, or a warning when a (3, H, W) uint8 input looks like H&E: an IHC model's answer is void."""
+    import numpy as np
+
+    from her2score.slide.tissue import tissue_mask
+    from her2score.stain.quantify import looks_like_he
+
+    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    mask = tissue_mask(rgb)
+    if mask.any() and looks_like_he(rgb, mask):
+        return "warning: looks like H&E, not IHC; this prediction is meaningless"
+    return "ok"
 
 
 def describe(meta: dict[str, Any]) -> str:
