@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "slide"))
-from slide_fixtures import LEVEL0_MPP, REAL, SIZE, make_bad_files, synthetic_tissue, write_pyramid
+from slide_fixtures import BAD_INPUTS, LEVEL0_MPP, REAL, SIZE, make_bad_files, synthetic_tissue, write_pyramid
 
 from her2score.cli.main import main
 
@@ -71,21 +71,7 @@ def test_info_plain_image_needs_mpp(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert report["format"] == "jpeg"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "truncated-tiff",
-        "text-as-svs",
-        "zero-bytes",
-        "missing",
-        "folder",
-        "grayscale",
-        "grayscale-16bit",
-        "one-pixel",
-        "larger-than-memory",
-        "truncated-jpeg",
-    ],
-)
+@pytest.mark.parametrize("name", BAD_INPUTS)
 def test_info_bad_input_is_one_error_line(
     name: str, bad_files: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:

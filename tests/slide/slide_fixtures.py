@@ -82,6 +82,21 @@ def huge_png_header() -> bytes:
     )
 
 
+#: Every bad input that must fail with a clear message naming the file and the cause.
+BAD_INPUTS = [
+    "truncated-tiff",
+    "text-as-svs",
+    "zero-bytes",
+    "missing",
+    "folder",
+    "grayscale",
+    "grayscale-16bit",
+    "one-pixel",
+    "larger-than-memory",
+    "truncated-jpeg",
+]
+
+
 def make_bad_files(d: Path, pyramid_tiff: Path) -> dict[str, tuple[Path, str]]:
     """Write each bad input under ``d``; returns name -> (path, a fragment its error must contain)."""
     from PIL import Image

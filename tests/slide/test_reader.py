@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from slide_fixtures import LEVEL0_MPP, SIZE, write_pyramid
+from slide_fixtures import BAD_INPUTS, LEVEL0_MPP, SIZE, write_pyramid
 
 from her2score.errors import MissingMPPError, SlideError
 from her2score.slide import load_rgb, open_slide, sniff_format
@@ -211,21 +211,7 @@ def test_size_check_from_header_only() -> None:
 
 
 # ---------------------------------------------------------------------------- bad inputs
-BAD = [
-    "truncated-tiff",
-    "text-as-svs",
-    "zero-bytes",
-    "missing",
-    "folder",
-    "grayscale",
-    "grayscale-16bit",
-    "one-pixel",
-    "larger-than-memory",
-    "truncated-jpeg",
-]
-
-
-@pytest.mark.parametrize("name", BAD)
+@pytest.mark.parametrize("name", BAD_INPUTS)
 def test_bad_input_raises_slide_error_naming_file_and_cause(name: str, bad_files: dict) -> None:
     path, cause = bad_files[name]
     with pytest.raises(SlideError) as info:
