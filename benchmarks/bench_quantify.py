@@ -6,8 +6,10 @@
 3. Agreement: the ASCO/CAP category of synthetic patches and of small synthetic slides
    (``make_cohort``, 1.5 x 1.0 mm, scored by ``quantify_file``) against their truth, and the
    membrane class of matched tumour cells (nearest truth cell within 4 µm); confusion matrices.
+4. Real HER2 IHC images (``../shared/data/real``, BCI and MIST IHC sides, when present): category,
+   HER2 index and class shares per image, beside the BCI whole-slide label (a weak check).
 
-Run: .venv/bin/python benchmarks/bench_quantify.py [--patches 10] [--slides 1] [--cohort 12] [--workers 2]
+Run: .venv/bin/python benchmarks/bench_quantify.py [--patches 10] [--slides 1] [--cohort 24] [--workers 2]
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ import numpy as np
 import pandas as pd
 
 MPP = 0.5
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
+CLASSES = ("none", "faint-incomplete", "faint-complete", "moderate-complete", "intense-complete")
+CATEGORIES = ("0", "1+", "2+", "3+")
+
+
+def confusion(truth: pd.Series, found: pd.Series, labels: tuple[str, ...]) -> pd.DataFrame:
+    """Counts, rows truth and columns found, in ``labels`` order (plus any other found value)."""
+    extra = tuple(sorted(set(found) - set(labels)))
+    table = pd.crosstab(pd.Categorical(truth, labels), pd.Categorical(found, labels + extra), dropna=False)
+    table.index.name, table.columns.name = "truth", "found"
+    return table
 
 
 def _match(found: pd.DataFrame, truth: pd.DataFrame, scale: float = 1.0) -> pd.DataFrame:
@@ -131,14 +144,42 @@ def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.
     return pd.DataFrame(rows, columns=["truth", "found"]), pd.concat(pairs)
 
 
+def real_images(folder: Path) -> pd.DataFrame:
+    """Score every BCI and MIST IHC image; one row each with the BCI label when there is one."""
+    from her2score.slide import load_rgb
+    from her2score.stain.quantify import Thresholds, quantify_image
+
+    rows = []
+    files = sorted((folder / "bci-her2-pairs" / "IHC").glob("*"))
+    files += sorted((folder / "mist-her2-pairs" / "IHC").glob("*"))
+    for path in files:
+        result = quantify_image(load_rgb(path), MPP, path=path)
+        row = result.accumulator.summary(Thresholds())
+        label = path.stem.rsplit("_", 1)[1] if path.parent.parent.name.startswith("bci") else "-"
+        rows.append(
+            {
+                "image": f"{path.parent.parent.name.split('-')[0]}/{path.name}",
+                "label": label,
+                "category": row["category"] + (f" {row['her2_0_subtype']}" if row["her2_0_subtype"] else ""),
+                "her2_index": round(row["her2_index"], 1),
+                "h_score": round(row["h_score"]),
+                "tumour_cells": row["n_tumour_cells"],
+                **{c: round(row[f"pct_{c.replace('-', '_')}"]) for c in CLASSES},
+                "stains": result.stain_source,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=10, help="synthetic 512 px patches per category")
     parser.add_argument("--slides", type=int, default=1, help="synthetic 3 x 2 mm slides (categories cycle)")
     parser.add_argument("--tiles", type=int, default=4, help="1024 px tiles timed")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cohort", type=int, default=12, help="small 1.5 x 1.0 mm synthetic slides")
+    parser.add_argument("--cohort", type=int, default=24, help="small 1.5 x 1.0 mm synthetic slides")
     parser.add_argument("--seed", type=int, default=1, help="seed of the small-slide cohort")
+    parser.add_argument("--real", type=int, default=1, help="1: score the real IHC images when present")
     args = parser.parse_args(argv)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 12)
@@ -152,26 +193,30 @@ def main(argv: list[str] | None = None) -> None:
         print("\nwhole slides (tiled over tissue, streaming):")
         print(pd.DataFrame(rows).round(2).to_string(index=False))
         print("slide cell membrane-class confusion (rows truth):")
-        print(pd.crosstab(slide_cells.truth, slide_cells.found))
+        print(confusion(slide_cells.truth, slide_cells.found, CLASSES))
 
     if args.cohort:
         with tempfile.TemporaryDirectory() as tmp:
             scores, cells = agreement_cohort(Path(tmp), args.cohort, args.seed)
         print(f"\ncategory confusion on {len(scores)} small synthetic slides (rows truth, columns found):")
-        print(pd.crosstab(scores.truth, scores.found))
-        print(f"slide category agreement: {(scores.truth == scores.found).mean():.2f}")
+        print(confusion(scores.truth, scores.found, CATEGORIES))
+        right = int((scores.truth == scores.found).sum())
+        print(f"slide category agreement: {right}/{len(scores)} = {right / len(scores):.2f}")
         print("slide cell membrane-class confusion (rows truth):")
-        print(pd.crosstab(cells.truth, cells.found))
+        print(confusion(cells.truth, cells.found, CLASSES))
         print(f"slide cell agreement: {(cells.truth == cells.found).mean():.2f} over {len(cells)} cells")
 
     if args.patches:
         scores, cells = agreement_patches(args.patches)
         print(f"\ncategory confusion on {len(scores)} synthetic patches (rows truth, columns found):")
-        print(pd.crosstab(scores.truth, scores.found))
+        print(confusion(scores.truth, scores.found, CATEGORIES))
         print(f"category agreement: {(scores.truth == scores.found).mean():.2f}")
         print("\ncell membrane-class confusion (tumour cells matched within 4 µm):")
-        print(pd.crosstab(cells.truth, cells.found))
+        print(confusion(cells.truth, cells.found, CLASSES))
         print(f"cell agreement: {(cells.truth == cells.found).mean():.2f} over {len(cells)} cells")
+    if args.real and REAL.is_dir():
+        print(f"\nreal HER2 IHC images at {MPP} µm/px (BCI label: whole-slide level, weak):")
+        print(real_images(REAL).to_string(index=False))
     print("\ncommand:", " ".join([Path(sys.executable).name, *sys.argv]))
 
 

@@ -90,3 +90,54 @@ def test_blank_image_has_no_cells() -> None:
     seg = segment_cells(np.zeros((64, 64), np.float32), 0.5)
     assert seg.n_cells == 0
     assert seg.rings.max() == 0
+
+
+def test_membrane_ridges_find_lines_not_a_blush() -> None:
+    from her2score.stain.cells import membrane_ridges
+
+    n = 120
+    dab = np.full((n, n), 0.3, np.float32)  # a uniform cytoplasmic blush ...
+    assert not membrane_ridges(dab, 0.5).any()
+    dab[:, 60:62] = 0.6  # ... with one 1 µm membrane line on top
+    ridges = membrane_ridges(dab, 0.5)
+    assert ridges[:, 60:62].all()
+    assert ridges.sum() == 2 * n
+
+
+def test_stained_membranes_keep_packed_nuclei_apart() -> None:
+    """Two nuclei joined by hematoxylin leaking from the stained membrane between them."""
+    n = 80
+    yy, xx = np.mgrid[:n, :n] * 0.5
+    hema = np.full((n, n), 0.03, np.float32)
+    dab = np.zeros((n, n), np.float32)
+    for cx in (14.0, 26.0):
+        hema[np.hypot(yy - 20, xx - cx) <= 5.0] = 0.45
+    line = np.abs(xx - 20.0) <= 1.0
+    hema[line & (np.abs(yy - 20) <= 5)] = 0.45  # dark membrane seen in the hematoxylin channel
+    dab[line] = 0.6
+    without = segment_cells(hema, 0.5, params=CellParams(membrane_cut_od=0.0, line_removal_um=0.0))
+    assert without.n_cells != 2  # the leak makes a third "nucleus" on the membrane (or merges)
+    seg = segment_cells(hema, 0.5, dab=dab)
+    assert seg.n_cells == 2
+    found = sorted(x * 0.5 for x in _centres_um(seg.nuclei, 1.0)[:, 0])
+    assert found == pytest.approx([14.0, 26.0], abs=1.0)
+
+
+def test_packed_cells_have_a_ring_on_every_side() -> None:
+    """Cells 10 µm apart with 4 µm nuclei meet inside the perinuclear band: the ring follows the
+    border, so every side of an inner cell is measured."""
+    hema, dab, _ = draw_scene(spacing_um=10.0, nucleus_um=3.5, membrane_um=5.0, membrane_od=0.5)
+    seg = segment_cells(hema, 0.5, dab=dab)
+    from scipy import ndimage as ndi
+
+    centres = ndi.center_of_mass(seg.nuclei > 0, seg.nuclei, range(1, seg.n_cells + 1))
+    yy, xx = np.nonzero(seg.rings)
+    ids = seg.rings[yy, xx] - 1
+    cy = np.array([c[0] for c in centres])
+    cx = np.array([c[1] for c in centres])
+    sector = ((np.arctan2(yy - cy[ids], xx - cx[ids]) + np.pi) / (2 * np.pi) * 8).astype(int) % 8
+    covered = np.zeros((seg.n_cells, 8), bool)
+    covered[ids, sector] = True
+    inner = (cy > 20) & (cy < seg.nuclei.shape[0] - 20) & (cx > 20) & (cx < seg.nuclei.shape[1] - 20)
+    assert inner.sum() >= 9
+    assert covered[inner].all()

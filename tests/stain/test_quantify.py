@@ -288,7 +288,7 @@ def test_synthetic_patches_reproduce_category_and_cell_classes() -> None:
     assert category_agreement >= CATEGORY_AGREEMENT_FLOOR
     steps = scores.truth.map(CATEGORIES.index) - scores.found.map(CATEGORIES.index)
     assert steps.abs().max() <= 1  # misses are one step, at the 10 % cuts
-    assert cell_agreement > 0.6
+    assert cell_agreement > 0.65  # 0.72 today (16 patches)
 
 
 #: The issue's bar (≥ 90 % of cases with the true category): these 16 patches read 15/16 today; the
@@ -314,9 +314,9 @@ def test_synthetic_slides_reproduce_category(tmp_path: Path) -> None:
     assert steps.abs().max() <= 1
 
 
-#: NOT the issue's 0.9: over 20 small slides (this cohort and the benchmark's) 17 read their true
-#: category (85 %); the misses are one step (a 1+ read 2+ from ~10.5 % complete rings where a
-#: neighbour's stained membrane completes an incomplete ring; a 3+ read 2+). Raise when true.
+#: These 8 slides read 7/8 (a 1+ read 2+: incomplete faint rings read complete). Over two cohorts of
+#: 24 small slides (seeds 1 and 7, ``benchmarks/bench_quantify.py``) 44/48 read their true category
+#: (92 %, the issue's 90 % bar), every miss a 1+ one step off; 0.85 leaves room for one miss in 8.
 SLIDE_AGREEMENT_FLOOR = 0.85
 
 
@@ -341,3 +341,58 @@ def test_real_bci_ihc_runs_and_ranks_3plus_above_0_and_1plus() -> None:
     low = np.mean(index["0"] + index["1+"])
     print(f"\nmean HER2 index: 3+ {high:.1f}, 0/1+ {low:.1f}")
     assert high > low
+
+
+# ------------------------------------------------------------------------ shared membranes
+def draw_rows(stained_rows: tuple[int, ...] = (0, 2, 4, 6), membrane_od: float = 0.6) -> np.ndarray:
+    """Packed cells (14 µm apart, membranes touching their neighbours'); rows in ``stained_rows``
+    carry a complete stained membrane, the others none."""
+    n = round(112 / MPP)
+    yy, xx = (np.mgrid[:n, :n] + 0.5) * MPP
+    hema = np.full((n, n), 0.04, np.float32)
+    dab = np.zeros((n, n), np.float32)
+    for row, cy in enumerate(np.arange(7, 112, 14.0)):
+        for cx in np.arange(7, 112, 14.0):
+            r = np.hypot(yy - cy, xx - cx)
+            hema[r <= 4.0] = 0.35
+            if row in stained_rows:
+                dab = np.maximum(dab, membrane_od * np.exp(-0.5 * ((r - 6.8) / 0.6) ** 2))
+    od = hema[..., None] * _unit(HEMATOXYLIN) + dab[..., None] * _unit(DAB)
+    od += np.random.default_rng(0).normal(0, 0.01, od.shape).astype(np.float32)
+    return od_to_rgb(np.clip(od, 0, None))
+
+
+def test_unstained_cells_between_stained_rows_stay_unstained() -> None:
+    """A stained membrane touching an unstained cell is its neighbour's: judged on its own side
+    (the sectors that face no stained cell), the unstained cell reads ``none``."""
+    rgb = draw_rows()
+    row_of = lambda cells: ((cells["y"] * MPP - 7) / 14).round().astype(int)  # noqa: E731
+    shares = {}
+    for own_side in (0.15, 1.0):  # 1.0: never judged on its own side (ownership off)
+        cells = quantify_image(rgb, MPP, Thresholds(own_side_fraction=own_side), stains="default").cells
+        inner = cells[(cells["x"] * MPP > 10) & (cells["x"] * MPP < 102)]
+        unstained = inner[row_of(inner).isin([1, 3, 5])]
+        stained = inner[row_of(inner).isin([2, 4])]
+        assert len(unstained) >= 15
+        assert len(stained) >= 10
+        complete = stained["membrane_class"].astype(str).str.endswith("-complete")
+        assert complete.mean() > 0.8  # the stained rows keep their complete rings either way
+        shares[own_side] = (unstained["membrane_class"].astype(str) == "none").mean()
+    assert shares[0.15] > 0.8
+    assert shares[0.15] > shares[1.0] + 0.3
+
+
+def test_own_membrane_explains_away_a_neighbours_membrane() -> None:
+    from her2score.stain.quantify import own_membrane
+
+    s = 8
+    present = np.ones((2, s), bool)
+    stained = np.zeros((2, s), bool)
+    stained[0] = True  # cell 0: stained all round
+    stained[1, :2] = True  # cell 1: stained only where it touches cell 0
+    # (cell, sector, neighbour, neighbour's sector): they meet at sectors 6-7 of 0 and 0-1 of 1
+    contacts = np.array([[0, 6, 1, 1], [0, 7, 1, 0], [1, 0, 0, 7], [1, 1, 0, 6]])
+    peaks = np.where(stained, 0.5, 0.0).astype(np.float32)
+    completeness, membrane = own_membrane(stained, present, peaks, contacts, Thresholds())
+    assert completeness.tolist() == [1.0, 0.0]
+    assert membrane.tolist() == [0.5, 0.0]

@@ -6,15 +6,20 @@ All sizes are in µm and converted to pixels from the image's µm/px, so the sam
 1. hematoxylin optical density, smoothed (σ ``smoothing_um``), minus its local background (a white
    top-hat ``background_um`` wide), thresholded (Otsu over tissue, with a floor so that a nearly
    empty image does not turn its noise into nuclei; with hysteresis, ``nucleus_hysteresis``, so
-   that pale nuclei that reach the threshold somewhere keep their whole extent);
+   that pale nuclei that reach the threshold somewhere keep their whole extent); thin lines (dark
+   DAB membranes leaking into the hematoxylin channel) are first removed by a grey opening, and
+   stained membrane ridges (DAB) cut the nuclear mask: HER2 is not nuclear, so a brown line
+   between two packed nuclei is a cell border;
 2. touching nuclei split by a watershed on the distance transform, seeded by its peaks at least
    ``min_nucleus_separation_um`` apart;
 3. each nucleus grown by at most ``cell_expansion_um``; neighbours meet on the DAB ridge between
    them (a watershed on DAB plus a gentle distance slope, so that unstained neighbours meet
    half-way);
-4. the membrane ring is the part of the cell more than ``perinuclear_um`` outside the nucleus; the
-   band between ``nuclear_edge_um`` and the ring is the perinuclear cytoplasm, used to tell
-   membrane staining from a cytoplasmic blush.
+4. the membrane ring is the part of the cell more than ``perinuclear_um`` outside the nucleus, plus
+   a band ``membrane_band_um`` wide along the cell's border (packed cells with thin cytoplasm
+   meet their neighbours inside the perinuclear band); the rest of the band, from
+   ``nuclear_edge_um`` out, is the perinuclear cytoplasm, used to tell membrane staining from a
+   cytoplasmic blush.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class CellParams:
 
     #: Gaussian σ applied to the hematoxylin OD before thresholding (removes chromatin texture).
     smoothing_um: float = 1.0
+    #: Hematoxylin structures narrower than twice this (µm) are removed before nuclei are found
+    #: (membranes leaking into the channel; the smallest nuclei, lymphocytes, are ~6 µm). 0: off.
+    line_removal_um: float = 1.5
     #: Lowest hematoxylin OD above the local background accepted as nuclear, whatever Otsu says.
     min_hematoxylin_od: float = 0.04
     #: Nuclear threshold as a fraction of Otsu's on the top-hat (below 1 keeps pale nuclei whole, but
@@ -47,15 +55,29 @@ class CellParams:
     min_nucleus_area_um2: float = 8.0
     #: Largest growth from the nucleus edge to the membrane (tumour cell cytoplasm is ~2-6 µm thick).
     cell_expansion_um: float = 5.0
-    #: Perinuclear band (µm outside the nucleus) that counts as cytoplasm, not membrane.
+    #: Perinuclear band (µm outside the nucleus) that counts as cytoplasm, not membrane ...
     perinuclear_um: float = 1.5
+    #: ... except within this distance of the cell's border, which is always membrane ring (a
+    #: blurred membrane at 20x is ~1-2 µm wide; the border sits on its ridge).
+    membrane_band_um: float = 1.5
     #: The first µm outside the segmented nucleus edge is skipped for the cytoplasm measurement:
     #: the edge is blurred and a nucleus is often segmented a little small.
     nuclear_edge_um: float = 0.5
+    #: No cell extends farther than this beyond its own nucleus: pixels it flooded through a
+    #: nucleus-free basin (stroma, a lumen) go to the nearest nucleus instead. Twice the expansion:
+    #: only gross leaks, as packed cells legitimately meet beyond a neighbour's reach.
+    own_reach_um: float = 10.0
     #: Slope added to DAB when growing cells (OD per µm from the nucleus): ties split half-way.
     distance_weight_od_per_um: float = 0.02
     #: Gaussian σ on the DAB map before ring measurements (noise, not membrane width).
     dab_smoothing_um: float = 0.5
+    #: A DAB ridge (white top-hat ``membrane_width_um`` wide) above this OD is a stained membrane:
+    #: nuclei are not allowed to cross it, so that tightly packed 3+ cells keep one nucleus each
+    #: (HER2 is not nuclear: a brown line between two blue nuclei is the cell border). 0: off.
+    membrane_cut_od: float = 0.1
+    #: Width of the structuring element that finds membrane ridges (wider than a blurred membrane,
+    #: narrower than a cell's cytoplasm, so a uniform cytoplasmic blush is not a ridge).
+    membrane_width_um: float = 3.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -93,16 +115,41 @@ def nucleus_threshold(hematoxylin: np.ndarray, tissue: np.ndarray | None, floor:
     return float(max(floor, threshold_otsu(values)))
 
 
+def membrane_ridges(dab: np.ndarray, mpp: float, params: CellParams | None = None) -> np.ndarray:
+    """Stained membrane lines: DAB above its local floor (a grey opening ``membrane_width_um`` wide)."""
+    from scipy import ndimage as ndi
+
+    p = params or CellParams()
+    width = max(3, round(_px(p.membrane_width_um, mpp)) | 1)
+    ridge = dab - ndi.grey_opening(dab, size=(width, width))
+    return ridge > p.membrane_cut_od
+
+
 def segment_nuclei(
-    hematoxylin: np.ndarray, mpp: float, tissue: np.ndarray | None = None, params: CellParams | None = None
+    hematoxylin: np.ndarray,
+    mpp: float,
+    tissue: np.ndarray | None = None,
+    params: CellParams | None = None,
+    dab: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Label nuclei in a hematoxylin OD map; returns the labels (int32) and the threshold used."""
+    """Label nuclei in a hematoxylin OD map; returns the labels (int32) and the threshold used.
+
+    With a DAB map, stained membrane ridges cut the nuclear mask (see ``membrane_cut_od``).
+    """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     p = params or CellParams()
     smooth = ndi.gaussian_filter(hematoxylin.astype(np.float32), _px(p.smoothing_um, mpp))
+    if p.line_removal_um > 0:
+        # Dark DAB membranes leak into the hematoxylin channel (DAB does not follow Beer-Lambert
+        # and real counterstains are greyer than the reference vector): a grey opening with a
+        # disk removes such thin lines and keeps nuclei, which are several µm wide.
+        from skimage.morphology import disk
+
+        radius = max(1, round(_px(p.line_removal_um, mpp)))
+        smooth = ndi.grey_opening(smooth, footprint=disk(radius))
     # White top-hat: hematoxylin above its local floor (a grey opening wider than any nucleus), so
     # that blue-grey stroma and uneven counterstain do not pass as nuclei, and pale nuclei inside
     # DAB-stained cytoplasm stand out against it.
@@ -127,6 +174,10 @@ def segment_nuclei(
         mask = contrast > thr
     if tissue is not None:
         mask &= tissue
+    if dab is not None and p.membrane_cut_od > 0:
+        # Only where DAB outweighs hematoxylin: the blurred edge of a nucleus inside a blushing
+        # cytoplasm is a DAB step, not a membrane, and must not eat into the nucleus.
+        mask &= ~(membrane_ridges(dab, mpp, p) & (dab > hematoxylin))
     mask = ndi.binary_opening(mask, iterations=max(1, round(_px(0.5, mpp))))
     mask = ndi.binary_fill_holes(mask)
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
@@ -192,13 +243,56 @@ def grow_cells(
         # Distance from the nearest nucleus (µm) as a gentle slope, so that flat DAB splits half-way.
         elevation = dab.astype(np.float32) + np.float32(p.distance_weight_od_per_um) * dist_um
         cells = watershed(elevation, markers=nuclei, mask=reach).astype(np.int32)
+        # A basin without a nucleus (stroma, a lumen, the gaps between stained rings) is flooded
+        # by the first cell that spills into it: keep each cell within reach of its own nucleus
+        # and hand the rest to the nearest nucleus.
+        leak = _beyond_own_reach(cells, nuclei, mpp, p.own_reach_um)
+        cells[leak] = nearest[leak]
     inner = dist_um <= max(p.perinuclear_um, mpp)
-    rings = np.where(inner, 0, cells).astype(np.int32)
-    cytoplasm = np.where(inner & (dist_um > min(p.nuclear_edge_um, p.perinuclear_um - mpp)), cells, 0)
-    cytoplasm = cytoplasm.astype(np.int32)
+    # Tightly packed cells (high grade, thin cytoplasm) meet their neighbours inside the
+    # perinuclear band: the band along the cell's own border is membrane whatever its distance
+    # from the nucleus, so that every side of a packed cell has a ring on its border.
+    border = cell_border_band(cells, mpp, p.membrane_band_um)
+    rings = np.where(~inner | border, cells, 0).astype(np.int32)
+    cytoplasm = np.where(
+        inner & ~border & (dist_um > min(p.nuclear_edge_um, p.perinuclear_um - mpp)), cells, 0
+    ).astype(np.int32)
     return CellSegmentation(
         nuclei=nuclei, cells=cells, rings=rings, cytoplasm=cytoplasm, hematoxylin_threshold=0.0
     )
+
+
+def _beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_um: float) -> np.ndarray:
+    """Pixels farther than ``reach_um`` beyond the outermost pixel of their own cell's nucleus."""
+    n = int(nuclei.max())
+    yy, xx = np.nonzero(nuclei)
+    ids = nuclei[yy, xx] - 1
+    count = np.maximum(np.bincount(ids, minlength=n), 1)
+    cy = np.bincount(ids, weights=yy, minlength=n) / count
+    cx = np.bincount(ids, weights=xx, minlength=n) / count
+    radius = np.zeros(n)
+    np.maximum.at(radius, ids, np.hypot(yy - cy[ids], xx - cx[ids]))
+    py, px = np.nonzero(cells)
+    own = cells[py, px] - 1
+    far = np.hypot(py - cy[own], px - cx[own]) - radius[own] > reach_um / mpp
+    out = np.zeros(cells.shape, dtype=bool)
+    out[py[far], px[far]] = True
+    return out
+
+
+def cell_border_band(cells: np.ndarray, mpp: float, width_um: float) -> np.ndarray:
+    """Pixels of each cell within ``width_um`` of its border (a neighbour or the background)."""
+    from scipy import ndimage as ndi
+
+    inside = cells > 0
+    border = np.zeros(cells.shape, dtype=bool)
+    border[:-1] |= cells[:-1] != cells[1:]
+    border[1:] |= cells[1:] != cells[:-1]
+    border[:, :-1] |= cells[:, :-1] != cells[:, 1:]
+    border[:, 1:] |= cells[:, 1:] != cells[:, :-1]
+    border &= inside
+    dist = ndi.distance_transform_edt(inside & ~border)
+    return inside & (dist * mpp <= width_um)
 
 
 def segment_cells(
@@ -209,7 +303,7 @@ def segment_cells(
     dab: np.ndarray | None = None,
 ) -> CellSegmentation:
     """Nuclei, cells, membrane rings and perinuclear cytoplasm from hematoxylin (and DAB) OD maps."""
-    nuclei, thr = segment_nuclei(hematoxylin, mpp, tissue, params)
+    nuclei, thr = segment_nuclei(hematoxylin, mpp, tissue, params, dab=dab)
     seg = grow_cells(nuclei, mpp, dab, params)
     seg.hematoxylin_threshold = thr
     return seg

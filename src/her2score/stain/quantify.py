@@ -11,6 +11,9 @@ Per image (a patch, a TMA core or one tile of a slide):
 * completeness = stained sectors / sectors present; membrane DAB = median peak DAB of stained sectors
   (a cell is stained only when this reaches the faint threshold and ≥ ``min_stained_fraction`` of
   its ring is stained: one stained contact with a positive neighbour is not enough);
+* shared membranes explained away (:func:`own_membrane`): a membrane line between two touching
+  cells is one line at 20-40x; a cell is judged on the sectors that do not face a more completely
+  stained neighbour, so that an unstained cell beside a stained one stays unstained;
 * intensity 0-3 from the faint / moderate / intense thresholds; membrane class from intensity and
   completeness; tumour cells chosen by nuclear size and shape (lymphocytes: small; fibroblasts:
   elongated).
@@ -65,6 +68,12 @@ class Thresholds:
     #: Fewer stained sectors than this fraction: no membrane staining (class ``none``).
     min_stained_fraction: float = 0.25
     n_sectors: int = 32
+    #: A cell is judged on its own side (sectors not facing a stained neighbour) when that side
+    #: covers at least this fraction of its ring (see ``own_membrane``).
+    own_side_fraction: float = 0.15
+    #: ... where "stained" neighbours are those whose ring is stained at least this much further
+    #: round (a fraction of the ring) than the cell's own.
+    own_side_margin: float = 0.25
     #: Membrane accentuation: a sector's peak must exceed the perinuclear cytoplasm by this (OD) ...
     membrane_contrast_od: float = 0.05
     #: ... and by this fraction of the cytoplasm DAB (so a strong blush needs a stronger membrane).
@@ -99,6 +108,8 @@ class Thresholds:
             raise ConfigError(f"continuity must be in (0, 1] (got {self.continuity})")
         if not 0 <= self.cytoplasm_quantile <= 1:
             raise ConfigError(f"cytoplasm_quantile must be in [0, 1] (got {self.cytoplasm_quantile})")
+        if not 0 <= self.own_side_fraction <= 1 or not 0 <= self.own_side_margin <= 1:
+            raise ConfigError("own_side_fraction and own_side_margin must be in [0, 1]")
         if self.n_sectors < 8:
             raise ConfigError(f"n_sectors must be at least 8 (got {self.n_sectors})")
 
@@ -281,11 +292,8 @@ def measure_cells(
     # membrane all around even where one sector dips just under the threshold).
     stained = present & (sector_peak >= t.continuity * t.faint) & (sector_peak >= needed)
     n_present = present.sum(axis=1)
-    completeness = stained.sum(axis=1) / np.maximum(n_present, 1)
-    peaks_stained = np.where(stained, sector_peak, np.nan)
-    with warnings.catch_warnings():  # cells without a stained sector: all-NaN rows, median 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        membrane_dab = np.nan_to_num(np.nanmedian(peaks_stained, axis=1), nan=0.0)
+    contacts = sector_contacts(seg.cells, cy, cx, s, dab, t.continuity * t.faint)
+    completeness, membrane_dab = own_membrane(stained, present, sector_peak, contacts, t)
 
     intensity = intensity_level(membrane_dab, t)
     intensity[completeness < max(t.min_stained_fraction, 1e-9)] = 0
@@ -333,6 +341,102 @@ def measure_cells(
             "membrane_class": pd.Categorical(membrane_class, categories=MEMBRANE_CLASSES),
         }
     )
+
+
+def sector_contacts(
+    cells: np.ndarray,
+    cy: np.ndarray,
+    cx: np.ndarray,
+    n_sectors: int,
+    dab: np.ndarray | None = None,
+    min_dab: float = 0.0,
+) -> np.ndarray:
+    """Where touching cells meet: ``(cell, sector, neighbour, neighbour's sector)`` rows (0-based).
+
+    Each pair of 4-connected border pixels of two different cells gives one row per side, the
+    sector taken from each pixel's angle around its own nucleus centre; rows are unique. With
+    ``dab``, only contacts that lie on a stained line (DAB ≥ ``min_dab`` on either pixel) count:
+    two separate membranes with a pale gap between them are not one shared membrane.
+    """
+    h, w = cells.shape
+
+    def sectors(ids: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        angle = np.arctan2(yy - cy[ids], xx - cx[ids])
+        return np.minimum(((angle + np.pi) / (2 * np.pi) * n_sectors).astype(np.int64), n_sectors - 1)
+
+    rows = []
+    for dy, dx in ((0, 1), (1, 0)):
+        a = cells[: h - dy, : w - dx]
+        b = cells[dy:, dx:]
+        touch = (a != b) & (a > 0) & (b > 0)
+        if dab is not None:
+            touch &= np.maximum(dab[: h - dy, : w - dx], dab[dy:, dx:]) >= min_dab
+        yy, xx = np.nonzero(touch)
+        ia = a[yy, xx].astype(np.int64) - 1
+        ib = b[yy, xx].astype(np.int64) - 1
+        sa, sb = sectors(ia, yy, xx), sectors(ib, yy + dy, xx + dx)
+        rows += [np.stack([ia, sa, ib, sb], axis=1), np.stack([ib, sb, ia, sa], axis=1)]
+    if not rows:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.unique(np.concatenate(rows), axis=0)
+
+
+def own_membrane(
+    stained: np.ndarray,
+    present: np.ndarray,
+    sector_peak: np.ndarray,
+    contacts: np.ndarray,
+    t: Thresholds,
+    rounds: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Completeness and membrane DAB per cell, with shared membranes explained away.
+
+    Two touching cells share one membrane line at light-microscope resolution: an unstained cell
+    beside a stained one shows a stained arc that is its neighbour's. Like a pathologist, judge a
+    cell on its *own side*: the sectors of its ring that do not meet, on the same stained line, a
+    neighbour stained clearly further round (by ``own_side_margin``). When the own side covers at
+    least ``own_side_fraction`` of the ring, completeness and intensity come from it alone; a cell
+    surrounded by such neighbours cannot be told apart and keeps all of its ring. Repeated
+    ``rounds`` times, as a cell explained away no longer stains its neighbours.
+    ``contacts`` comes from :func:`sector_contacts`.
+    """
+    n, s = stained.shape
+    n_present = np.maximum(present.sum(axis=1), 1)
+    completeness = stained.sum(axis=1) / n_present
+    membrane_dab = _median_stained_peak(stained, sector_peak)
+    for _ in range(rounds if len(contacts) else 0):
+        is_stained = (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
+        faces = np.zeros(n * s, dtype=bool)
+        cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
+        # A shared stained line is the more completely stained cell's: a neighbour explains it
+        # away only when it sees the same line stained on its side of the contact and its own
+        # ring is stained clearly further round (near ties: both keep it).
+        hit = contacts[
+            is_stained[neighbour]
+            & stained[neighbour, across]
+            & (completeness[neighbour] >= completeness[cell] + t.own_side_margin)
+        ]
+        faces[hit[:, 0] * s + hit[:, 1]] = True
+        faces = faces.reshape(n, s)
+        # One sector either side too: a sector's peak reaches the blurred membrane of a neighbour
+        # it touches only at its corner.
+        faces = faces | np.roll(faces, 1, axis=1) | np.roll(faces, -1, axis=1)
+        free = present & ~faces
+        n_free = free.sum(axis=1)
+        judge_free = n_free >= t.own_side_fraction * n_present
+        own = np.where(judge_free[:, None], stained & free, stained)
+        whole = stained.sum(axis=1) / n_present
+        completeness = np.where(judge_free, own.sum(axis=1) / np.maximum(n_free, 1), whole)
+        membrane_dab = _median_stained_peak(own, sector_peak)
+    return completeness, membrane_dab
+
+
+def _median_stained_peak(stained: np.ndarray, sector_peak: np.ndarray) -> np.ndarray:
+    """Median peak DAB over each cell's stained sectors (0 where none is stained)."""
+    peaks = np.where(stained, sector_peak, np.nan)
+    with warnings.catch_warnings():  # cells without a stained sector: all-NaN rows, median 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nan_to_num(np.nanmedian(peaks, axis=1), nan=0.0)
 
 
 def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.ndarray:
