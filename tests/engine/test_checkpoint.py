@@ -13,7 +13,8 @@ from her2score.models.registry import create_model
 
 META = {
     "task": "her2-3way", "classes": ["0", "low", "high"], "model": "lowres-convnext",
-    "model_kwargs": {"backbone": "convnext_atto"}, "backbone": "convnext_atto", "input_kind": "lowres",
+    "model_kwargs": {"backbone": "convnext_atto", "norm": "batch"}, "backbone": "convnext_atto",
+    "input_kind": "lowres",
     "input_size": 32, "mpp": 8.0, "mean": [0.5] * 3, "std": [0.25] * 3,
 }  # fmt: skip
 
@@ -61,3 +62,15 @@ def test_corrupted_truncated_and_foreign_files_are_refused(saved: tuple, tmp_pat
     torch.save({"epoch": 1, "obj": Path("x")}, pickled)  # a non-tensor object: weights_only refuses it
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_state(pickled)
+
+
+def test_checkpoint_without_norm_is_read_as_layernorm(tmp_path: Path) -> None:
+    """Checkpoints written before the norm choice hold LayerNorm ConvNeXts; they still load."""
+    torch.manual_seed(0)
+    model = create_model("lowres-convnext", 3, backbone="convnext_atto", norm="layer").eval()
+    meta = {**META, "model_kwargs": {"backbone": "convnext_atto"}}
+    path = save_model(tmp_path / "old.safetensors", model, meta)
+    loaded, _ = load_model(path)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)

@@ -49,15 +49,32 @@ def test_lowres_convnext_forward_features_and_scratch_note() -> None:
         create_model("lowres-convnext", 3, backbone="weights.safetensors")
 
 
+def test_convnext_norm_batch_from_scratch_layer_with_weights() -> None:
+    def norms(model: torch.nn.Module) -> set[str]:
+        kinds = (torch.nn.BatchNorm2d, torch.nn.LayerNorm)  # timm's LayerNorm2d is a LayerNorm
+        return {type(m).__name__ for m in model.modules() if isinstance(m, kinds)}
+
+    scratch = create_model("lowres-convnext", 3, backbone="convnext_atto")
+    assert scratch.norm == "batch"
+    assert norms(scratch) == {"BatchNorm2d"}
+    layer = create_model("lowres-convnext", 3, backbone="convnext_atto", norm="layer")
+    assert norms(layer)
+    assert "BatchNorm2d" not in norms(layer)
+    assert create_model("lowres-resnet", 3).norm is None  # ResNet keeps its own BatchNorm
+    with pytest.raises(ConfigError, match="norm must be one of"):
+        create_model("lowres-convnext", 3, backbone="convnext_atto", norm="group")
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_local_weights_load_and_bad_files_are_refused(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
-    source = create_model("lowres-convnext", 1000, backbone="convnext_atto")  # an "ImageNet" head
+    source = create_model("lowres-convnext", 1000, backbone="convnext_atto", norm="layer")  # "ImageNet"
     path = tmp_path / "atto.safetensors"
     save_file({k: v.contiguous() for k, v in source.backbone.state_dict().items()}, str(path))
     model = create_model("lowres-convnext", 3, backbone="convnext_atto", weights=path)
+    assert model.norm == "layer"  # pretrained weights keep the normalisation they were trained with
     assert torch.equal(model.backbone.stem[0].weight, source.backbone.stem[0].weight)
     assert "2 left at initialisation" in model.weights_note  # the classifier head (weight, bias)
     pth = tmp_path / "atto.pth"

@@ -83,7 +83,10 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, An
         raise CheckpointError(
             f"weights cannot be read, the file is corrupted ({type(exc).__name__})", path
         ) from exc
-    model = create_model(meta["model"], len(meta["classes"]), **meta.get("model_kwargs", {}))
+    kwargs = dict(meta.get("model_kwargs", {}))
+    if meta["model"].startswith("lowres-"):
+        kwargs.setdefault("norm", "layer")  # checkpoints from before the norm choice were LayerNorm
+    model = create_model(meta["model"], len(meta["classes"]), **kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

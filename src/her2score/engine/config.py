@@ -39,6 +39,7 @@ class TrainConfig:
     model: str = "lowres-convnext"
     backbone: str | None = None  # timm name; None: convnext_tiny on GPU, convnext_atto on CPU
     weights: str | None = None  # local pretrained weights (safetensors or timm checkpoint)
+    norm: str = "auto"  # ConvNeXt normalisation: auto (batch from scratch, layer with weights), batch, layer
     mpp: float = 8.0
     input_size: int = 224
     margin: float = 0.02
@@ -60,6 +61,7 @@ class TrainConfig:
     workers: int = 0
     cache_dir: str | None = None
     n_boot: int = 1000
+    tta: bool = True  # test-time augmentation: average the 8 flips/rotations when predicting
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> TrainConfig:
@@ -76,6 +78,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.norm in ("auto", "batch", "layer"), "norm must be one of auto, batch, layer"),
             (self.balance in BALANCE_MODES, f"balance must be one of {', '.join(BALANCE_MODES)}"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.patience >= 0, "patience must be >= 0"),

@@ -30,20 +30,38 @@ def resolve_device(name: str = "auto") -> Any:
     return device
 
 
+def dihedral_views(x: Any) -> list[Any]:
+    """The 8 flips and 90° rotations of a square batch (B, C, H, W); only the 2 flips of a non-square one."""
+    import torch
+
+    if x.shape[-1] != x.shape[-2]:
+        return [x, x.flip(-1)]
+    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [t.flip(-1) for t in turns]
+
+
 def predict_probs(
-    model: Any, images: Any, meta: dict[str, Any], device: Any, batch_size: int = 16
+    model: Any, images: Any, meta: dict[str, Any], device: Any, batch_size: int = 16, tta: bool | None = None
 ) -> np.ndarray:
-    """Class probabilities (N, K) for uint8 images (N, 3, H, W), in eval mode without gradients."""
+    """Class probabilities (N, K) for uint8 images (N, 3, H, W), in eval mode without gradients.
+
+    With test-time augmentation (``tta``, default: the checkpoint's ``meta["tta"]``), the softmax is
+    averaged over the flips and 90° rotations of each image: a slide has no canonical orientation, and
+    the average is steadier than any single view.
+    """
     import torch
 
     from her2score.engine.data import to_model_input
 
+    tta = bool(meta.get("tta", False)) if tta is None else tta
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = to_model_input(images[start : start + batch_size], meta["mean"], meta["std"], device)
-            out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
+            views = dihedral_views(x) if tta else [x]
+            probs = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
+            out.append(probs.cpu().numpy())
     k = len(meta["classes"])
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)
 

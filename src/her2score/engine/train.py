@@ -124,12 +124,17 @@ def model_metadata(cfg: TrainConfig, cohort: Cohort, input_kind: str, model: Any
         "ordinal": cohort.task.ordinal,
         "equivocal": cfg.equivocal,
         "model": cfg.model,
-        "model_kwargs": {"backbone": backbone, "drop_rate": cfg.drop_rate},
+        "model_kwargs": {
+            "backbone": backbone,
+            "drop_rate": cfg.drop_rate,
+            "norm": getattr(model, "norm", None),
+        },
         "backbone": backbone,
         "input_kind": input_kind,
         "input_size": cfg.input_size,
         "mpp": cfg.mpp,
         "margin": cfg.margin,
+        "tta": cfg.tta,
         "mean": list(getattr(model, "input_mean", IMAGENET_MEAN)),
         "std": list(getattr(model, "input_std", IMAGENET_STD)),
         "normalisation": getattr(model, "input_normalisation", "ImageNet mean/std on RGB in [0, 1]"),
@@ -164,11 +169,14 @@ def fit(
     from her2score.engine.progress import progress_bar
     from her2score.models.registry import create_model
 
+    if len(train) < 2:
+        raise ConfigError(f"{out_dir.name}: only {len(train)} training slide(s); a batch needs at least 2")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed + 7919 * fold_seed)
     model = create_model(
-        cfg.model, num_classes, backbone=cfg.backbone, weights=cfg.weights, drop_rate=cfg.drop_rate
-    ).to(device)
+        cfg.model, num_classes, backbone=cfg.backbone, weights=cfg.weights, drop_rate=cfg.drop_rate,
+        norm=cfg.norm,
+    ).to(device)  # fmt: skip
     log(f"{cfg.model} ({getattr(model, 'backbone_name', cfg.backbone)}) on {device}: {model.weights_note}")
     mean, std = input_statistics(images, train, pretrained=bool(cfg.weights))
     model.input_mean, model.input_std = mean, std
@@ -215,10 +223,11 @@ def fit(
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + fold_seed * 10_007 + epoch)
             torch.manual_seed(cfg.seed * 1_000_003 + fold_seed * 10_007 + epoch)  # dropout, drop-path
             model.train()
-            order = list(epoch_order(y_train, gen, cfg.balance == "sampler", num_classes))
+            order = np.array(list(epoch_order(y_train, gen, cfg.balance == "sampler", num_classes)))
             total_loss = 0.0
-            for b in range(steps):
-                idx = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            # equal-sized batches: a last batch of one image would break BatchNorm and weigh one slide alone
+            for chunk in np.array_split(order, steps):
+                idx = train[chunk]
                 x = to_model_input(images[idx], mean, std, device, cfg.augment, gen)
                 target = torch.as_tensor(labels[idx], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -398,7 +407,7 @@ def _check_run_dir(run: Path, cfg: TrainConfig, resume: bool) -> None:
         return  # nothing to resume: a fresh start
     old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     new = cfg.to_dict()
-    ignore = {"device", "workers", "cache_dir", "amp"}
+    ignore = {"device", "workers", "cache_dir", "amp", "tta", "n_boot"}
     changed = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
     if changed:
         raise ConfigError(f"--resume with a different configuration ({', '.join(changed)} changed)", run)

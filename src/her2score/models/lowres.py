@@ -4,6 +4,15 @@ The backbone is any timm architecture by name (ConvNeXt by default: ``convnext_t
 ``convnext_atto`` on a CPU). timm is always asked for ``pretrained=False``: weights come only from a
 local file (safetensors, or a timm/PyTorch checkpoint read with ``weights_only=True``), never from the
 network. Without a file the model trains from scratch, and says so.
+
+Normalisation: ConvNeXt's LayerNorm normalises each image on its own. A low-resolution slide is mostly
+glass and stroma, and what separates HER2 0 from low is a faint shift of colour that every image shares
+almost entirely; per-image normalisation leaves that difference too small to learn from a few hundred
+slides (from scratch, convnext_atto stayed at chance: train loss at ln 3 after 40 epochs). BatchNorm
+normalises across the batch, so the differences *between* slides are what reaches the next layer, and
+the same ConvNeXt (patchify stem, 7x7 depthwise convolutions, inverted bottlenecks, layer scale) learns.
+``norm="auto"`` therefore takes BatchNorm from scratch and LayerNorm with pretrained weights, which were
+trained with it; the choice is saved in the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,8 +37,25 @@ def default_backbone() -> str:
     return GPU_BACKBONE if torch.cuda.is_available() else CPU_BACKBONE
 
 
+NORMS = ("auto", "batch", "layer")
+
+
+def resolve_norm(norm: str | None, weights: str | Path | None) -> str:
+    """``auto`` -> ``batch`` from scratch, ``layer`` with pretrained weights (see the module docstring)."""
+    norm = norm or "auto"
+    if norm not in NORMS:
+        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    if norm == "auto":
+        return "layer" if weights else "batch"
+    return norm
+
+
 def _make_classifier(
-    num_classes: int, backbone: str | None, weights: str | Path | None, drop_rate: float
+    num_classes: int,
+    backbone: str | None,
+    weights: str | Path | None,
+    drop_rate: float,
+    norm: str | None = None,
 ) -> Any:
     import timm
     import torch.nn as nn
@@ -38,10 +64,16 @@ def _make_classifier(
     if Path(str(name)).suffix in {".safetensors", ".pth", ".pt", ".bin"}:
         raise ConfigError(f"backbone must be a timm architecture name, not a file ({name}); use weights=")
     extra: dict[str, Any] = {}
-    if weights is None and name.startswith("convnext"):
-        # ConvNeXt starts its residual branches at 1e-6 (layer scale), tuned for long ImageNet runs: from
-        # scratch on a few hundred steps the blocks stay near identity and the loss sits at chance.
-        extra["ls_init_value"] = 1.0
+    resolved_norm = None
+    if name.startswith("convnext"):
+        resolved_norm = resolve_norm(norm, weights)
+        if resolved_norm == "batch":
+            # conv_mlp keeps every norm on (B, C, H, W), where BatchNorm2d applies
+            extra.update(norm_layer="batchnorm2d", conv_mlp=True)
+        if weights is None:
+            # ConvNeXt starts its residual branches at 1e-6 (layer scale), tuned for long ImageNet runs:
+            # from scratch on a few hundred steps the blocks would stay near identity.
+            extra["ls_init_value"] = 1.0
     try:
         net = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, **extra)
     except RuntimeError as exc:  # timm: unknown model
@@ -54,6 +86,7 @@ def _make_classifier(
             super().__init__()
             self.backbone = net
             self.backbone_name = name
+            self.norm = resolved_norm
 
         def features(self, x: Any) -> Any:
             return self.backbone.forward_features(x)
@@ -118,10 +151,14 @@ def is_safetensors(path: Path) -> bool:
     description="Whole tissue at 8-16 µm/px into a timm ConvNeXt (IPD-Breast); any timm backbone by name.",
 )
 def lowres_convnext(
-    num_classes: int, backbone: str | None = None, weights: str | Path | None = None, drop_rate: float = 0.0
+    num_classes: int,
+    backbone: str | None = None,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.0,
+    norm: str | None = None,
 ) -> Any:
     """Whole-slide low-resolution ConvNeXt classifier."""
-    return _make_classifier(num_classes, backbone, weights, drop_rate)
+    return _make_classifier(num_classes, backbone, weights, drop_rate, norm)
 
 
 @register_model(
@@ -131,7 +168,11 @@ def lowres_convnext(
     description="Whole tissue at low resolution into a timm ResNet-18 (a classic baseline).",
 )
 def lowres_resnet(
-    num_classes: int, backbone: str | None = None, weights: str | Path | None = None, drop_rate: float = 0.0
+    num_classes: int,
+    backbone: str | None = None,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.0,
+    norm: str | None = None,
 ) -> Any:
-    """Whole-slide low-resolution ResNet baseline."""
-    return _make_classifier(num_classes, backbone or "resnet18", weights, drop_rate)
+    """Whole-slide low-resolution ResNet baseline (its own BatchNorm; ``norm`` applies to ConvNeXt only)."""
+    return _make_classifier(num_classes, backbone or "resnet18", weights, drop_rate, norm)
