@@ -29,10 +29,11 @@ def _stop_after(epoch_to_stop: int):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_interrupted_training_resumes_to_the_same_result(
-    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path, ema: float
 ) -> None:
-    fast_config.epochs = 3
+    fast_config.epochs, fast_config.ema = 3, ema
     cohort = load_manifest(tiny_manifest)
     full = train_run(cohort, fast_config, tmp_path / "full", quiet=True, log=lambda s: None)
 
@@ -98,3 +99,26 @@ def test_broken_slide_is_skipped_and_listed(
     assert list(skipped["slide"].map(lambda s: Path(s).name)) == ["broken.tiff"]
     assert "broken.tiff" in (tmp_path / "run" / "report.html").read_text()
     assert len(list((tmp_path / "run" / "heatmaps").glob("*.png"))) == 1
+
+
+def test_ema_weights_are_the_ones_kept(tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path) -> None:
+    """With ``ema``, the saved model is the moving average, not the last raw weights."""
+    from her2score.engine.checkpoint import load_state
+
+    fast_config.epochs, fast_config.ema, fast_config.val_fraction = 2, 0.5, 0.0  # no val: the last epoch
+    result = train_run(
+        load_manifest(tiny_manifest), fast_config, tmp_path / "ema", quiet=True, log=lambda s: None
+    )
+    saved = load_file(str(result.model_paths[0]))
+    state = load_state(tmp_path / "ema" / "state.pt")
+    raw, averaged = state["model"], state["ema"]
+    name = next(k for k in saved if k.endswith("stem.0.weight"))
+    assert (saved[name] == averaged[name]).all()
+    assert not (saved[name] == raw[name]).all()
+
+
+def test_ema_out_of_range_is_a_config_error() -> None:
+    from her2score.engine.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="ema must be"):
+        config_from_dict({"ema": 1.0})

@@ -50,6 +50,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     balance: str = "weighted-loss"
     label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, per step (0: off)
     drop_rate: float = 0.0
     patience: int = 10  # early stopping on validation macro-F1; 0: off
     folds: int = 0  # >= 2: k-fold cross-validation; 0: fixed splits from the manifest, or a holdout
@@ -81,6 +82,7 @@ class TrainConfig:
             (self.norm in ("auto", "batch", "layer"), "norm must be one of auto, batch, layer"),
             (self.balance in BALANCE_MODES, f"balance must be one of {', '.join(BALANCE_MODES)}"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.folds == 0 or self.folds >= 2, "folds must be 0 (no cross-validation) or >= 2"),
             (0 < self.test_fraction < 1, "test_fraction must be in (0, 1)"),

@@ -200,6 +200,10 @@ def fit(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
+    # With ``ema``, an exponential moving average of the weights is what gets validated, kept and saved:
+    # a few hundred small-batch steps on a few dozen slides leave the raw weights noisy.
+    ema = _ema_copy(model) if cfg.ema > 0 else None
+    judged = ema if ema is not None else model
     history: list[dict[str, Any]] = []
     best = {"f1": -1.0, "loss": math.inf, "epoch": -1, "weights": None}
     bad_epochs, start = 0, 0
@@ -207,6 +211,8 @@ def fit(
     if resume and state_path.is_file():
         state = load_state(state_path)
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -226,7 +232,7 @@ def fit(
             order = np.array(list(epoch_order(y_train, gen, cfg.balance == "sampler", num_classes)))
             total_loss = 0.0
             # equal-sized batches: a last batch of one image would break BatchNorm and weigh one slide alone
-            for chunk in np.array_split(order, steps):
+            for b, chunk in enumerate(np.array_split(order, steps)):
                 idx = train[chunk]
                 x = to_model_input(images[idx], mean, std, device, cfg.augment, gen)
                 target = torch.as_tensor(labels[idx], device=device)
@@ -237,6 +243,8 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    _ema_update(ema, model, cfg.ema, epoch * steps + b)
                 total_loss += float(loss.detach()) * len(idx)
                 bar.update(task, advance=1, description=f"{out_dir.name} epoch {epoch + 1}/{cfg.epochs}")
             record: dict[str, Any] = {
@@ -245,7 +253,7 @@ def fit(
                 "lr": scheduler.get_last_lr()[0],
             }
             if len(val):
-                probs = predict_probs(model, images[val], norm, device)
+                probs = predict_probs(judged, images[val], norm, device)
                 record["val_loss"] = float(
                     torch.nn.functional.nll_loss(
                         torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.as_tensor(y_val)
@@ -263,7 +271,7 @@ def fit(
                     "f1": record.get("val_f1_macro", 0.0),
                     "loss": record.get("val_loss", 0.0),
                     "epoch": epoch,
-                    "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "weights": {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()},
                 }
                 bad_epochs = 0
             else:
@@ -275,6 +283,7 @@ def fit(
                 {
                     "epoch": epoch,
                     "model": model.state_dict(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
@@ -297,8 +306,33 @@ def fit(
                 log(f"{out_dir.name}: early stop after epoch {epoch + 1} (best epoch {best['epoch'] + 1})")
                 break
     if best["weights"] is not None:
-        model.load_state_dict(best["weights"])
-    return model.eval(), history
+        judged.load_state_dict(best["weights"])
+    for p in judged.parameters():
+        p.requires_grad_(True)  # an EMA copy was frozen; Grad-CAM needs gradients
+    return judged.eval(), history
+
+
+def _ema_copy(model: Any) -> Any:
+    """A frozen copy of ``model`` (with its input statistics) that will hold the moving average."""
+    import copy
+
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def _ema_update(ema: Any, model: Any, decay: float, step: int) -> None:
+    """ema = d * ema + (1 - d) * model; d ramps up over the first steps (the start is random weights)."""
+    import torch
+
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(m.detach(), alpha=1 - d)
+            else:
+                e.copy_(m)  # counters (BatchNorm's num_batches_tracked)
 
 
 # ------------------------------------------------------------------------------------------- a run
