@@ -89,7 +89,7 @@ def stain_jitter(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
     mix = (m_inv[None] * alpha[:, None, :]) @ m  # (n, 3 RGB in, 3 RGB out)
     offset = (beta @ m).to(x.device)[:, :, None]
     ln10 = math.log(10.0)
-    od = torch.log(x.float().clamp_min(_EPS)).flatten(2).mul_(-1 / ln10)  # n, 3, HW (log: 10x log10's speed)
+    od = torch.log(x.float().clamp_min(_EPS)).flatten(2).mul_(-1 / ln10)  # n, 3, HW; log beats log10
     tissue = (od.sum(1, keepdim=True) > 0.05).float()  # leave glass white
     od = torch.bmm(mix.transpose(1, 2).to(x.device), od) + offset * tissue
     out = torch.exp(od.mul_(-ln10)).view(x.shape)

@@ -68,6 +68,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names; raise ``ConfigError`` naming the bad key."""
         from her2score.data.manifest import EQUIVOCAL_RULES, TASKS
+        from her2score.models.lowres import NORMS
 
         checks = [
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
@@ -79,7 +80,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
-            (self.norm in ("auto", "batch", "layer"), "norm must be one of auto, batch, layer"),
+            (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}"),
             (self.balance in BALANCE_MODES, f"balance must be one of {', '.join(BALANCE_MODES)}"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
