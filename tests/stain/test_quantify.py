@@ -314,9 +314,10 @@ def test_synthetic_slides_reproduce_category(tmp_path: Path) -> None:
     assert steps.abs().max() <= 1
 
 
-#: These 8 slides read 7/8 (a 1+ read 2+: incomplete faint rings read complete). Over two cohorts of
-#: 24 small slides (seeds 1 and 7, ``benchmarks/bench_quantify.py``) 44/48 read their true category
-#: (92 %, the issue's 90 % bar), every miss a 1+ one step off; 0.85 leaves room for one miss in 8.
+#: NOT the issue's 0.9: these 8 slides read 7/8 (a 1+ read 2+: incomplete faint rings read complete).
+#: Over three cohorts of 24 small slides (``benchmarks/bench_quantify.py --seed 1 / 7 / 3``) 62/72 read
+#: their true category (86 %: 22, 22 and 18; seed 3 loses slides to lymphocytes and stromal cells
+#: passing the tumour filter). 0.85 leaves room for one miss in 8. Raise when the cohorts reach 0.9.
 SLIDE_AGREEMENT_FLOOR = 0.85
 
 
