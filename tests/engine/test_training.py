@@ -122,3 +122,18 @@ def test_ema_out_of_range_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="ema must be"):
         config_from_dict({"ema": 1.0})
+
+
+def test_select_decides_which_epochs_weights_are_kept() -> None:
+    from her2score.engine.config import config_from_dict
+    from her2score.engine.train import _improved
+
+    best = {"f1": 0.6, "loss": 0.8}
+    better_f1_worse_loss = {"val_f1_macro": 0.7, "val_loss": 0.9}
+    tie_f1_better_loss = {"val_f1_macro": 0.6, "val_loss": 0.7}
+    assert _improved(better_f1_worse_loss, best, "f1")
+    assert not _improved(better_f1_worse_loss, best, "loss")
+    assert _improved(tie_f1_better_loss, best, "f1")
+    assert _improved({"val_f1_macro": 0.1, "val_loss": 5.0}, best, "last")
+    with pytest.raises(ConfigError, match="select must be"):
+        config_from_dict({"select": "auc"})

@@ -17,6 +17,7 @@ from her2score.stain.quantify import (
     Thresholds,
     calibrate_thresholds,
     classify_membrane,
+    in_nest,
     intensity_level,
     quantify_image,
     score_counts,
@@ -190,6 +191,19 @@ def test_small_dark_nuclei_are_not_tumour_cells() -> None:
     assert cells.loc[lymph_rows, "is_tumour"].mean() < 0.1
     assert cells.loc[~lymph_rows, "is_tumour"].mean() > 0.9
     assert result.accumulator.summary(Thresholds())["category"] == "3+"
+
+
+def test_isolated_cells_are_not_in_a_nest_but_a_single_file_is() -> None:
+    t = Thresholds()
+    gy, gx = np.mgrid[0:5, 0:5] * 15.0  # a nest: 25 cells 15 µm apart
+    line = np.arange(10) * 15.0  # a single file (lobular), 15 µm apart
+    y = np.concatenate([gy.ravel(), np.full(10, 300.0), [150.0, 600.0]])
+    x = np.concatenate([gx.ravel(), 200 + line, [400.0, 50.0]])  # ... and two isolated stromal cells
+    nest = in_nest(y, x, t)
+    assert nest[:25].all()
+    assert nest[25 + 2 : 25 + 8].all()  # the file's inner cells; its ends have 2-3 neighbours
+    assert not nest[-2:].any()
+    assert in_nest(y, x, Thresholds(nest_neighbours=0)).all()
 
 
 def test_bad_inputs_raise_clear_errors() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from her2score.errors import ConfigError
 
 BALANCE_MODES = ("weighted-loss", "sampler", "none")
+SELECT_MODES = ("f1", "loss", "last")
 
 
 @dataclass
@@ -52,7 +53,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, per step (0: off)
     drop_rate: float = 0.0
-    patience: int = 10  # early stopping on validation macro-F1; 0: off
+    patience: int = 10  # stop after this many epochs without a better validation score (see select); 0: off
+    select: str = "f1"  # which epoch's weights are kept: best validation f1, best validation loss, or last
     folds: int = 0  # >= 2: k-fold cross-validation; 0: fixed splits from the manifest, or a holdout
     test_fraction: float = 0.2
     val_fraction: float = 0.2
@@ -85,6 +87,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
             (self.patience >= 0, "patience must be >= 0"),
+            (self.select in SELECT_MODES, f"select must be one of {', '.join(SELECT_MODES)}"),
             (self.folds == 0 or self.folds >= 2, "folds must be 0 (no cross-validation) or >= 2"),
             (0 < self.test_fraction < 1, "test_fraction must be in (0, 1)"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),

@@ -156,7 +156,7 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Train one model on ``images[train]``; early stopping on macro-F1 of ``images[val]``.
+    """Train one model on ``images[train]``; keeps and early-stops on ``cfg.select`` over ``images[val]``.
 
     Saves ``state.pt`` after every epoch (model, optimiser, schedule, best weights, history) and,
     with ``resume``, continues from it. Returns the model holding its best weights, and the history.
@@ -261,9 +261,7 @@ def fit(
                 )
                 record["val_f1_macro"] = _macro_f1(y_val, probs, num_classes)
                 record["val_accuracy"] = float((probs.argmax(1) == y_val).mean())
-                improved = record["val_f1_macro"] > best["f1"] + 1e-9 or (
-                    abs(record["val_f1_macro"] - best["f1"]) <= 1e-9 and record["val_loss"] < best["loss"]
-                )
+                improved = _improved(record, best, cfg.select)
             else:
                 improved = True  # no validation set: keep the last epoch
             if improved:
@@ -310,6 +308,17 @@ def fit(
     for p in judged.parameters():
         p.requires_grad_(True)  # an EMA copy was frozen; Grad-CAM needs gradients
     return judged.eval(), history
+
+
+def _improved(record: dict[str, Any], best: dict[str, Any], select: str) -> bool:
+    """Whether this epoch's weights replace the kept ones: by validation macro-F1 (ties: lower loss),
+    by validation loss (smoother than F1 on a few dozen slides), or always (``last``)."""
+    if select == "last":
+        return True
+    if select == "loss":
+        return record["val_loss"] < best["loss"]
+    f1, best_f1 = record["val_f1_macro"], best["f1"]
+    return f1 > best_f1 + 1e-9 or (abs(f1 - best_f1) <= 1e-9 and record["val_loss"] < best["loss"])
 
 
 def _ema_copy(model: Any) -> Any:

@@ -91,6 +91,11 @@ class Thresholds:
     tumour_max_elongation: float = 2.5
     lymphocyte_max_um2: float = 40.0
     lymphocyte_darkness: float = 1.3
+    #: Invasive carcinoma grows in nests, cords or single files: a tumour cell has at least
+    #: ``nest_neighbours`` other nuclei within ``nest_radius_um`` (a single file at a 15 µm spacing
+    #: has four within 35 µm, and so has the corner of a nest); isolated cells in stroma are not scored.
+    nest_neighbours: int = 4
+    nest_radius_um: float = 35.0
     #: ASCO/CAP 10 % rule (percent of invasive tumour cells).
     positive_percent: float = 10.0
     #: Intense complete staining in this share (%) up to 10 % reads as 2+ (ASCO/CAP: equivocal).
@@ -110,6 +115,8 @@ class Thresholds:
             raise ConfigError(f"cytoplasm_quantile must be in [0, 1] (got {self.cytoplasm_quantile})")
         if not 0 <= self.own_side_fraction <= 1 or not 0 <= self.own_side_margin <= 1:
             raise ConfigError("own_side_fraction and own_side_margin must be in [0, 1]")
+        if self.nest_neighbours < 0 or self.nest_radius_um <= 0:
+            raise ConfigError("nest_neighbours must be >= 0 and nest_radius_um > 0")
         if self.n_sectors < 8:
             raise ConfigError(f"n_sectors must be at least 8 (got {self.n_sectors})")
 
@@ -319,6 +326,7 @@ def measure_cells(
     is_tumour = (
         shaped
         & ~lymphocyte
+        & in_nest(cy * mpp, cx * mpp, t)
         & (n_present >= s // 2)  # a ring cut mostly away (image edge, crowding) cannot be scored
     )
     return pd.DataFrame(
@@ -341,6 +349,20 @@ def measure_cells(
             "membrane_class": pd.Categorical(membrane_class, categories=MEMBRANE_CLASSES),
         }
     )
+
+
+def in_nest(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Cells with at least ``nest_neighbours`` other nuclei within ``nest_radius_um`` (see ``Thresholds``)."""
+    n = len(y_um)
+    if t.nest_neighbours <= 0:
+        return np.ones(n, dtype=bool)
+    if n <= t.nest_neighbours:
+        return np.zeros(n, dtype=bool)
+    from scipy.spatial import cKDTree
+
+    points = np.column_stack([y_um, x_um])
+    dist, _ = cKDTree(points).query(points, k=t.nest_neighbours + 1, distance_upper_bound=t.nest_radius_um)
+    return np.isfinite(dist[:, -1])
 
 
 def sector_contacts(
