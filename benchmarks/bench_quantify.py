@@ -9,7 +9,8 @@
 4. Real HER2 IHC images (``../shared/data/real``, BCI and MIST IHC sides, when present): category,
    HER2 index and class shares per image, beside the BCI whole-slide label (a weak check).
 
-Run: .venv/bin/python benchmarks/bench_quantify.py [--patches 10] [--slides 1] [--cohort 24] [--workers 2]
+Run: .venv/bin/python benchmarks/bench_quantify.py [--patches 10] [--slides 1] [--cohort 24] [--seed 1,7,11,3]
+[--workers 2]
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiles", type=int, default=4, help="1024 px tiles timed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cohort", type=int, default=24, help="small 1.5 x 1.0 mm synthetic slides")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the small-slide cohort")
+    parser.add_argument(
+        "--seed", default="1", help="seed(s) of the small-slide cohort(s), comma-separated: 1,7,11,3"
+    )
     parser.add_argument("--real", type=int, default=1, help="1: score the real IHC images when present")
     args = parser.parse_args(argv)
     pd.set_option("display.width", 200)
@@ -196,8 +199,16 @@ def main(argv: list[str] | None = None) -> None:
         print(confusion(slide_cells.truth, slide_cells.found, CLASSES))
 
     if args.cohort:
-        with tempfile.TemporaryDirectory() as tmp:
-            scores, cells = agreement_cohort(Path(tmp), args.cohort, args.seed)
+        all_scores, all_cells = [], []
+        for seed in (int(v) for v in str(args.seed).split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                scores, cells = agreement_cohort(Path(tmp), args.cohort, seed)
+            right = int((scores.truth == scores.found).sum())
+            print(f"cohort seed {seed}: {right}/{len(scores)} slides right; rows truth, columns found:")
+            print(confusion(scores.truth, scores.found, CATEGORIES))
+            all_scores.append(scores)
+            all_cells.append(cells)
+        scores, cells = pd.concat(all_scores), pd.concat(all_cells)
         print(f"\ncategory confusion on {len(scores)} small synthetic slides (rows truth, columns found):")
         print(confusion(scores.truth, scores.found, CATEGORIES))
         right = int((scores.truth == scores.found).sum())
