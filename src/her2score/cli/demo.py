@@ -27,8 +27,11 @@ DEMO_CONFIG: dict[str, Any] = {
     "val_fraction": 0.2,
     "n_boot": 1000,
 }
-#: Physical size of the demo's synthetic slides (mm): small biopsies keep generation fast.
-DEMO_SLIDE_MM = (3.0, 2.2)
+#: The demo's synthetic slides: 4 x 3 mm of tissue (more tissue per slide lifted the held-out AUC over
+#: three seeds from 0.849 on 3 x 2.2 mm slides to 0.883; README), scanned at 1 µm/px (10x) so that
+#: generation stays fast: the classifier reads them at 8 µm/px anyway.
+DEMO_SLIDE_MM = (4.0, 3.0)
+DEMO_SLIDE_MPP = 1.0
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +68,9 @@ def demo(
         console.print(f"reusing the synthetic cohort in {manifest.parent}")
     else:
         console.print(f"generating {n} synthetic HER2 slides in {out / 'cohort'}")
-        manifest = make_cohort(out / "cohort", n=n, seed=seed, kind="slides", size_mm=DEMO_SLIDE_MM)
+        manifest = make_cohort(
+            out / "cohort", n=n, seed=seed, kind="slides", size_mm=DEMO_SLIDE_MM, mpp=DEMO_SLIDE_MPP
+        )
     console.print(f"cohort ready in {time.perf_counter() - start:.0f} s")
     cfg = config_from_dict(
         {
