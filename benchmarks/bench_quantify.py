@@ -200,12 +200,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.cohort:
         all_scores, all_cells = [], []
-        for seed in (int(v) for v in str(args.seed).split(",")):
+        seeds = [int(v) for v in str(args.seed).split(",")]
+        for seed in seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 scores, cells = agreement_cohort(Path(tmp), args.cohort, seed)
-            right = int((scores.truth == scores.found).sum())
-            print(f"cohort seed {seed}: {right}/{len(scores)} slides right; rows truth, columns found:")
-            print(confusion(scores.truth, scores.found, CATEGORIES))
+            if len(seeds) > 1:  # per cohort; the pooled figures follow
+                right = int((scores.truth == scores.found).sum())
+                print(f"cohort seed {seed}: {right}/{len(scores)} slides right; rows truth, columns found:")
+                print(confusion(scores.truth, scores.found, CATEGORIES))
             all_scores.append(scores)
             all_cells.append(cells)
         scores, cells = pd.concat(all_scores), pd.concat(all_cells)

@@ -16,7 +16,7 @@ Per image (a patch, a TMA core or one tile of a slide):
   stained neighbour, so that an unstained cell beside a stained one stays unstained;
 * intensity 0-3 from the faint / moderate / intense thresholds; membrane class from intensity and
   completeness; tumour cells chosen by nuclear size and shape (lymphocytes: small; fibroblasts:
-  elongated).
+  elongated) and by lying in a nest, cord or single file (:func:`in_nest`).
 
 Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
 the 10 % rule, the HER2-0 subtype (``null`` / ``ultralow``), the 3-way group, the H-score and a
