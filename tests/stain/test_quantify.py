@@ -408,6 +408,31 @@ def test_own_membrane_explains_away_a_neighbours_membrane() -> None:
     # (cell, sector, neighbour, neighbour's sector): they meet at sectors 6-7 of 0 and 0-1 of 1
     contacts = np.array([[0, 6, 1, 1], [0, 7, 1, 0], [1, 0, 0, 7], [1, 1, 0, 6]])
     peaks = np.where(stained, 0.5, 0.0).astype(np.float32)
-    completeness, membrane = own_membrane(stained, present, peaks, contacts, Thresholds())
+    completeness, membrane, gap = own_membrane(stained, present, peaks, contacts, Thresholds())
     assert completeness.tolist() == [1.0, 0.0]
     assert membrane.tolist() == [0.5, 0.0]
+    # cell 1 is judged on its free sectors 3-6 (2 and 7 flank the contact): all unstained
+    assert gap.tolist() == [0.0, 4 / 8]
+
+
+def test_longest_gap_runs_round_the_ring() -> None:
+    from her2score.stain.quantify import longest_gap
+
+    gap = np.zeros((4, 8), bool)
+    gap[1, [0, 1, 6, 7]] = True  # one run of 4 through sector 0
+    gap[2, [1, 3, 5]] = True  # three runs of 1
+    gap[3] = True
+    assert longest_gap(gap).tolist() == [0, 4, 1, 8]
+
+
+def test_a_ring_broken_by_one_long_gap_is_incomplete() -> None:
+    t = Thresholds(complete_fraction=0.8, max_gap_fraction=0.1)
+    intensity = np.array([3, 3, 3], np.int8)
+    completeness = np.array([0.85, 0.85, 0.85])
+    gap = np.array([0.03, 0.15, 0.15])  # scattered dropouts vs one 54° break
+    assert classify_membrane(intensity, completeness, t, gap).tolist()[:2] == [
+        "intense-complete",
+        "faint-incomplete",
+    ]
+    off = Thresholds(complete_fraction=0.8, max_gap_fraction=1.0)
+    assert classify_membrane(intensity, completeness, off, gap).tolist()[1] == "intense-complete"

@@ -63,6 +63,12 @@ class Thresholds:
     #: sector counts as stained when any of it is, and a neighbour's stained membrane lends a few
     #: sectors to an incomplete ring, so that an 80 % arc already measures ~0.85-0.9: 0.85.
     complete_fraction: float = 0.85
+    #: ... and its longest unstained run of sectors spans at most this fraction of the circumference:
+    #: "complete" is circumferential, and a pathologist sees one break of 15 % (54°) in a ring as an
+    #: incomplete membrane even when the rest of the ring is stained (a partial arc's blurred ends
+    #: otherwise make an 80 % arc measure as complete). Sectors that face a stained neighbour or lie
+    #: outside the image break a run rather than extend it. 1.0 turns the rule off.
+    max_gap_fraction: float = 0.1
     #: Low hysteresis threshold for completeness, as a fraction of ``faint``.
     continuity: float = 0.75
     #: Fewer stained sectors than this fraction: no membrane staining (class ``none``).
@@ -109,6 +115,8 @@ class Thresholds:
             )
         if not 0 < self.complete_fraction <= 1 or not 0 <= self.min_stained_fraction < self.complete_fraction:
             raise ConfigError("need 0 <= min_stained_fraction < complete_fraction <= 1")
+        if not 0 < self.max_gap_fraction <= 1:
+            raise ConfigError(f"max_gap_fraction must be in (0, 1] (got {self.max_gap_fraction})")
         if not 0 < self.continuity <= 1:
             raise ConfigError(f"continuity must be in (0, 1] (got {self.continuity})")
         if not 0 <= self.cytoplasm_quantile <= 1:
@@ -300,12 +308,12 @@ def measure_cells(
     stained = present & (sector_peak >= t.continuity * t.faint) & (sector_peak >= needed)
     n_present = present.sum(axis=1)
     contacts = sector_contacts(seg.cells, cy, cx, s, dab, t.continuity * t.faint)
-    completeness, membrane_dab = own_membrane(stained, present, sector_peak, contacts, t)
+    completeness, membrane_dab, gap = own_membrane(stained, present, sector_peak, contacts, t)
 
     intensity = intensity_level(membrane_dab, t)
     intensity[completeness < max(t.min_stained_fraction, 1e-9)] = 0
     membrane_dab = np.where(intensity > 0, membrane_dab, 0.0)
-    membrane_class = classify_membrane(intensity, completeness, t)
+    membrane_class = classify_membrane(intensity, completeness, t, gap)
 
     area_um2 = props["area"] * mpp**2
     elongation = props["major"] / np.maximum(props["minor"], 1.0)
@@ -345,6 +353,7 @@ def measure_cells(
             "cytoplasm_dab": cyto_mean.astype(np.float32),
             "membrane_dab": membrane_dab.astype(np.float32),
             "completeness": completeness.astype(np.float32),
+            "membrane_gap": gap.astype(np.float32),
             "intensity": intensity.astype(np.int8),
             "membrane_class": pd.Categorical(membrane_class, categories=MEMBRANE_CLASSES),
         }
@@ -410,8 +419,8 @@ def own_membrane(
     contacts: np.ndarray,
     t: Thresholds,
     rounds: int = 2,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Completeness and membrane DAB per cell, with shared membranes explained away.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Completeness, membrane DAB and largest gap per cell, with shared membranes explained away.
 
     Two touching cells share one membrane line at light-microscope resolution: an unstained cell
     beside a stained one shows a stained arc that is its neighbour's. Like a pathologist, judge a
@@ -420,12 +429,14 @@ def own_membrane(
     least ``own_side_fraction`` of the ring, completeness and intensity come from it alone; a cell
     surrounded by such neighbours cannot be told apart and keeps all of its ring. Repeated
     ``rounds`` times, as a cell explained away no longer stains its neighbours.
-    ``contacts`` comes from :func:`sector_contacts`.
+    ``contacts`` comes from :func:`sector_contacts`. The gap is the longest run of judged, unstained
+    sectors as a fraction of the ring (:func:`longest_gap`).
     """
     n, s = stained.shape
     n_present = np.maximum(present.sum(axis=1), 1)
     completeness = stained.sum(axis=1) / n_present
     membrane_dab = _median_stained_peak(stained, sector_peak)
+    judged = present
     for _ in range(rounds if len(contacts) else 0):
         is_stained = (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
         faces = np.zeros(n * s, dtype=bool)
@@ -447,10 +458,22 @@ def own_membrane(
         n_free = free.sum(axis=1)
         judge_free = n_free >= t.own_side_fraction * n_present
         own = np.where(judge_free[:, None], stained & free, stained)
+        judged = np.where(judge_free[:, None], free, present)
         whole = stained.sum(axis=1) / n_present
         completeness = np.where(judge_free, own.sum(axis=1) / np.maximum(n_free, 1), whole)
         membrane_dab = _median_stained_peak(own, sector_peak)
-    return completeness, membrane_dab
+    return completeness, membrane_dab, longest_gap(judged & ~stained) / s
+
+
+def longest_gap(gap: np.ndarray) -> np.ndarray:
+    """Longest circular run of True per row of ``gap`` (cells x sectors), in sectors."""
+    n, s = gap.shape
+    run = np.zeros(n, dtype=np.int64)
+    best = np.zeros(n, dtype=np.int64)
+    for j in range(2 * s):  # twice round, so that a run through sector 0 is counted whole
+        run = np.where(gap[:, j % s], run + 1, 0)
+        best = np.maximum(best, run)
+    return np.minimum(best, s)
 
 
 def _median_stained_peak(stained: np.ndarray, sector_peak: np.ndarray) -> np.ndarray:
@@ -511,7 +534,8 @@ def _empty_cells() -> Any:
         "cell_id": "int64", "x": "float32", "y": "float32", "x_um": "float32", "y_um": "float32",
         "nucleus_area_um2": "float32", "nucleus_elongation": "float32", "nucleus_hematoxylin": "float32",
         "is_tumour": "bool", "ring_dab_mean": "float32", "ring_dab_max": "float32",
-        "cytoplasm_dab": "float32", "membrane_dab": "float32", "completeness": "float32", "intensity": "int8",
+        "cytoplasm_dab": "float32", "membrane_dab": "float32", "completeness": "float32",
+        "membrane_gap": "float32", "intensity": "int8",
     }  # fmt: skip
     frame = pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
     frame["membrane_class"] = pd.Categorical([], categories=MEMBRANE_CLASSES)
@@ -524,14 +548,23 @@ def intensity_level(membrane_dab: np.ndarray, thresholds: Thresholds) -> np.ndar
     return np.digitize(np.asarray(membrane_dab), [t.faint, t.moderate, t.intense]).astype(np.int8)
 
 
-def classify_membrane(intensity: np.ndarray, completeness: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+def classify_membrane(
+    intensity: np.ndarray,
+    completeness: np.ndarray,
+    thresholds: Thresholds,
+    gap: np.ndarray | None = None,
+) -> np.ndarray:
     """Membrane class per cell.
 
     Incomplete rings count as ``faint-incomplete`` whatever their intensity: ASCO/CAP 2018 only
     grades complete (circumferential) staining by intensity; incomplete staining is the 1+ pattern.
+    A ring is complete when stained far enough round and (given ``gap``, the longest unstained
+    run as a fraction of the ring) broken nowhere by more than ``max_gap_fraction``.
     """
     classes = np.asarray(MEMBRANE_CLASSES, dtype=object)
     complete = np.asarray(completeness) >= thresholds.complete_fraction
+    if gap is not None:
+        complete &= np.asarray(gap) <= thresholds.max_gap_fraction
     idx = np.where(intensity == 0, 0, np.where(complete, 1 + np.asarray(intensity), 1))
     return classes[idx]
 
