@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from her2score.engine.augment import augment_batch, small_affine, stain_jitter
+from her2score.engine.augment import augment_batch, random_crop, small_affine, stain_jitter
 from her2score.engine.config import AugmentConfig
 
 
@@ -40,3 +40,26 @@ def test_affine_fills_white_and_stain_jitter_changes_only_tissue() -> None:
     jit = stain_jitter(_batch(), torch.Generator().manual_seed(0), AugmentConfig(stain_jitter=0.2))
     assert torch.allclose(jit[:, :, 0, 0], torch.ones(6, 3), atol=1e-3)  # glass untouched
     assert (jit[:, :, 16, 16] - _batch()[:, :, 16, 16]).abs().max() > 0.01  # tissue colour varies
+
+
+def test_random_crop_takes_tissue_windows_and_is_off_at_zero() -> None:
+    x = torch.ones(4, 3, 64, 64)
+    x[:, :, 40:, 40:] = 0.3  # tissue only in one 24-px corner of white glass
+    gen = torch.Generator().manual_seed(0)
+    out = random_crop(x, gen, AugmentConfig(crop=16), tries=64)
+    assert out.shape == (4, 3, 16, 16)
+    # with enough tries every window lands mostly on the tissue corner (9 % of the image)
+    assert all(float((w.mean(0) < 0.86).float().mean()) >= 0.5 for w in out)
+    assert random_crop(x, gen, AugmentConfig(crop=0)) is x
+    assert random_crop(x, gen, AugmentConfig(crop=64)) is x
+
+
+def test_crop_must_fit_the_input() -> None:
+    import pytest
+
+    from her2score.engine.config import config_from_dict
+    from her2score.errors import ConfigError
+
+    assert config_from_dict({"input_size": 384, "augment": {"crop": 192}}).augment.crop == 192
+    with pytest.raises(ConfigError, match="crop"):
+        config_from_dict({"input_size": 128, "augment": {"crop": 192}})

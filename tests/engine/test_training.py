@@ -137,3 +137,25 @@ def test_select_decides_which_epochs_weights_are_kept() -> None:
     assert _improved({"val_f1_macro": 0.1, "val_loss": 5.0}, best, "last")
     with pytest.raises(ConfigError, match="select must be"):
         config_from_dict({"select": "auc"})
+
+
+@pytest.mark.slow
+def test_training_on_windows_predicts_on_the_whole_input(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``augment.crop``: batches of 32-px windows in training, the whole 64-px input in evaluation."""
+    import her2score.models.registry as registry
+
+    sizes: dict[bool, set[int]] = {True: set(), False: set()}
+    create = registry.create_model
+
+    def spied(*args, **kwargs):
+        model = create(*args, **kwargs)
+        model.register_forward_hook(lambda m, inputs, out: sizes[m.training].add(inputs[0].shape[-1]))
+        return model
+
+    monkeypatch.setattr(registry, "create_model", spied)
+    fast_config.epochs, fast_config.augment.crop = 1, 32
+    train_run(load_manifest(tiny_manifest), fast_config, tmp_path / "crop", quiet=True, log=lambda s: None)
+    assert sizes == {True: {32}, False: {64}}
+    assert len(pd.read_csv(tmp_path / "crop" / "predictions.csv")) > 0

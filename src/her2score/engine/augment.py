@@ -14,6 +14,7 @@ from typing import Any
 from her2score.engine.config import AugmentConfig
 
 _EPS = 1e-3
+_GLASS = 0.86  # mean RGB above this is background (glass or padding), below it tissue
 
 
 def _uniform(gen: Any, n: int, low: float, high: float, device: Any) -> Any:
@@ -128,8 +129,40 @@ def brightness(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
     return (x * f).clamp(0, 1)
 
 
+def random_crop(x: Any, gen: Any, cfg: AugmentConfig, tries: int = 8) -> Any:
+    """A random ``cfg.crop`` px square window of each image, mostly tissue (0: the whole image).
+
+    Training on windows of a larger whole-slide input sees the tissue at a finer µm/px for the same
+    compute and never the same view twice; prediction then reads the whole input (the networks pool
+    globally, so they take any size). A window is redrawn, up to ``tries`` times, while less than
+    half of it is tissue (pixels darker than glass), and the most tissue-rich draw is kept.
+    """
+    import torch
+
+    size = int(cfg.crop)
+    n, _, h, w = x.shape
+    if not size or size >= min(h, w):
+        return x
+    tissue = (x.mean(1) < _GLASS).float()
+    out = []
+    for i in range(n):
+        best, best_share = None, -1.0
+        for _ in range(tries):
+            y0 = int(torch.randint(0, h - size + 1, (1,), generator=gen))
+            x0 = int(torch.randint(0, w - size + 1, (1,), generator=gen))
+            share = float(tissue[i, y0 : y0 + size, x0 : x0 + size].mean())
+            if share > best_share:
+                best, best_share = (y0, x0), share
+            if share >= 0.5:
+                break
+        y0, x0 = best
+        out.append(x[i, :, y0 : y0 + size, x0 : x0 + size])
+    return torch.stack(out)
+
+
 def augment_batch(x: Any, gen: Any, cfg: AugmentConfig) -> Any:
     """All augmentations in a fixed order; ``x`` is float RGB in [0, 1], (B, 3, H, W)."""
+    x = random_crop(x, gen, cfg)
     x = flips_and_rot90(x, gen, cfg)
     x = small_affine(x, gen, cfg)
     x = stain_jitter(x, gen, cfg)

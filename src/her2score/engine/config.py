@@ -29,6 +29,7 @@ class AugmentConfig:
     blur_prob: float = 0.2
     blur_sigma: float = 1.0
     brightness: float = 0.03  # illumination; larger factors shift DAB optical density like staining does
+    crop: int = 0  # train on random windows of this many px of the input (finer µm/px); 0: whole input
 
 
 @dataclass
@@ -93,6 +94,7 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (self.n_boot >= 0, "n_boot must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
+            (0 <= self.augment.crop <= self.input_size, "augment.crop must be 0 (off) to input_size px"),
         ]
         for ok, message in checks:
             if not ok:
