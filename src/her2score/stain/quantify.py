@@ -15,7 +15,8 @@ Per image (a patch, a TMA core or one tile of a slide):
   cells is one line at 20-40x; a cell is judged on the sectors that do not face a more completely
   stained neighbour, so that an unstained cell beside a stained one stays unstained;
 * intensity 0-3 from the faint / moderate / intense thresholds; membrane class from intensity and
-  completeness; tumour cells chosen by nuclear size and shape (lymphocytes: small; fibroblasts:
+  completeness (complete: stained round ``complete_fraction`` of the ring with no unstained run over
+  ``max_gap_fraction``); tumour cells chosen by nuclear size and shape (lymphocytes: small; fibroblasts:
   elongated) and by lying in a nest, cord or single file (:func:`in_nest`).
 
 Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
@@ -64,8 +65,8 @@ class Thresholds:
     #: sectors to an incomplete ring, so that an 80 % arc already measures ~0.85-0.9: 0.85.
     complete_fraction: float = 0.85
     #: ... and its longest unstained run of sectors spans at most this fraction of the circumference:
-    #: "complete" is circumferential, and a pathologist sees one break of 15 % (54°) in a ring as an
-    #: incomplete membrane even when the rest of the ring is stained (a partial arc's blurred ends
+    #: "complete" is circumferential, and a pathologist sees one break of a tenth of a ring (36°) or
+    #: more as an incomplete membrane even when the rest of the ring is stained (a partial arc's blurred ends
     #: otherwise make an 80 % arc measure as complete). Sectors that face a stained neighbour or lie
     #: outside the image break a run rather than extend it. 1.0 turns the rule off.
     max_gap_fraction: float = 0.1
