@@ -49,14 +49,14 @@ CATEGORIES = ("0", "1+", "2+", "3+")
 class Thresholds:
     """Scoring parameters. DAB values are optical densities of the membrane (default H-DAB vectors).
 
-    Defaults: a membrane peak of 0.15 OD is the faintest brown a pathologist perceives at 20x on a
-    0.5 µm/px scan; 0.35 is clearly brown (moderate); 0.60 a dark-brown "chicken-wire" (intense);
-    these follow the common DAB OD bands (0.2 / 0.4 / 0.6 on cell means, QuPath) shifted for a
-    ring *peak* rather than a whole-cell mean. Override from JSON or derive from a control with
-    :func:`calibrate_thresholds`.
+    Defaults: a membrane peak of 0.12 OD is the faintest brown a pathologist perceives at 20x on a
+    0.5 µm/px scan (at 0.15 two of the five real BCI 1+ patches read 0; README); 0.35 is clearly
+    brown (moderate); 0.60 a dark-brown "chicken-wire" (intense); these follow the common DAB OD
+    bands (0.2 / 0.4 / 0.6 on cell means, QuPath) shifted for a ring *peak* rather than a whole-cell
+    mean. Override from JSON or derive from a control with :func:`calibrate_thresholds`.
     """
 
-    faint: float = 0.15
+    faint: float = 0.12
     moderate: float = 0.35
     intense: float = 0.60
     #: A ring is "complete" when at least this fraction of its sectors is stained. Automatic rings
@@ -70,8 +70,11 @@ class Thresholds:
     #: otherwise make an 80 % arc measure as complete). Sectors that face a stained neighbour or lie
     #: outside the image break a run rather than extend it. 1.0 turns the rule off.
     max_gap_fraction: float = 0.1
-    #: Low hysteresis threshold for completeness, as a fraction of ``faint``.
-    continuity: float = 0.75
+    #: Low hysteresis threshold for completeness, as a fraction of ``faint``: 0.1125 OD by default,
+    #: just above the 0.05-0.11 OD that unstained rings reach from noise and neighbouring membranes,
+    #: so that a faint arc is not closed into a "complete" ring by noise (a lower floor, 0.09 OD, read
+    #: more 1+ cases as 2+; README).
+    continuity: float = 0.9375
     #: Fewer stained sectors than this fraction: no membrane staining (class ``none``).
     min_stained_fraction: float = 0.25
     n_sectors: int = 32
@@ -738,8 +741,8 @@ def quantify_image(
 # -------------------------------------------------------------------------------- calibration
 #: Where a control's strong staining (90th percentile of tumour-cell membrane DAB) is expected to
 #: lie, as a multiple of the default thresholds: 3+ well above intense, 2+ between moderate and
-#: intense, 1+ between faint and moderate.
-_CONTROL_REFERENCE = {"3+": ("intense", 1.5), "2+": ("moderate", 1.35), "1+": ("faint", 1.6)}
+#: intense, 1+ between faint and moderate (0.24 OD).
+_CONTROL_REFERENCE = {"3+": ("intense", 1.5), "2+": ("moderate", 1.35), "1+": ("faint", 2.0)}
 
 
 def calibrate_thresholds(
