@@ -214,19 +214,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\ncategory confusion on {len(scores)} small synthetic slides (rows truth, columns found):")
         print(confusion(scores.truth, scores.found, CATEGORIES))
         right = int((scores.truth == scores.found).sum())
-        print(f"slide category agreement: {right}/{len(scores)} = {right / len(scores):.2f}")
+        print(f"slide category agreement: {right}/{len(scores)} = {right / len(scores):.1%}")
         print("slide cell membrane-class confusion (rows truth):")
         print(confusion(cells.truth, cells.found, CLASSES))
-        print(f"slide cell agreement: {(cells.truth == cells.found).mean():.2f} over {len(cells)} cells")
+        print(f"slide cell agreement: {(cells.truth == cells.found).mean():.1%} over {len(cells)} cells")
 
     if args.patches:
         scores, cells = agreement_patches(args.patches)
         print(f"\ncategory confusion on {len(scores)} synthetic patches (rows truth, columns found):")
         print(confusion(scores.truth, scores.found, CATEGORIES))
-        print(f"category agreement: {(scores.truth == scores.found).mean():.2f}")
+        print(f"category agreement: {(scores.truth == scores.found).mean():.1%}")
         print("\ncell membrane-class confusion (tumour cells matched within 4 µm):")
         print(confusion(cells.truth, cells.found, CLASSES))
-        print(f"cell agreement: {(cells.truth == cells.found).mean():.2f} over {len(cells)} cells")
+        print(f"cell agreement: {(cells.truth == cells.found).mean():.1%} over {len(cells)} cells")
     if args.real and REAL.is_dir():
         print(f"\nreal HER2 IHC images at {MPP} µm/px (BCI label: whole-slide level, weak):")
         print(real_images(REAL).to_string(index=False))
