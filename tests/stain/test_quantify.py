@@ -234,6 +234,30 @@ def test_calibration_follows_the_control() -> None:
         calibrate_thresholds(cells, "4+")
 
 
+@pytest.mark.parametrize(("category", "seed"), [("3+", 1002), ("2+", 1002)])
+def test_calibration_on_a_control_like_the_defaults_leaves_them(category: str, seed: int) -> None:
+    """A textured control that reads its own category at the defaults calibrates to about them: the
+    control is measured on the scale that grades intensity (membrane DAB), not on ring peak pixels,
+    which run about twice as high on textured membranes and once doubled every threshold."""
+    from her2score.data.synth import render_ihc_patch
+
+    rgb, _ = render_ihc_patch(category, (512, 512), MPP, seed=seed, site=seed % 4)
+    result = quantify_image(rgb, MPP)
+    assert result.accumulator.summary(Thresholds())["category"] == category
+    new, evidence = calibrate_thresholds(result.cells, category)
+    assert 0.67 < evidence["factor"] < 1.5, evidence
+    assert new.intense == pytest.approx(Thresholds().intense * evidence["factor"])
+
+
+def test_calibration_refuses_a_positive_control_without_staining() -> None:
+    cells = quantify_image(draw_ihc(0.0), MPP, stains="default").cells
+    with pytest.raises(StainError, match="too few to calibrate"):
+        calibrate_thresholds(cells, "1+")
+    unchanged, evidence = calibrate_thresholds(cells, "0")  # an unstained 0 control agrees as it is
+    assert unchanged == Thresholds()
+    assert evidence["factor"] == 1.0
+
+
 def test_label_quantile_per_cell() -> None:
     from her2score.stain.quantify import label_quantile
 
@@ -356,6 +380,27 @@ def test_real_bci_ihc_runs_and_ranks_3plus_above_0_and_1plus() -> None:
     low = np.mean(index["0"] + index["1+"])
     print(f"\nmean HER2 index: 3+ {high:.1f}, 0/1+ {low:.1f}")
     assert high > low
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_bci_controls_that_read_their_level_calibrate_near_the_defaults() -> None:
+    """Calibrating on a real patch that already reads its own level must not move the thresholds
+    far (ring-peak calibration doubled them on the clearest 3+ and on a 2+ patch)."""
+    folder = REAL / "bci-her2-pairs" / "IHC"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/real is absent")
+    from her2score.slide import load_rgb
+
+    factors = {}
+    for name in ("00057_test_3+", "00249_test_2+", "00361_test_2+", "00640_test_1+", "00003_train_1+"):
+        path = folder / f"{name}.png"
+        result = quantify_image(load_rgb(path), MPP, path=path)
+        level = name.rsplit("_", 1)[1]
+        assert result.accumulator.summary(Thresholds())["category"] == level, name
+        factors[name] = calibrate_thresholds(result.cells, level)[1]["factor"]
+    print("\ncalibration factors:", {k: round(v, 2) for k, v in factors.items()})
+    assert all(0.67 < f < 1.5 for f in factors.values()), factors
 
 
 # ------------------------------------------------------------------------ shared membranes

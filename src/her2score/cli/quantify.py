@@ -192,6 +192,7 @@ def calibrate(
 
     import pandas as pd
 
+    from her2score.errors import StainError
     from her2score.io import write_json
     from her2score.stain.quantify import calibrate_thresholds, quantify_file
 
@@ -199,7 +200,10 @@ def calibrate(
     with tempfile.TemporaryDirectory() as tmp:
         result = quantify_file(control, Path(tmp), mpp, base)
         cells = pd.read_parquet(result.cells_path)
-    new, evidence = calibrate_thresholds(cells, category, base)
+    try:
+        new, evidence = calibrate_thresholds(cells, category, base)
+    except StainError as exc:
+        raise StainError(exc.cause, control) from None
     evidence["control"] = str(control)
     write_json(out, {"thresholds": new.to_dict(), "calibration": evidence})
     if not quiet:
