@@ -105,6 +105,7 @@ def test_calibrate_then_quantify_with_the_thresholds(images: dict[str, Path], tm
     data = json.loads(thresholds.read_text())
     assert data["calibration"]["category"] == "3+"
     assert data["thresholds"]["intense"] < 0.6  # scaled down to the pale control
+    assert "warning" not in result.output  # 0.6 OD is paler than expected, not far off
     out = tmp_path / "out"
     result = runner.invoke(
         app,
@@ -112,6 +113,17 @@ def test_calibrate_then_quantify_with_the_thresholds(images: dict[str, Path], tm
     )
     assert result.exit_code == 0, result.output
     assert pd.read_csv(out / "results.csv").loc[0, "category"] == "3+"
+
+
+def test_calibrate_warns_when_the_control_is_far_from_its_category(tmp_path: Path) -> None:
+    control = tmp_path / "control.png"
+    _png(control, sheet(0.6))  # complete 0.6 OD membranes named a 1+ control: 2.5x a 1+
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(
+        app, ["calibrate", str(control), "--category", "1+", "--mpp", "0.5", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: control.png stains" in result.output
 
 
 def test_bad_thresholds_file_is_one_line_and_exit_2(images: dict[str, Path], tmp_path: Path) -> None:

@@ -211,3 +211,9 @@ def calibrate(
             f"faint {new.faint:.3f}  moderate {new.moderate:.3f}  intense {new.intense:.3f} "
             f"(x{evidence['factor']:.2f} from {evidence['n_tumour_cells']} tumour cells) -> {out}"
         )
+    if not 0.5 <= evidence["factor"] <= 2.0:  # said even with --quiet: the thresholds may be wrong
+        typer.echo(
+            f"warning: {control.name} stains {evidence['factor']:.2f}x what a {category} control is expected "
+            "to; check that it is that category and mostly tumour before scoring with these thresholds",
+            err=True,
+        )
