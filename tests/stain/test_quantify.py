@@ -244,9 +244,25 @@ def test_calibration_on_a_control_like_the_defaults_leaves_them(category: str, s
     rgb, _ = render_ihc_patch(category, (512, 512), MPP, seed=seed, site=seed % 4)
     result = quantify_image(rgb, MPP)
     assert result.accumulator.summary(Thresholds())["category"] == category
-    new, evidence = calibrate_thresholds(result.cells, category)
+    _, evidence = calibrate_thresholds(result.cells, category)
     assert 0.67 < evidence["factor"] < 1.5, evidence
-    assert new.intense == pytest.approx(Thresholds().intense * evidence["factor"])
+
+
+def test_calibration_of_a_sparsely_stained_control_reads_its_ring_peaks() -> None:
+    """Under 10 % stained, the ring peaks of all cells, put on the membrane scale by the stained
+    cells, give the scale: about what the fully stained control gives."""
+    cells = quantify_image(draw_ihc(0.3), MPP, stains="default").cells
+    _, full = calibrate_thresholds(cells, "1+")
+    sparse = cells.copy()
+    stained = np.flatnonzero(sparse["is_tumour"] & (sparse["membrane_class"] != "none"))
+    assert len(stained) > 20
+    hidden = sparse.index[stained[5:]]  # keep five stained cells (< 10 %), as if the rest fell under faint
+    sparse.loc[hidden, "membrane_class"] = "none"
+    sparse.loc[hidden, "membrane_dab"] = 0.0
+    _, evidence = calibrate_thresholds(sparse, "1+")
+    assert "ring_peak_scale" in evidence
+    assert "ring_peak_scale" not in full
+    assert evidence["factor"] == pytest.approx(full["factor"], rel=0.2)
 
 
 def test_calibration_refuses_a_positive_control_without_staining() -> None:
