@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from her2score.data.manifest import load_manifest
@@ -159,3 +160,36 @@ def test_training_on_windows_predicts_on_the_whole_input(
     train_run(load_manifest(tiny_manifest), fast_config, tmp_path / "crop", quiet=True, log=lambda s: None)
     assert sizes == {True: {32}, False: {64}}
     assert len(pd.read_csv(tmp_path / "crop" / "predictions.csv")) > 0
+
+
+def test_stain_head_is_fitted_saved_and_used_by_predict(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+) -> None:
+    """``stain_head``: fitted before training, frozen through it, saved, rebuilt from the checkpoint alone."""
+    from her2score.engine.checkpoint import load_model
+    from her2score.engine.predict import predict_slides
+
+    fast_config.epochs, fast_config.stain_head = 2, True
+    cohort = load_manifest(tiny_manifest)
+    logs: list[str] = []
+    result = train_run(cohort, fast_config, tmp_path / "run", quiet=True, log=logs.append)
+    assert any("stain-statistics head fitted" in line for line in logs)
+    model, meta = load_model(result.model_paths[0])
+    assert meta["model_kwargs"]["stain_head"] is True
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    saved = load_file(str(result.model_paths[0]))
+    assert (saved["stain_stats.linear.weight"] == state["model"]["stain_stats.linear.weight"]).all()
+    assert saved["stain_stats.linear.weight"].abs().sum() > 0  # fitted, not left at zero
+    assert model.stain_stats is not None
+    frame, failures = predict_slides(
+        result.model_paths[0],
+        cohort.slides[:3],
+        tmp_path / "preds.csv",
+        heatmap_dir=tmp_path / "heat",
+        quiet=True,
+    )
+    assert not failures
+    assert len(frame) == 3
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 3  # Grad-CAM of the CNN, for the fused prediction
+    probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
+    assert abs(probs.sum(axis=1) - 1).max() < 1e-4

@@ -54,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, per step (0: off)
     drop_rate: float = 0.0
+    stain_head: bool = False  # average with a logistic regression on DAB/H quantiles of the training slides
     patience: int = 10  # stop after this many epochs without a better validation score (see select); 0: off
     select: str = "f1"  # which epoch's weights are kept: best validation f1, best validation loss, or last
     folds: int = 0  # >= 2: k-fold cross-validation; 0: fixed splits from the manifest, or a holdout

@@ -21,7 +21,10 @@ def grad_cam(model: Any, x: Any, class_index: int | None = None) -> tuple[np.nda
         feats = model.features(x)
         feats.retain_grad()
         logits = model.head(feats)
-        target = int(logits.argmax(1)[0]) if class_index is None else int(class_index)
+        if class_index is None:  # the model's prediction (with a stain head, not the CNN's alone)
+            with torch.no_grad():
+                class_index = int(model(x).argmax(1)[0])
+        target = int(class_index)
         model.zero_grad(set_to_none=True)
         logits[0, target].backward()
     weights = feats.grad[0].mean(dim=(1, 2))  # C

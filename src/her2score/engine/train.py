@@ -128,6 +128,7 @@ def model_metadata(cfg: TrainConfig, cohort: Cohort, input_kind: str, model: Any
             "backbone": backbone,
             "drop_rate": cfg.drop_rate,
             "norm": getattr(model, "norm", None),
+            **({"stain_head": True} if getattr(model, "stain_stats", None) is not None else {}),
         },
         "backbone": backbone,
         "input_kind": input_kind,
@@ -175,7 +176,7 @@ def fit(
     torch.manual_seed(cfg.seed + 7919 * fold_seed)
     model = create_model(
         cfg.model, num_classes, backbone=cfg.backbone, weights=cfg.weights, drop_rate=cfg.drop_rate,
-        norm=cfg.norm,
+        norm=cfg.norm, **({"stain_head": True} if cfg.stain_head else {}),
     ).to(device)  # fmt: skip
     log(f"{cfg.model} ({getattr(model, 'backbone_name', cfg.backbone)}) on {device}: {model.weights_note}")
     mean, std = input_statistics(images, train, pretrained=bool(cfg.weights))
@@ -184,6 +185,9 @@ def fit(
         "ImageNet mean/std on RGB in [0, 1]" if cfg.weights else "training-image mean/std on RGB in [0, 1]"
     )
     norm = {"mean": mean, "std": std, "classes": list(range(num_classes))}
+    if getattr(model, "stain_stats", None) is not None:
+        facts = model.stain_stats.fit(images[train], labels[train], mean, std)
+        log(f"stain-statistics head fitted on {len(train)} slides (accuracy {facts['train_accuracy']:.2f})")
     y_train, y_val = labels[train], labels[val]
     steps = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -237,7 +241,8 @@ def fit(
                 x = to_model_input(images[idx], mean, std, device, cfg.augment, gen)
                 target = torch.as_tensor(labels[idx], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss = criterion(model(x).float(), target)
+                    logits = model.trainable_logits(x) if hasattr(model, "trainable_logits") else model(x)
+                    loss = criterion(logits.float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

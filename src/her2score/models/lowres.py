@@ -56,9 +56,13 @@ def _make_classifier(
     weights: str | Path | None,
     drop_rate: float,
     norm: str | None = None,
+    stain_head: bool = False,
 ) -> Any:
     import timm
+    import torch
     import torch.nn as nn
+
+    from her2score.models.stain_stats import StainStatistics
 
     name = backbone or default_backbone()
     if Path(str(name)).suffix in {".safetensors", ".pth", ".pt", ".bin"}:
@@ -80,13 +84,15 @@ def _make_classifier(
         raise ConfigError(f"timm has no architecture {name!r} ({exc})") from exc
 
     class LowResClassifier(nn.Module):
-        """A timm backbone split into features (last conv stage, for Grad-CAM) and head."""
+        """A timm backbone split into features (last conv stage, for Grad-CAM) and head; with
+        ``stain_head``, a fitted stain-statistics model whose probabilities are averaged with the CNN's."""
 
         def __init__(self) -> None:
             super().__init__()
             self.backbone = net
             self.backbone_name = name
             self.norm = resolved_norm
+            self.stain_stats = StainStatistics(num_classes) if stain_head else None
 
         def features(self, x: Any) -> Any:
             return self.backbone.forward_features(x)
@@ -94,8 +100,16 @@ def _make_classifier(
         def head(self, feats: Any) -> Any:
             return self.backbone.forward_head(feats)
 
-        def forward(self, x: Any) -> Any:
+        def trainable_logits(self, x: Any) -> Any:
+            """What the training loss is applied to: the CNN alone (the stain head is fitted, not trained)."""
             return self.head(self.features(x))
+
+        def forward(self, x: Any) -> Any:
+            logits = self.head(self.features(x))
+            if self.stain_stats is None:
+                return logits
+            probs = (logits.float().softmax(1) + self.stain_stats(x).softmax(1)) / 2
+            return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the average back
 
     model = LowResClassifier()
     model.weights_note = (
@@ -156,9 +170,10 @@ def lowres_convnext(
     weights: str | Path | None = None,
     drop_rate: float = 0.0,
     norm: str | None = None,
+    stain_head: bool = False,
 ) -> Any:
-    """Whole-slide low-resolution ConvNeXt classifier."""
-    return _make_classifier(num_classes, backbone, weights, drop_rate, norm)
+    """Whole-slide low-resolution ConvNeXt classifier (``stain_head``: see :mod:`.stain_stats`)."""
+    return _make_classifier(num_classes, backbone, weights, drop_rate, norm, stain_head)
 
 
 @register_model(
@@ -173,6 +188,7 @@ def lowres_resnet(
     weights: str | Path | None = None,
     drop_rate: float = 0.0,
     norm: str | None = None,
+    stain_head: bool = False,
 ) -> Any:
     """Whole-slide low-resolution ResNet baseline (its own BatchNorm; ``norm`` applies to ConvNeXt only)."""
-    return _make_classifier(num_classes, backbone or "resnet18", weights, drop_rate, norm)
+    return _make_classifier(num_classes, backbone or "resnet18", weights, drop_rate, norm, stain_head)

@@ -1,0 +1,59 @@
+"""The stain-statistics head: features from DAB/H optical density, a fitted (not trained) regression."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from her2score.models.registry import create_model
+from her2score.models.stain_stats import DAB_QUANTILES, StainStatistics, stain_features
+from her2score.stain.deconvolution import combine_stains
+
+
+def _slides(dab_levels: list[float], seed: int) -> torch.Tensor:
+    """uint8 (N, 3, 48, 48): tissue (hematoxylin + DAB at the given OD) left, white glass right."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for level in dab_levels:
+        h = np.where(np.arange(48)[None, :] < 30, 0.4, 0.0) * np.ones((48, 1))
+        d = np.where(h > 0, rng.gamma(2.0, level / 2.0, size=h.shape), 0.0)
+        rgb = combine_stains({"hematoxylin": h.astype(np.float32), "dab": d.astype(np.float32)})
+        out.append(torch.as_tensor(rgb).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def test_features_read_dab_over_tissue_only() -> None:
+    weak, strong = _slides([0.05], 0), _slides([0.4], 0)
+    f_weak, f_strong = stain_features(weak.float() / 255), stain_features(strong.float() / 255)
+    k = len(DAB_QUANTILES)
+    assert (f_strong[0, :k] > f_weak[0, :k]).all()  # more DAB, higher every DAB quantile
+    assert abs(float(f_weak[0, k]) - 0.4) < 0.05  # hematoxylin median of the tissue, glass left out
+    blank = torch.full((1, 3, 32, 32), 1.0)
+    assert (stain_features(blank) == 0).all()  # no tissue: zeros, not NaN
+
+
+def test_fit_separates_dab_levels_and_is_frozen() -> None:
+    levels = [0.02, 0.15, 0.5]
+    labels = np.repeat([0, 1, 2], 6)
+    train = _slides([levels[c] for c in labels], seed=1)
+    head = StainStatistics(3)
+    facts = head.fit(train, labels, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    assert facts["train_accuracy"] == 1.0
+    assert not any(p.requires_grad for p in head.parameters())
+    test = _slides([levels[c] for c in labels], seed=2)
+    x = (test.float() / 255 - 0.5) / 0.25  # normalised like the CNN's input
+    assert (head(x).argmax(1).numpy() == labels).all()
+
+
+def test_classifier_averages_cnn_and_stain_probabilities() -> None:
+    torch.manual_seed(0)
+    model = create_model("lowres-resnet", 3, stain_head=True).eval()
+    labels = np.repeat([0, 1, 2], 4)
+    model.stain_stats.fit(_slides([[0.02, 0.15, 0.5][c] for c in labels], 3), labels, [0.5] * 3, [0.25] * 3)
+    x = (_slides([0.02, 0.5], 4).float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        fused = model(x).softmax(1)
+        cnn = model.trainable_logits(x).softmax(1)
+        stains = model.stain_stats(x).softmax(1)
+    assert torch.allclose(fused, (cnn + stains) / 2, atol=1e-5)
+    assert "stain_stats.linear.weight" in model.state_dict()  # travels in model.safetensors
