@@ -152,7 +152,8 @@ def test_training_on_windows_predicts_on_the_whole_input(
 
     def spied(*args, **kwargs):
         model = create(*args, **kwargs)
-        model.register_forward_hook(lambda m, inputs, out: sizes[m.training].add(inputs[0].shape[-1]))
+        stem = next(model.backbone.children())  # every path into the CNN passes the stem
+        stem.register_forward_hook(lambda m, inputs, out: sizes[m.training].add(inputs[0].shape[-1]))
         return model
 
     monkeypatch.setattr(registry, "create_model", spied)
