@@ -186,8 +186,8 @@ def fit(
     )
     norm = {"mean": mean, "std": std, "classes": list(range(num_classes))}
     if getattr(model, "stain_stats", None) is not None:
-        facts = model.stain_stats.fit(images[train], labels[train], mean, std)
-        log(f"stain-statistics head fitted on {len(train)} slides (accuracy {facts['train_accuracy']:.2f})")
+        accuracy = model.stain_stats.fit(images[train], labels[train], mean, std)
+        log(f"stain-statistics head fitted on {len(train)} slides (accuracy {accuracy:.2f})")
     y_train, y_val = labels[train], labels[val]
     steps = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -105,7 +105,7 @@ def _make_classifier(
             return self.head(self.features(x))
 
         def forward(self, x: Any) -> Any:
-            logits = self.head(self.features(x))
+            logits = self.trainable_logits(x)
             if self.stain_stats is None:
                 return logits
             probs = (logits.float().softmax(1) + self.stain_stats(x).softmax(1)) / 2

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from her2score.stain.deconvolution import HDAB
+from her2score.stain.deconvolution import BACKGROUND, HDAB
 
 #: Quantiles of DAB optical density over the tissue pixels of the low-resolution input.
 DAB_QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
@@ -40,7 +40,7 @@ def stain_features(rgb: torch.Tensor) -> torch.Tensor:
     step = max(1, int(np.ceil(np.sqrt(h * w / MAX_PIXELS))))
     rgb = rgb[:, :, ::step, ::step].float()
     tissue = rgb.mean(1) * 255 < TISSUE_MAX_BRIGHTNESS
-    od = -torch.log10(torch.clamp(rgb * 255, min=1.0) / 255)
+    od = -torch.log10(torch.clamp(rgb * 255, min=1.0) / BACKGROUND)  # as deconvolution.rgb_to_od
     inv = torch.as_tensor(np.linalg.inv(HDAB.matrix()), dtype=rgb.dtype, device=rgb.device)
     conc = torch.einsum("bchw,cd->bdhw", od, inv).clamp_min(0)
     out = []
@@ -71,8 +71,9 @@ class StainStatistics(nn.Module):
         return self.linear(z)
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor, labels: np.ndarray, mean: Any, std: Any) -> dict[str, float]:
-        """Fit on ``images`` (N, 3, H, W uint8) and integer ``labels``, class-balanced; returns fit facts."""
+    def fit(self, images: torch.Tensor, labels: np.ndarray, mean: Any, std: Any) -> float:
+        """Fit on ``images`` (N, 3, H, W uint8) and integer ``labels``, class-balanced; returns the
+        training accuracy."""
         device = self.linear.weight.device
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
@@ -104,5 +105,4 @@ class StainStatistics(nn.Module):
             opt.step(objective)
         self.linear.weight.copy_(weight.detach().float())
         self.linear.bias.copy_(bias.detach().float())
-        accuracy = float((self.linear(z.float()).argmax(1) == y).float().mean())
-        return {"train_accuracy": accuracy}
+        return float((self.linear(z.float()).argmax(1) == y).float().mean())
