@@ -477,6 +477,22 @@ def test_own_membrane_explains_away_a_neighbours_membrane() -> None:
     assert gap.tolist() == [0.0, 4 / 8]
 
 
+def test_a_darker_neighbours_line_leaves_a_cells_intensity() -> None:
+    from her2score.stain.quantify import own_membrane
+
+    s = 8
+    present = np.ones((2, s), bool)
+    stained = np.ones((2, s), bool)  # both rings complete: no side is explained away for completeness
+    peaks = np.full((2, s), 0.9, np.float32)  # cell 0: intense all round
+    peaks[1, 4:] = 0.25  # cell 1: faint on its own side, the intense line where it meets cell 0
+    contacts = np.array([[0, 7 - k, 1, k] for k in range(4)] + [[1, k, 0, 7 - k] for k in range(4)])
+    completeness, membrane, _ = own_membrane(stained, present, peaks, contacts, Thresholds())
+    assert completeness.tolist() == [1.0, 1.0]
+    assert membrane.tolist() == pytest.approx([0.9, 0.25])
+    _, membrane_off, _ = own_membrane(stained, present, peaks, contacts, Thresholds(darker_neighbour_ratio=0))
+    assert membrane_off[1] == pytest.approx(0.575)  # the shared line pulls the median up when the rule is off
+
+
 def test_longest_gap_runs_round_the_ring() -> None:
     from her2score.stain.quantify import longest_gap
 

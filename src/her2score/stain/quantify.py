@@ -84,6 +84,11 @@ class Thresholds:
     #: ... where "stained" neighbours are those whose ring is stained at least this much further
     #: round (a fraction of the ring) than the cell's own.
     own_side_margin: float = 0.25
+    #: A cell's intensity leaves out the sectors facing a stained neighbour whose membrane is at
+    #: least this many times darker than its own (the dark line between a strongly and a weakly
+    #: stained cell is the strong cell's to the eye), when a quarter of its stained sectors remain.
+    #: 0 turns the rule off.
+    darker_neighbour_ratio: float = 1.5
     #: Membrane accentuation: a sector's peak must exceed the perinuclear cytoplasm by this (OD) ...
     membrane_contrast_od: float = 0.05
     #: ... and by this fraction of the cytoplasm DAB (so a strong blush needs a stronger membrane).
@@ -127,6 +132,10 @@ class Thresholds:
             raise ConfigError(f"cytoplasm_quantile must be in [0, 1] (got {self.cytoplasm_quantile})")
         if not 0 <= self.own_side_fraction <= 1 or not 0 <= self.own_side_margin <= 1:
             raise ConfigError("own_side_fraction and own_side_margin must be in [0, 1]")
+        if self.darker_neighbour_ratio != 0 and self.darker_neighbour_ratio < 1:
+            raise ConfigError(
+                f"darker_neighbour_ratio must be 0 (off) or at least 1 (got {self.darker_neighbour_ratio})"
+            )
         if self.nest_neighbours < 0 or self.nest_radius_um <= 0:
             raise ConfigError("nest_neighbours must be >= 0 and nest_radius_um > 0")
         if self.n_sectors < 8:
@@ -433,6 +442,8 @@ def own_membrane(
     least ``own_side_fraction`` of the ring, completeness and intensity come from it alone; a cell
     surrounded by such neighbours cannot be told apart and keeps all of its ring. Repeated
     ``rounds`` times, as a cell explained away no longer stains its neighbours.
+    Then the intensity: sectors facing a stained neighbour ``darker_neighbour_ratio`` times darker
+    are the neighbour's line and leave the cell's median (:func:`_darker_neighbours`).
     ``contacts`` comes from :func:`sector_contacts`. The gap is the longest run of judged, unstained
     sectors as a fraction of the ring (:func:`longest_gap`).
     """
@@ -443,21 +454,16 @@ def own_membrane(
     judged = present
     for _ in range(rounds if len(contacts) else 0):
         is_stained = (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
-        faces = np.zeros(n * s, dtype=bool)
         cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
         # A shared stained line is the more completely stained cell's: a neighbour explains it
         # away only when it sees the same line stained on its side of the contact and its own
         # ring is stained clearly further round (near ties: both keep it).
-        hit = contacts[
+        further = (
             is_stained[neighbour]
             & stained[neighbour, across]
             & (completeness[neighbour] >= completeness[cell] + t.own_side_margin)
-        ]
-        faces[hit[:, 0] * s + hit[:, 1]] = True
-        faces = faces.reshape(n, s)
-        # One sector either side too: a sector's peak reaches the blurred membrane of a neighbour
-        # it touches only at its corner.
-        faces = faces | np.roll(faces, 1, axis=1) | np.roll(faces, -1, axis=1)
+        )
+        faces = _facing(contacts, further, n, s)
         free = present & ~faces
         n_free = free.sum(axis=1)
         judge_free = n_free >= t.own_side_fraction * n_present
@@ -466,7 +472,46 @@ def own_membrane(
         whole = stained.sum(axis=1) / n_present
         completeness = np.where(judge_free, own.sum(axis=1) / np.maximum(n_free, 1), whole)
         membrane_dab = _median_stained_peak(own, sector_peak)
+    if t.darker_neighbour_ratio and len(contacts):
+        membrane_dab = _darker_neighbours(stained, sector_peak, contacts, completeness, membrane_dab, t)
     return completeness, membrane_dab, longest_gap(judged & ~stained) / s
+
+
+def _facing(contacts: np.ndarray, hit: np.ndarray, n: int, s: int) -> np.ndarray:
+    """(cells x sectors) mask of the sectors in ``contacts[hit]``, widened by one sector either side
+    (a sector's peak reaches the blurred membrane of a neighbour it touches only at its corner)."""
+    rows = contacts[hit]
+    faces = np.zeros(n * s, dtype=bool)
+    faces[rows[:, 0] * s + rows[:, 1]] = True
+    faces = faces.reshape(n, s)
+    return faces | np.roll(faces, 1, axis=1) | np.roll(faces, -1, axis=1)
+
+
+def _darker_neighbours(
+    stained: np.ndarray,
+    sector_peak: np.ndarray,
+    contacts: np.ndarray,
+    completeness: np.ndarray,
+    membrane_dab: np.ndarray,
+    t: Thresholds,
+) -> np.ndarray:
+    """Membrane DAB per cell without the stained sectors it shares with a clearly darker neighbour.
+
+    A weakly stained cell beside an intensely stained one shows the dark shared line on that side;
+    its own membrane is what the rest of its ring shows. Kept as it was when fewer than a quarter of
+    its stained sectors remain (a cell among darker neighbours cannot be told apart from them).
+    """
+    n, s = stained.shape
+    is_stained = (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
+    cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
+    darker = (
+        is_stained[neighbour]
+        & stained[neighbour, across]
+        & (membrane_dab[neighbour] >= t.darker_neighbour_ratio * membrane_dab[cell])
+    )
+    own = stained & ~_facing(contacts, darker, n, s)
+    enough = own.sum(axis=1) >= np.maximum(1, 0.25 * stained.sum(axis=1))
+    return np.where(enough & is_stained, _median_stained_peak(own, sector_peak), membrane_dab)
 
 
 def longest_gap(gap: np.ndarray) -> np.ndarray:
