@@ -13,7 +13,9 @@ Per image (a patch, a TMA core or one tile of a slide):
   its ring is stained: one stained contact with a positive neighbour is not enough);
 * shared membranes explained away (:func:`own_membrane`): a membrane line between two touching
   cells is one line at 20-40x; a cell is judged on the sectors that do not face a more completely
-  stained neighbour, so that an unstained cell beside a stained one stays unstained;
+  stained neighbour, so that an unstained cell beside a stained one stays unstained; and a cell's
+  intensity leaves out the lines it shares with a clearly darker neighbour (a moderate cell beside an
+  intense one is read on its own side);
 * intensity 0-3 from the faint / moderate / intense thresholds; membrane class from intensity and
   completeness (complete: stained round ``complete_fraction`` of the ring with no unstained run over
   ``max_gap_fraction``); tumour cells chosen by nuclear size and shape (lymphocytes: small; fibroblasts:
