@@ -455,7 +455,7 @@ def own_membrane(
     membrane_dab = _median_stained_peak(stained, sector_peak)
     judged = present
     for _ in range(rounds if len(contacts) else 0):
-        is_stained = (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
+        is_stained = _is_stained(completeness, membrane_dab, t)
         cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
         # A shared stained line is the more completely stained cell's: a neighbour explains it
         # away only when it sees the same line stained on its side of the contact and its own
@@ -477,6 +477,11 @@ def own_membrane(
     if t.darker_neighbour_ratio and len(contacts):
         membrane_dab = _darker_neighbours(stained, sector_peak, contacts, completeness, membrane_dab, t)
     return completeness, membrane_dab, longest_gap(judged & ~stained) / s
+
+
+def _is_stained(completeness: np.ndarray, membrane_dab: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Cells whose membrane counts as stained: far enough round and at least faint."""
+    return (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
 
 
 def _facing(contacts: np.ndarray, hit: np.ndarray, n: int, s: int) -> np.ndarray:
@@ -504,7 +509,7 @@ def _darker_neighbours(
     its stained sectors remain (a cell among darker neighbours cannot be told apart from them).
     """
     n, s = stained.shape
-    is_stained = (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
+    is_stained = _is_stained(completeness, membrane_dab, t)
     cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
     darker = (
         is_stained[neighbour]
