@@ -172,7 +172,7 @@ def prepare_slides(
     description: str = "Reading slides",
 ) -> tuple[dict[int, np.ndarray], list[Failure]]:
     """Prepare many slides; returns ``{position: image}`` and the failures (never raises on one slide)."""
-    from her2score.engine.progress import progress_bar
+    from her2score.progress import progress_bar
 
     mpps = slide_mpps or [None] * len(slides)
 

@@ -1,4 +1,4 @@
-"""Rich progress bars shared by the engine (silent with ``quiet``)."""
+"""Rich progress bars shared by every command (on stderr, so results piped from stdout stay clean; silent with ``quiet``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 def progress_bar(quiet: bool = False, transient: bool = False) -> Any:
     """A ``rich.progress.Progress``: bar, counts, elapsed and remaining time; metrics in the description."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -22,6 +23,7 @@ def progress_bar(quiet: bool = False, transient: bool = False) -> Any:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=quiet,
         transient=transient,
     )
