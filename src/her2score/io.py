@@ -83,3 +83,33 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def unique_stems(paths: list[str | Path]) -> list[str]:
+    """Output name stems for ``paths``: the file stem, or the stem prefixed with enough parent folders
+    to tell inputs apart when two share a stem (``HE/x.png``, ``IHC/x.png`` -> ``HE_x``, ``IHC_x``)."""
+    parts = [Path(p).parts for p in paths]
+    depth = [1] * len(parts)
+
+    def name(i: int) -> str:
+        tail = list(parts[i][-depth[i] :])
+        tail[-1] = Path(tail[-1]).stem
+        return "_".join(tail)
+
+    for _ in range(max((len(p) for p in parts), default=1)):
+        seen: dict[str, list[int]] = {}
+        for i in range(len(parts)):
+            seen.setdefault(name(i), []).append(i)
+        clashes = [ix for ix in seen.values() if len(ix) > 1]
+        if not clashes:
+            break
+        for ix in clashes:
+            for i in ix:
+                depth[i] = min(depth[i] + 1, len(parts[i]))
+    names = [name(i) for i in range(len(parts))]
+    counts: dict[str, int] = {}
+    for i, n in enumerate(names):  # identical paths given twice: number them
+        counts[n] = counts.get(n, 0) + 1
+        if counts[n] > 1:
+            names[i] = f"{n}_{counts[n]}"
+    return names
