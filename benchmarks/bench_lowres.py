@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def _slides(folder: Path, n: int) -> list[Path]:
     """Synthetic cohort slides when the generator is there, else pyramidal TIFFs written here."""
@@ -72,12 +74,14 @@ def main() -> None:
 
     import torch
 
+    from her2score.data.augment import AugmentConfig
+    from her2score.data.inputs import Prepared, create_input_kind
+    from her2score.data.inputs.images import IMAGENET_MEAN, IMAGENET_STD, to_model_input
     from her2score.data.lowres import LowResParams, lowres_image
-    from her2score.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
-    from her2score.engine.config import AugmentConfig
-    from her2score.engine.data import to_model_input
-    from her2score.engine.evaluate import predict_probs, resolve_device
+    from her2score.engine.predictor import Predictor, resolve_device
     from her2score.models.registry import create_model
+
+    stats = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
     device = resolve_device(args.device)
     model = create_model("lowres-convnext", 3, backbone=args.backbone).to(device)
@@ -87,21 +91,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         slides = _slides(Path(tmp), args.slides)
         read_s, model_s, tta_s = [], [], []
-        meta = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "classes": ["0", "low", "high"]}
+        predictor = Predictor(
+            model, create_input_kind("lowres", mpp=args.mpp, input_size=args.size), stats, device
+        )
         model.eval()
         for path in slides:
             t0 = time.perf_counter()
             img = lowres_image(path, params)
             t1 = time.perf_counter()
             with torch.inference_mode():
-                x = to_model_input(
-                    torch.from_numpy(img).permute(2, 0, 1)[None], IMAGENET_MEAN, IMAGENET_STD, device
-                )
+                x = to_model_input(torch.from_numpy(img).permute(2, 0, 1)[None], stats, device)
                 torch.softmax(model(x), 1).cpu()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
-            predict_probs(model, torch.from_numpy(img).permute(2, 0, 1)[None], meta, device, tta=True)
+            one = torch.from_numpy(img).permute(2, 0, 1)[None]
+            predictor.predict(Prepared("lowres", one, np.arange(1)))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             read_s.append(t1 - t0)
@@ -128,7 +133,7 @@ def main() -> None:
     labels = torch.randint(0, 3, (args.batch,), device=device)
     # the bare step sees the same kind of values (normalised images, computed once): random normal
     # inputs ran several times slower through convnext on CPU, which would flatter the pipeline
-    bare_x = to_model_input(images[: args.batch], IMAGENET_MEAN, IMAGENET_STD, device)
+    bare_x = to_model_input(images[: args.batch], stats, device)
 
     def step(x: torch.Tensor) -> None:
         loss = loss_fn(model(x), labels)
@@ -150,7 +155,7 @@ def main() -> None:
 
     def pipeline_x(i: int) -> torch.Tensor:
         idx = torch.randint(0, len(images), (args.batch,), generator=gen)
-        return to_model_input(images[idx], IMAGENET_MEAN, IMAGENET_STD, device, AugmentConfig(), gen)
+        return to_model_input(images[idx], stats, device, AugmentConfig(), gen)
 
     # interleave the two measurements so that load from other processes hits both alike
     bare, full = [], []

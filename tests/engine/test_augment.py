@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from her2score.engine.augment import augment_batch, random_crop, small_affine, stain_jitter
-from her2score.engine.config import AugmentConfig
+from her2score.data.augment import AugmentConfig, augment_batch, random_crop, small_affine, stain_jitter
 
 
 def _batch() -> torch.Tensor:

@@ -14,8 +14,8 @@ from her2score.models.registry import create_model
 META = {
     "task": "her2-3way", "classes": ["0", "low", "high"], "model": "lowres-convnext",
     "model_kwargs": {"backbone": "convnext_atto", "norm": "batch"}, "backbone": "convnext_atto",
-    "input_kind": "lowres",
-    "input_size": 32, "mpp": 8.0, "mean": [0.5] * 3, "std": [0.25] * 3,
+    "input_kind": "lowres", "data": {"input_size": 32, "mpp": 8.0, "margin": 0.02},
+    "stats": {"mean": [0.5] * 3, "std": [0.25] * 3},
 }  # fmt: skip
 
 
@@ -37,7 +37,7 @@ def test_model_rebuilt_from_metadata_alone(saved: tuple[Path, torch.Tensor, torc
         out = model(x)
     assert torch.allclose(out, expected, atol=1e-6)
     assert meta["classes"] == ["0", "low", "high"]
-    assert meta["mpp"] == 8.0
+    assert meta["data"]["mpp"] == 8.0
     assert "her2score_version" in meta
 
 
@@ -64,13 +64,41 @@ def test_corrupted_truncated_and_foreign_files_are_refused(saved: tuple, tmp_pat
         load_state(pickled)
 
 
-def test_checkpoint_without_norm_is_read_as_layernorm(tmp_path: Path) -> None:
-    """Checkpoints written before the norm choice hold LayerNorm ConvNeXts; they still load."""
+def _write_raw(path: Path, model: torch.nn.Module, meta: dict) -> Path:
+    """A checkpoint written by hand (as an older her2score would), bypassing ``save_model``'s checks."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "her2score-model", "her2score": json.dumps(meta)})
+    return path
+
+
+def test_format_1_checkpoint_without_norm_is_read_as_layernorm(tmp_path: Path) -> None:
+    """Format-1 checkpoints (before the norm choice) hold LayerNorm ConvNeXts and flat data keys."""
     torch.manual_seed(0)
     model = create_model("lowres-convnext", 3, backbone="convnext_atto", norm="layer").eval()
-    meta = {**META, "model_kwargs": {"backbone": "convnext_atto"}}
-    path = save_model(tmp_path / "old.safetensors", model, meta)
-    loaded, _ = load_model(path)
+    old = {
+        "task": "her2-3way", "classes": ["0", "low", "high"], "model": "lowres-convnext",
+        "model_kwargs": {"backbone": "convnext_atto"}, "input_kind": "lowres", "input_size": 32, "mpp": 8.0,
+        "mean": [0.5] * 3, "std": [0.25] * 3, "format_version": 1,
+    }  # fmt: skip
+    loaded, meta = load_model(_write_raw(tmp_path / "old.safetensors", model, old))
+    assert meta["data"] == {"input_size": 32, "mpp": 8.0}
+    assert meta["stats"]["mean"] == [0.5] * 3
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_non_finite_weights_are_refused_at_save_and_load(tmp_path: Path) -> None:
+    model = create_model("lowres-convnext", 3, backbone="convnext_atto")
+    with torch.no_grad():
+        model.backbone.head.fc.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_model(tmp_path / "nan.safetensors", model, META)
+    assert not (tmp_path / "nan.safetensors").exists()
+    path = _write_raw(tmp_path / "nan2.safetensors", model, {**META, "format_version": 2})
+    with pytest.raises(CheckpointError, match=r"nan2\.safetensors.*non-finite"):
+        load_model(path)

@@ -28,15 +28,17 @@ def test_register_a_new_model_kind(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave the real registry as it was
 
-    @register_model("test-bag-mean", tasks=("her2-3way",), input_kind="patches", description="mean of a bag")
+    @register_model("test-bag-mean", tasks=("her2-3way",), input_kind="bag", description="mean of a bag")
     def bag_mean(num_classes: int, dim: int = 8) -> torch.nn.Module:
         return torch.nn.Linear(dim, num_classes)
 
     model = create_model("test-bag-mean", 3, dim=5)
     assert model(torch.zeros(2, 5)).shape == (2, 3)
-    assert get_model_spec("test-bag-mean").input_kind == "patches"
-    with pytest.raises(ValueError, match="input_kind"):
-        register_model("x", input_kind="voxels")
+    assert model.registry_name == "test-bag-mean"
+    assert model.init_kwargs == {"dim": 5}
+    assert get_model_spec("test-bag-mean").input_kind == "bag"
+    with pytest.raises(ConfigError, match=r"no option 'depth' \(its options: dim\)"):
+        create_model("test-bag-mean", 3, depth=2)
 
 
 def test_lowres_convnext_forward_features_and_scratch_note() -> None:

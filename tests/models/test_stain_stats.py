@@ -53,7 +53,7 @@ def test_classifier_averages_cnn_and_stain_probabilities() -> None:
     x = (_slides([0.02, 0.5], 4).float() / 255 - 0.5) / 0.25
     with torch.no_grad():
         fused = model(x).softmax(1)
-        cnn = model.trainable_logits(x).softmax(1)
+        cnn = model.trainable_logits({"image": x}).softmax(1)
         stains = model.stain_stats(x).softmax(1)
     assert torch.allclose(fused, (cnn + stains) / 2, atol=1e-5)
     assert "stain_stats.linear.weight" in model.state_dict()  # travels in model.safetensors

@@ -32,7 +32,8 @@ def predict(
     from rich.console import Console
 
     from her2score.engine.checkpoint import read_metadata
-    from her2score.engine.predict import describe, predict_slides
+    from her2score.engine.evaluate import describe
+    from her2score.engine.predict import predict_slides
 
     console = Console(stderr=True)
     console.print(describe(read_metadata(model)), highlight=False)

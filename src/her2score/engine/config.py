@@ -4,32 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from her2score.data.augment import AugmentConfig
 from her2score.errors import ConfigError
 
 BALANCE_MODES = ("weighted-loss", "sampler", "none")
+#: Model options that stand as top-level keys (most models take them); any other option goes in
+#: ``model_args``. Each is passed to a model only when its factory takes it.
+SHARED_MODEL_KEYS = ("backbone", "weights", "norm", "drop_rate", "stain_head")
+#: Keys of the data configuration of image input kinds.
+DATA_KEYS = ("mpp", "input_size", "margin")
 SELECT_MODES = ("f1", "loss", "last")
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentations for whole-slide images (all torch ops on batches; 0 switches one off)."""
-
-    flip: bool = True
-    rot90: bool = True
-    affine_degrees: float = 10.0
-    affine_scale: float = 0.08
-    affine_translate: float = 0.04
-    stain_jitter: float = 0.05  # relative scale jitter of H and DAB concentrations (HED space)
-    stain_shift: float = 0.02  # additive OD shift of hematoxylin and residual (DAB is only scaled)
-    blur_prob: float = 0.2
-    blur_sigma: float = 1.0
-    brightness: float = 0.03  # illumination; larger factors shift DAB optical density like staining does
-    crop: int = 0  # train on random windows of this many px of the input (finer µm/px); 0: whole input
 
 
 @dataclass
@@ -67,12 +55,12 @@ class TrainConfig:
     cache_dir: str | None = None
     n_boot: int = 1000
     tta: bool = True  # test-time augmentation: average the 8 flips/rotations when predicting
+    model_args: dict = field(default_factory=dict)  # further options of the model's factory (checked)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> TrainConfig:
         """Check ranges and names; raise ``ConfigError`` naming the bad key."""
         from her2score.data.manifest import EQUIVOCAL_RULES, TASKS
-        from her2score.models.lowres import NORMS
 
         checks = [
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
@@ -84,7 +72,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
-            (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}"),
+            (self.norm in ("auto", "batch", "layer"), "norm must be one of auto, batch, layer"),
             (self.balance in BALANCE_MODES, f"balance must be one of {', '.join(BALANCE_MODES)}"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
@@ -103,11 +91,14 @@ class TrainConfig:
         return self
 
     def resolved_cache_dir(self) -> Path:
-        """Where low-resolution images are cached (``$HER2SCORE_CACHE`` or ``~/.cache/her2score``)."""
-        if self.cache_dir:
-            return Path(self.cache_dir)
-        base = os.environ.get("HER2SCORE_CACHE") or Path.home() / ".cache" / "her2score"
-        return Path(base) / "lowres"
+        """Where prepared inputs are cached: ``cache_dir``, else her2score's (:mod:`her2score.paths`)."""
+        from her2score.paths import cache_dir
+
+        return Path(self.cache_dir) if self.cache_dir else cache_dir("lowres")
+
+    def data_config(self) -> dict[str, Any]:
+        """The data keys an input kind may take (each kind keeps those its constructor names)."""
+        return {k: getattr(self, k) for k in DATA_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,7 +119,7 @@ def config_from_dict(data: dict[str, Any], source: str | Path | None = None) -> 
 
 
 def _coerce(cls: type, data: dict[str, Any], source: str | Path | None, prefix: str = "") -> dict[str, Any]:
-    known = {f.name: f for f in fields(cls) if f.name != "augment"}
+    known = {f.name: f for f in fields(cls) if f.name not in ("augment",)}
     out: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key).replace("-", "_")
@@ -136,7 +127,11 @@ def _coerce(cls: type, data: dict[str, Any], source: str | Path | None, prefix: 
             raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(known)})", source)
         kind = str(known[key].type)
         try:
-            if value is None:
+            if kind.startswith("dict"):
+                if not isinstance(value, dict):
+                    raise ValueError("must be a mapping of option names to values")
+                out[key] = {str(k).replace("-", "_"): v for k, v in value.items()}
+            elif value is None:
                 if "None" not in kind:
                     raise ValueError("may not be empty")
                 out[key] = None

@@ -5,76 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from her2score.data.lowres import Failure
-
-
-def resolve_device(name: str = "auto") -> Any:
-    """``auto``: CUDA when available, else CPU; otherwise the named torch device."""
-    import torch
-
-    from her2score.errors import ConfigError
-
-    # Tiny activations (denormal floats) make CPU kernels many times slower; they carry no signal.
-    torch.set_flush_denormal(True)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} asked for, but CUDA is not available on this machine")
-    return device
-
-
-def dihedral_views(x: Any) -> list[Any]:
-    """The 8 flips and 90° rotations of a square batch (B, C, H, W); only the 2 flips of a non-square one."""
-    import torch
-
-    if x.shape[-1] != x.shape[-2]:
-        return [x, x.flip(-1)]
-    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-    return turns + [t.flip(-1) for t in turns]
-
-
-def predict_probs(
-    model: Any, images: Any, meta: dict[str, Any], device: Any, batch_size: int = 16, tta: bool | None = None
-) -> np.ndarray:
-    """Class probabilities (N, K) for uint8 images (N, 3, H, W), in eval mode without gradients.
-
-    With test-time augmentation (``tta``, default: the checkpoint's ``meta["tta"]``), the softmax is
-    averaged over the flips and 90° rotations of each image: a slide has no canonical orientation, and
-    the average is steadier than any single view.
-    """
-    import torch
-
-    from her2score.engine.data import to_model_input
-
-    tta = bool(meta.get("tta", False)) if tta is None else tta
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = to_model_input(images[start : start + batch_size], meta["mean"], meta["std"], device)
-            views = dihedral_views(x) if tta else [x]
-            probs = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
-            out.append(probs.cpu().numpy())
-    k = len(meta["classes"])
-    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)
-
-
-def prediction_frame(
-    slides: list[str], probs: np.ndarray, classes: list[str], extra: dict[str, Any] | None = None
-) -> pd.DataFrame:
-    """``slide, [extra...], predicted, prob_<class>...`` with one row per slide."""
-    frame = pd.DataFrame({"slide": slides, **(extra or {})})
-    frame["predicted"] = [classes[i] for i in probs.argmax(1)] if len(probs) else []
-    for k, name in enumerate(classes):
-        frame[f"prob_{name}"] = probs[:, k] if len(probs) else []
-    return frame
 
 
 def write_evaluation(
@@ -144,28 +77,6 @@ def write_evaluation(
     return metrics
 
 
-def gradcam_figures(
-    model: Any,
-    images: Any,
-    names: list[str],
-    meta: dict[str, Any],
-    device: Any,
-    out_dir: str | Path,
-    limit: int | None = None,
-) -> list[tuple[str, Path]]:
-    """Grad-CAM overlays (image | overlay) for the first ``limit`` images; ``(caption, path)`` pairs."""
-    from her2score.engine.data import to_model_input
-    from her2score.engine.explain import save_gradcam
-
-    figures = []
-    for i, name in enumerate(names[:limit] if limit else names):
-        x = to_model_input(images[i : i + 1], meta["mean"], meta["std"], device)
-        rgb = images[i].permute(1, 2, 0).numpy()
-        path, target = save_gradcam(model, rgb, x, Path(out_dir) / f"{Path(name).stem}.gradcam.png")
-        figures.append((f"Grad-CAM {Path(name).name}: predicted {meta['classes'][target]}", path))
-    return figures
-
-
 def evaluate_model(
     model_path: str | Path,
     manifest: str | Path,
@@ -178,21 +89,21 @@ def evaluate_model(
     seed: int = 0,
     heatmaps: int = 6,
 ) -> tuple[dict[str, Any], list[Failure]]:
-    """Score a manifest's slides with a saved model and write metrics, plots and a report."""
-    from her2score.data.lowres import LowResParams
-    from her2score.data.manifest import load_manifest
-    from her2score.engine.checkpoint import load_model
-    from her2score.engine.data import build_inputs
+    """Score a manifest's slides with a saved model and write metrics, plots and a report.
 
-    dev = resolve_device(device)
-    model, meta = load_model(model_path, dev)
+    Slides that cannot be read are skipped and listed (``skipped_slides.csv`` and the report).
+    """
+    from her2score.data.manifest import load_manifest
+    from her2score.engine.predictor import Predictor, prediction_frame
+    from her2score.paths import cache_dir as default_cache
+
+    predictor, meta = Predictor.from_checkpoint(model_path, device)
     cohort = load_manifest(manifest, meta["task"], meta.get("equivocal", "ish"))
-    params = LowResParams(meta["mpp"], meta["input_size"], meta.get("margin", 0.02))
-    inputs = build_inputs(
-        meta["input_kind"], cohort.slides, params, cache_dir, list(cohort.frame["mpp"]), workers, quiet
+    prepared = predictor.kind.prepare(
+        cohort.frame.to_dict("records"), cache_dir or default_cache("lowres"), workers, quiet
     )
-    rows = cohort.frame.iloc[inputs.positions]
-    probs = predict_probs(model, inputs.images, meta, dev)
+    rows = cohort.frame.iloc[prepared.positions]
+    probs = predictor.predict(prepared)
     frame = prediction_frame(
         list(rows["slide"]),
         probs,
@@ -200,9 +111,7 @@ def evaluate_model(
         {"patient": list(rows["patient"]), "site": list(rows["site"]), "y_true": list(rows["label_name"])},
     )
     out = Path(out_dir)
-    figures = gradcam_figures(
-        model, inputs.images, list(rows["slide"]), meta, dev, out / "heatmaps", heatmaps
-    )
+    figures = predictor.heatmaps(prepared, list(rows["slide"]), out / "heatmaps", heatmaps, meta["classes"])
     metrics = write_evaluation(
         out,
         frame,
@@ -211,10 +120,23 @@ def evaluate_model(
         ordinal=meta.get("ordinal", True),
         n_boot=n_boot,
         seed=seed,
-        failures=inputs.failures,
+        failures=prepared.failures,
         figures=figures,
-        notes=[
-            f"model {Path(model_path).name}: {meta['model']} / {meta.get('backbone')} at {meta['mpp']} µm/px"
-        ],
+        notes=[f"model {Path(model_path).name}: {describe(meta)}"],
     )
-    return metrics, inputs.failures
+    return metrics, prepared.failures
+
+
+def describe(meta: dict[str, Any]) -> str:
+    """One line about a model: name, backbone, task, classes, input."""
+    data = meta.get("data", {})
+    where = (
+        f" · {data['mpp']} µm/px into {data['input_size']} px"
+        if "mpp" in data and "input_size" in data
+        else ""
+    )
+    backbone = f" ({meta['backbone']})" if meta.get("backbone") else ""
+    return (
+        f"{meta['model']}{backbone} · {meta['task']}: {', '.join(meta['classes'])} · "
+        f"input {meta['input_kind']}{where}"
+    )

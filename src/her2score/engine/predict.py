@@ -1,4 +1,4 @@
-"""Predict slides with a saved model: class probabilities per slide, optional Grad-CAM heatmaps."""
+"""Predict slides with a saved model: class probabilities per slide, optional heatmaps."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ from typing import Any
 import pandas as pd
 
 from her2score.data.lowres import Failure
-
-
-def expand_slides(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders expand to their (non-hidden) files, sorted."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        else:
-            out.append(p)
-    return out
 
 
 def predict_slides(
@@ -32,51 +21,50 @@ def predict_slides(
     workers: int = 0,
     quiet: bool = False,
 ) -> tuple[pd.DataFrame, list[Failure]]:
-    """Write ``out_csv``: ``slide, predicted, prob_<class>..., status``; unreadable slides get their cause."""
-    from her2score.data.lowres import LowResParams
-    from her2score.engine.checkpoint import load_model
-    from her2score.engine.data import build_inputs
-    from her2score.engine.evaluate import gradcam_figures, predict_probs, prediction_frame, resolve_device
-    from her2score.io import write_csv
+    """Write ``out_csv``: ``slide, predicted, prob_<class>..., status``; unreadable slides get their cause.
 
-    dev = resolve_device(device)
-    model, meta = load_model(model_path, dev)
-    files = expand_slides(slides)
-    params = LowResParams(meta["mpp"], meta["input_size"], meta.get("margin", 0.02))
-    inputs = build_inputs(meta["input_kind"], files, params, cache_dir, [mpp] * len(files), workers, quiet)
-    names = [str(files[i]) for i in inputs.positions]
-    probs = predict_probs(model, inputs.images, meta, dev)
+    Folders among ``slides`` are expanded to the slide and image files in them, by content.
+    """
+    from her2score.engine.predictor import Predictor, prediction_frame
+    from her2score.io import write_csv
+    from her2score.paths import cache_dir as default_cache
+    from her2score.slide.discover import expand_inputs
+
+    predictor, meta = Predictor.from_checkpoint(model_path, device)
+    files = expand_inputs(slides)
+    rows = [{"slide": str(f), "mpp": mpp} for f in files]
+    prepared = predictor.kind.prepare(rows, cache_dir or default_cache("lowres"), workers, quiet)
+    names = [str(files[i]) for i in prepared.positions]
+    probs = predictor.predict(prepared)
     frame = prediction_frame(names, probs, meta["classes"])
-    frame["status"] = [stain_status(inputs.images[i]) for i in range(len(names))]
-    if inputs.failures:
-        failed = pd.DataFrame({"slide": [f.slide for f in inputs.failures]})
-        failed["status"] = [f"skipped: {f.cause}" for f in inputs.failures]
+    expected = meta.get("input_stain", "ihc")
+    frame["status"] = [stain_status(predictor.kind.picture(prepared, i), expected) for i in range(len(names))]
+    if prepared.failures:
+        failed = pd.DataFrame({"slide": [f.slide for f in prepared.failures]})
+        failed["status"] = [f"skipped: {f.cause}" for f in prepared.failures]
         frame = pd.concat([frame, failed], ignore_index=True)
     order = {str(f): i for i, f in enumerate(files)}
     frame = frame.sort_values("slide", key=lambda s: s.map(order)).reset_index(drop=True)
     write_csv(out_csv, frame, float_format="%.6f")
     if heatmap_dir is not None and len(names):
-        gradcam_figures(model, inputs.images, names, meta, dev, heatmap_dir)
-    return frame, inputs.failures
+        predictor.heatmaps(prepared, names, heatmap_dir, classes=meta["classes"])
+    return frame, prepared.failures
 
 
-def stain_status(image: Any) -> str:
-    """``ok``, or a warning when a (3, H, W) uint8 input looks like H&E: an IHC model's answer is void."""
-    import numpy as np
-
+def stain_status(picture: Any, expected: str = "ihc") -> str:
+    """``ok``, or a warning when an input picture (H, W, 3 uint8) does not carry the stain the model
+    reads (``ihc`` or ``he``): its answer would be void. Inputs without a picture (feature bags): ``ok``."""
+    if picture is None:
+        return "ok"
     from her2score.slide.tissue import tissue_mask
     from her2score.stain.quantify import looks_like_he
 
-    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    mask = tissue_mask(rgb)
-    if mask.any() and looks_like_he(rgb, mask):
+    mask = tissue_mask(picture)
+    if not mask.any():
+        return "ok"
+    he = looks_like_he(picture, mask)
+    if expected == "ihc" and he:
         return "warning: looks like H&E, not IHC; this prediction is meaningless"
+    if expected == "he" and not he:
+        return "warning: does not look like H&E (an IHC image?); this model reads H&E"
     return "ok"
-
-
-def describe(meta: dict[str, Any]) -> str:
-    """One line about a model: name, backbone, task, classes, resolution."""
-    return (
-        f"{meta['model']} ({meta.get('backbone')}) · {meta['task']}: {', '.join(meta['classes'])} · "
-        f"{meta['mpp']} µm/px into {meta['input_size']} px"
-    )

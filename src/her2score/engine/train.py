@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from her2score.data.lowres import Failure, LowResParams
+from her2score.data.lowres import Failure
 from her2score.data.manifest import Cohort, fixed_splits, has_fixed_splits, holdout_split, kfold_splits
-from her2score.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
-from her2score.engine.config import TrainConfig, save_config
+from her2score.engine.config import SHARED_MODEL_KEYS, TrainConfig, save_config
 from her2score.errors import ConfigError, ManifestError
 
 STATE_FILE = "state.pt"
@@ -84,72 +83,73 @@ def make_splits(cohort: Cohort, cfg: TrainConfig) -> list[Split]:
 
 
 # ------------------------------------------------------------------------------------------- fitting
-def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
-
-    return factor
-
-
 def _macro_f1(y: np.ndarray, probs: np.ndarray, k: int) -> float:
     from sklearn.metrics import f1_score
 
     return float(f1_score(y, probs.argmax(1), labels=list(range(k)), average="macro", zero_division=0))
 
 
-def input_statistics(images: Any, train: np.ndarray, pretrained: bool) -> tuple[tuple[float, ...], ...]:
-    """Per-channel mean and std that normalise the model input.
-
-    With pretrained weights, the statistics they were trained with (ImageNet). From scratch, those of
-    the training images: low-resolution slides are mostly white glass, and centring them on ImageNet's
-    mean leaves the faint stain differences that carry the label too small to learn from.
-    """
-    if pretrained or len(train) == 0:
-        return IMAGENET_MEAN, IMAGENET_STD
-    x = images[train].float().div(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+class DivergedError(ConfigError):
+    """Training produced a non-finite loss."""
 
 
-def model_metadata(cfg: TrainConfig, cohort: Cohort, input_kind: str, model: Any) -> dict[str, Any]:
-    """Everything ``predict`` needs to rebuild the model and its input from the checkpoint alone."""
-    backbone = getattr(model, "backbone_name", cfg.backbone)
-    return {
-        "task": cohort.task.name,
-        "classes": cohort.classes,
-        "ordinal": cohort.task.ordinal,
-        "equivocal": cfg.equivocal,
-        "model": cfg.model,
-        "model_kwargs": {
-            "backbone": backbone,
-            "drop_rate": cfg.drop_rate,
-            "norm": getattr(model, "norm", None),
-            **({"stain_head": True} if getattr(model, "stain_stats", None) is not None else {}),
-        },
-        "backbone": backbone,
-        "input_kind": input_kind,
-        "input_size": cfg.input_size,
-        "mpp": cfg.mpp,
-        "margin": cfg.margin,
-        "tta": cfg.tta,
-        "mean": list(getattr(model, "input_mean", IMAGENET_MEAN)),
-        "std": list(getattr(model, "input_std", IMAGENET_STD)),
-        "normalisation": getattr(model, "input_normalisation", "ImageNet mean/std on RGB in [0, 1]"),
-        "weights_origin": getattr(model, "weights_note", "unknown"),
-    }
+@dataclass
+class FitData:
+    """A prepared cohort as the loop sees it: the input kind, its inputs, labels and normalisation."""
+
+    kind: Any
+    prepared: Any
+    labels: np.ndarray
+    stats: dict[str, Any]
+    num_classes: int
+
+
+def _loss_fn(cfg: TrainConfig, labels: np.ndarray, num_classes: int, device: Any) -> Any:
+    """Cross-entropy, class-weighted when ``balance`` is ``weighted-loss``, with label smoothing."""
+    import torch
+
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weight = None
+    if cfg.balance == "weighted-loss":
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+        weight = torch.as_tensor(w, dtype=torch.float32, device=device)
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def _scheduler(optimizer: Any, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """timm's cosine schedule, stepped per update, after a linear warm-up of ``warmup_epochs``."""
+    from timm.scheduler import CosineLRScheduler
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    return CosineLRScheduler(
+        optimizer, t_initial=max(1, total - warmup), lr_min=0.0, warmup_t=warmup,
+        warmup_lr_init=cfg.lr / max(1, warmup), warmup_prefix=True, t_in_epochs=False,
+    )  # fmt: skip
+
+
+def _ema(model: Any, decay: float) -> Any:
+    """timm's model EMA; the warm-up makes the decay (1 + s) / (10 + s) at step s (see ``_ema_step``):
+    the start is random weights, which a long memory would keep."""
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=decay, use_warmup=True, warmup_gamma=9.0, warmup_power=1.0)
+    for p in ema.module.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def _ema_step(step: int) -> int:
+    """timm counts a warm-up step t = step - 1 and gives decay 1 - 9 / (9 + t): step s + 2 -> (1+s)/(10+s)."""
+    return step + 2
 
 
 def fit(
-    images: Any,
-    labels: np.ndarray,
+    model: Any,
+    data: FitData,
     train: np.ndarray,
     val: np.ndarray,
     cfg: TrainConfig,
-    num_classes: int,
     out_dir: Path,
     resume: bool = False,
     quiet: bool = False,
@@ -157,66 +157,57 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Train one model on ``images[train]``; keeps and early-stops on ``cfg.select`` over ``images[val]``.
+    """Train ``model`` on rows ``train`` of ``data``; keep and early-stop on ``cfg.select`` over ``val``.
 
-    Saves ``state.pt`` after every epoch (model, optimiser, schedule, best weights, history) and,
-    with ``resume``, continues from it. Returns the model holding its best weights, and the history.
+    The same loop serves every model: batches come from the input kind, the loss from the model's
+    ``training_step``, validation from the shared :class:`Predictor`. Saves ``state.pt`` after every
+    epoch (model, EMA, optimiser, schedule, best weights, history) and, with ``resume``, continues from
+    it. A non-finite loss stops training with :class:`DivergedError` naming the epoch and step; the
+    last good state stays on disk. Returns the kept model (the EMA when on) and the history.
     """
     import torch
 
     from her2score.engine.checkpoint import load_state, save_state
-    from her2score.engine.data import epoch_order, to_model_input
-    from her2score.engine.evaluate import predict_probs, resolve_device
+    from her2score.engine.predictor import Predictor
+    from her2score.models.base import FitContext
     from her2score.progress import progress_bar
-    from her2score.models.registry import create_model
 
     if len(train) < 2:
         raise ConfigError(f"{out_dir.name}: only {len(train)} training slide(s); a batch needs at least 2")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed + 7919 * fold_seed)
-    model = create_model(
-        cfg.model, num_classes, backbone=cfg.backbone, weights=cfg.weights, drop_rate=cfg.drop_rate,
-        norm=cfg.norm, **({"stain_head": True} if cfg.stain_head else {}),
-    ).to(device)  # fmt: skip
-    log(f"{cfg.model} ({getattr(model, 'backbone_name', cfg.backbone)}) on {device}: {model.weights_note}")
-    mean, std = input_statistics(images, train, pretrained=bool(cfg.weights))
-    model.input_mean, model.input_std = mean, std
-    model.input_normalisation = (
-        "ImageNet mean/std on RGB in [0, 1]" if cfg.weights else "training-image mean/std on RGB in [0, 1]"
-    )
-    norm = {"mean": mean, "std": std, "classes": list(range(num_classes))}
-    if getattr(model, "stain_stats", None) is not None:
-        accuracy = model.stain_stats.fit(images[train], labels[train], mean, std)
-        log(f"stain-statistics head fitted on {len(train)} slides (accuracy {accuracy:.2f})")
-    y_train, y_val = labels[train], labels[val]
+    device = next(model.parameters()).device
+    num_classes = data.num_classes
+    y_train, y_val = data.labels[train], data.labels[val]
     steps = math.ceil(len(train) / cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(cfg.epochs * steps, round(cfg.warmup_epochs * steps))
+    state_path = out_dir / STATE_FILE
+    resuming = resume and state_path.is_file()
+    if not resuming:
+        note = model.on_fit_start(
+            FitContext(data.kind, data.prepared, train, data.labels, data.stats, device, log)
+        )
+        if note:
+            log(note)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
-    class_weight = None
-    if cfg.balance == "weighted-loss":
-        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
-        class_weight = torch.as_tensor(w, dtype=torch.float32, device=device)
-    criterion = torch.nn.CrossEntropyLoss(weight=class_weight, label_smoothing=cfg.label_smoothing)
+    scheduler = _scheduler(optimizer, cfg, steps)
+    criterion = _loss_fn(cfg, y_train, num_classes, device)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     # With ``ema``, an exponential moving average of the weights is what gets validated, kept and saved:
     # a few hundred small-batch steps on a few dozen slides leave the raw weights noisy.
-    ema = _ema_copy(model) if cfg.ema > 0 else None
-    judged = ema if ema is not None else model
+    ema = _ema(model, cfg.ema) if cfg.ema > 0 else None
+    judged = ema.module if ema is not None else model
+    predictor = Predictor(judged, data.kind, data.stats, device, tta=False)
     history: list[dict[str, Any]] = []
-    best = {"f1": -1.0, "loss": math.inf, "epoch": -1, "weights": None}
+    best: dict[str, Any] = {"f1": -1.0, "loss": math.inf, "epoch": -1, "weights": None}
     bad_epochs, start = 0, 0
-    state_path = out_dir / STATE_FILE
-    if resume and state_path.is_file():
+    if resuming:
         state = load_state(state_path)
         model.load_state_dict(state["model"])
         if ema is not None:
-            ema.load_state_dict(state["ema"])
+            ema.module.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -234,31 +225,40 @@ def fit(
             torch.manual_seed(cfg.seed * 1_000_003 + fold_seed * 10_007 + epoch)  # dropout, drop-path
             model.train()
             order = np.array(list(epoch_order(y_train, gen, cfg.balance == "sampler", num_classes)))
-            total_loss = 0.0
+            total_loss, logs_sum = 0.0, {}
             # equal-sized batches: a last batch of one image would break BatchNorm and weigh one slide alone
             for b, chunk in enumerate(np.array_split(order, steps)):
                 idx = train[chunk]
-                x = to_model_input(images[idx], mean, std, device, cfg.augment, gen)
-                target = torch.as_tensor(labels[idx], device=device)
+                batch = data.kind.batch(data.prepared, idx, data.stats, device, cfg.augment, gen)
+                batch["label"] = torch.as_tensor(data.labels[idx], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model.trainable_logits(x) if hasattr(model, "trainable_logits") else model(x)
-                    loss = criterion(logits.float(), target)
+                    loss, logs = model.training_step(batch, criterion)
+                if not torch.isfinite(loss):
+                    raise DivergedError(
+                        f"training diverged: non-finite loss at epoch {epoch + 1}, step {b + 1}; "
+                        f"lower lr (now {cfg.lr:g}); the last good epoch is kept in {STATE_FILE}",
+                        out_dir,
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
+                global_step = epoch * steps + b
+                scheduler.step_update(num_updates=global_step + 1)
                 if ema is not None:
-                    _ema_update(ema, model, cfg.ema, epoch * steps + b)
+                    ema.update(model, step=_ema_step(global_step))
                 total_loss += float(loss.detach()) * len(idx)
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * len(idx)
                 bar.update(task, advance=1, description=f"{out_dir.name} epoch {epoch + 1}/{cfg.epochs}")
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": total_loss / len(train),
-                "lr": scheduler.get_last_lr()[0],
+                **{f"train_{k}": v / len(train) for k, v in logs_sum.items()},
+                "lr": optimizer.param_groups[0]["lr"],
             }
             if len(val):
-                probs = predict_probs(judged, images[val], norm, device)
+                probs = predictor.predict(data.prepared, val)
                 record["val_loss"] = float(
                     torch.nn.functional.nll_loss(
                         torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.as_tensor(y_val)
@@ -286,7 +286,7 @@ def fit(
                 {
                     "epoch": epoch,
                     "model": model.state_dict(),
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
+                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
@@ -315,6 +315,19 @@ def fit(
     return judged.eval(), history
 
 
+def epoch_order(labels: np.ndarray, generator: Any, balanced: bool, num_classes: int) -> Any:
+    """Sample order for one epoch: a shuffle, or class-balanced draws with replacement."""
+    import torch
+
+    n = len(labels)
+    if not balanced:
+        return iter(torch.randperm(n, generator=generator).tolist())
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = 1.0 / np.maximum(counts[labels], 1)
+    draws = torch.multinomial(torch.as_tensor(weights), n, replacement=True, generator=generator)
+    return iter(draws.tolist())
+
+
 def _improved(record: dict[str, Any], best: dict[str, Any], select: str) -> bool:
     """Whether this epoch's weights replace the kept ones: by validation macro-F1 (ties: lower loss),
     by validation loss (smoother than F1 on a few dozen slides), or always (``last``)."""
@@ -326,30 +339,51 @@ def _improved(record: dict[str, Any], best: dict[str, Any], select: str) -> bool
     return f1 > best_f1 + 1e-9 or (abs(f1 - best_f1) <= 1e-9 and record["val_loss"] < best["loss"])
 
 
-def _ema_copy(model: Any) -> Any:
-    """A frozen copy of ``model`` (with its input statistics) that will hold the moving average."""
-    import copy
-
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
-
-
-def _ema_update(ema: Any, model: Any, decay: float, step: int) -> None:
-    """ema = d * ema + (1 - d) * model; d ramps up over the first steps (the start is random weights)."""
-    import torch
-
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-            if e.dtype.is_floating_point:
-                e.mul_(d).add_(m.detach(), alpha=1 - d)
-            else:
-                e.copy_(m)  # counters (BatchNorm's num_batches_tracked)
-
-
 # ------------------------------------------------------------------------------------------- a run
+def model_options(cfg: TrainConfig, spec: Any) -> dict[str, Any]:
+    """The model's constructor options from the config: the shared keys the factory takes (backbone,
+    weights, norm, drop_rate, stain_head) and ``model_args``; a shared key set for a model that does
+    not take it, or an unknown ``model_args`` key, is a ``ConfigError``."""
+    from her2score.models.registry import check_model_options
+
+    known = spec.options()
+    defaults = TrainConfig()
+    options: dict[str, Any] = {}
+    for key in SHARED_MODEL_KEYS:
+        value = getattr(cfg, key)
+        if key in known:
+            options[key] = value
+        elif value != getattr(defaults, key):
+            raise ConfigError(
+                f"model {spec.name} has no option '{key}' (its options: {', '.join(sorted(known)) or 'none'})"
+            )
+    options.update(cfg.model_args)
+    return check_model_options(spec.name, options)
+
+
+def checkpoint_metadata(
+    cfg: TrainConfig, cohort: Cohort, data: FitData, module: Any, note: str
+) -> dict[str, Any]:
+    """Everything ``predict`` needs to rebuild the saved (inference) module and its input."""
+    kind, data_config, stats = data.kind.inference_config(data.stats)
+    return {
+        "task": cohort.task.name,
+        "classes": cohort.classes,
+        "ordinal": cohort.task.ordinal,
+        "equivocal": cfg.equivocal,
+        "model": module.registry_name,
+        "model_kwargs": module.build_kwargs(),
+        "trained_as": cfg.model,
+        "backbone": getattr(module, "backbone_name", None),
+        "input_kind": kind,
+        "input_stain": data.kind.inference_stain,
+        "data": data_config,
+        "stats": stats,
+        "tta": cfg.tta,
+        "weights_origin": note,
+    }
+
+
 def train_run(
     cohort: Cohort,
     cfg: TrainConfig,
@@ -360,58 +394,70 @@ def train_run(
     log: Callable[[str], None] = print,
     heatmaps: int = 6,
 ) -> RunResult:
-    """Prepare inputs, split, train (one model or one per fold), evaluate held-out slides, report."""
+    """Prepare inputs, split, train (one model or one per fold), evaluate held-out slides, report.
+
+    Any registered model goes through here: its spec names the input kind to prepare, the config its
+    options; training, checkpoints, evaluation and reports are the same for all.
+    """
+    import torch
+
+    from her2score.data.inputs import create_input_kind
     from her2score.engine.checkpoint import save_model
-    from her2score.engine.data import build_inputs
-    from her2score.engine.evaluate import gradcam_figures, predict_probs, prediction_frame, write_evaluation
+    from her2score.engine.evaluate import write_evaluation
+    from her2score.engine.predictor import Predictor, prediction_frame, resolve_device
     from her2score.io import write_csv
-    from her2score.models.registry import get_model_spec
+    from her2score.models.registry import create_model, get_model_spec
     from her2score.report.plots import plot_training_curves
 
     cfg.validate()
     spec = get_model_spec(cfg.model)
     if cohort.task.name not in spec.tasks:
         raise ConfigError(f"model {cfg.model} does not support task {cohort.task.name}")
+    options = model_options(cfg, spec)
     run = Path(run_dir)
     _check_run_dir(run, cfg, resume)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
 
-    params = LowResParams(cfg.mpp, cfg.input_size, cfg.margin)
-    inputs = build_inputs(
-        spec.input_kind, cohort.slides, params, cfg.resolved_cache_dir(), list(cohort.frame["mpp"]),
-        cfg.workers, quiet,
-    )  # fmt: skip
-    if inputs.failures:
-        write_csv(run / "skipped_slides.csv", pd.DataFrame([f.__dict__ for f in inputs.failures]))
-        log(f"{len(inputs.failures)} slide(s) cannot be used and are skipped (see skipped_slides.csv)")
-    readable = cohort.subset(inputs.positions)
+    kind = create_input_kind(spec.input_kind, **{**spec.data, **cfg.data_config()})
+    prepared = kind.prepare(cohort.frame.to_dict("records"), cfg.resolved_cache_dir(), cfg.workers, quiet)
+    if prepared.failures:
+        write_csv(run / "skipped_slides.csv", pd.DataFrame([f.__dict__ for f in prepared.failures]))
+        log(f"{len(prepared.failures)} slide(s) cannot be used and are skipped (see skipped_slides.csv)")
+    readable = cohort.subset(prepared.positions)
     if len(readable) < 4:
         raise ManifestError(f"only {len(readable)} readable slide(s); training needs at least 4", cohort.path)
-    labels = readable.y
     splits = make_splits(readable, cfg)
     write_csv(run / "splits.csv", _splits_frame(readable, splits))
+    device = resolve_device(cfg.device)
 
-    result = RunResult(run, None, inputs.failures)
+    result = RunResult(run, None, prepared.failures)
     fold_frames = []
     for k, split in enumerate(splits):
         out = run if split.name == "main" else run / split.name
         out.mkdir(parents=True, exist_ok=True)
-        model, history = fit(
-            inputs.images, labels, split.train, split.val, cfg, len(readable.classes), out,
+        stats = kind.statistics(prepared, split.train, pretrained=bool(cfg.weights))
+        data = FitData(kind, prepared, readable.y, stats, len(readable.classes))
+        torch.manual_seed(cfg.seed + 7919 * k)
+        model = create_model(cfg.model, len(readable.classes), **options).to(device)
+        note = getattr(model, "weights_note", "training from scratch")
+        log(f"{cfg.model} on {device}: {note}")
+        judged, history = fit(
+            model, data, split.train, split.val, cfg, out,
             resume=resume, quiet=quiet, fold_seed=k, on_epoch_end=on_epoch_end, log=log,
         )  # fmt: skip
-        meta = model_metadata(cfg, readable, spec.input_kind, model)
+        module = judged.inference_module()
+        meta = checkpoint_metadata(cfg, readable, data, module, note)
         meta.update({"fold": split.name, "epochs_trained": len(history), "n_train": len(split.train)})
-        result.model_paths.append(save_model(out / MODEL_FILE, model, meta))
+        result.model_paths.append(save_model(out / MODEL_FILE, module, meta))
         write_csv(out / "history.csv", pd.DataFrame(history))
         plot_training_curves(history, out / "training_curves.png", title=f"{cfg.model} {split.name}")
         if not len(split.test):
             result.notes.append(f"{split.name}: no test slides, so no held-out metrics")
             continue
         rows = readable.frame.iloc[split.test]
-        device = next(model.parameters()).device
-        probs = predict_probs(model, inputs.images[split.test], meta, device)
+        predictor = Predictor(judged, kind, stats, device, tta=cfg.tta)
+        probs = predictor.predict(prepared, split.test)
         frame = prediction_frame(
             list(rows["slide"]), probs, readable.classes,
             {"patient": list(rows["patient"]), "site": list(rows["site"]), "y_true": list(rows["label_name"]),
@@ -422,20 +468,21 @@ def train_run(
             write_csv(out / "predictions.csv", frame)
             continue
         figures = [("Training curves", out / "training_curves.png")]
-        figures += gradcam_figures(
-            model, inputs.images[split.test], list(rows["slide"]), meta, device, out / "heatmaps", heatmaps
-        )
+        figures += predictor.heatmaps(
+            prepared.subset(split.test), list(rows["slide"]), out / "heatmaps", heatmaps,
+            readable.classes,
+        )  # fmt: skip
         result.metrics = write_evaluation(
             out, frame, readable.classes, f"{cfg.model} · {cohort.task.name} · held-out test slides",
-            ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=inputs.failures,
-            figures=figures, notes=[meta["weights_origin"], cohort.task.description],
+            ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=prepared.failures,
+            figures=figures, notes=[note, cohort.task.description],
         )  # fmt: skip
     if cfg.folds and fold_frames:
         pooled = pd.concat(fold_frames, ignore_index=True)
         figures = [(f"Training curves {s.name}", run / s.name / "training_curves.png") for s in splits]
         result.metrics = write_evaluation(
             run, pooled, readable.classes, f"{cfg.model} · {cohort.task.name} · {cfg.folds}-fold CV",
-            ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=inputs.failures,
+            ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=prepared.failures,
             figures=figures, notes=[cohort.task.description], folds=True,
         )  # fmt: skip
     return result

@@ -17,14 +17,15 @@ trained with it; the choice is saved in the checkpoint.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from her2score.errors import CheckpointError, ConfigError
-from her2score.models.registry import register_model
+import numpy as np
 
-log = logging.getLogger(__name__)
+from her2score.errors import CheckpointError, ConfigError
+from her2score.models.base import FitContext, SlideModel
+from her2score.models.registry import register_model
+from her2score.models.stain_stats import StainStatistics
 
 CPU_BACKBONE = "convnext_atto"
 GPU_BACKBONE = "convnext_tiny"
@@ -50,19 +51,11 @@ def resolve_norm(norm: str | None, weights: str | Path | None) -> str:
     return norm
 
 
-def _make_classifier(
-    num_classes: int,
-    backbone: str | None,
-    weights: str | Path | None,
-    drop_rate: float,
-    norm: str | None = None,
-    stain_head: bool = False,
-) -> Any:
+def build_backbone(
+    num_classes: int, backbone: str | None, weights: str | Path | None, drop_rate: float, norm: str | None
+) -> tuple[Any, str, str | None, str]:
+    """A timm network (never downloaded), its name, the resolved norm and a note on its weights."""
     import timm
-    import torch
-    import torch.nn as nn
-
-    from her2score.models.stain_stats import StainStatistics
 
     name = backbone or default_backbone()
     if Path(str(name)).suffix in {".safetensors", ".pth", ".pt", ".bin"}:
@@ -82,40 +75,85 @@ def _make_classifier(
         net = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, **extra)
     except RuntimeError as exc:  # timm: unknown model
         raise ConfigError(f"timm has no architecture {name!r} ({exc})") from exc
+    note = load_backbone_weights(net, weights) if weights else "training from scratch"
+    return net, name, resolved_norm, note
 
-    class LowResClassifier(nn.Module):
-        """A timm backbone split into features (last conv stage, for Grad-CAM) and head; with
-        ``stain_head``, a fitted stain-statistics model whose probabilities are averaged with the CNN's."""
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone = net
-            self.backbone_name = name
-            self.norm = resolved_norm
-            self.stain_stats = StainStatistics(num_classes) if stain_head else None
+class LowResClassifier(SlideModel):
+    """A timm backbone on the whole low-resolution tissue, split into features (last conv stage, for
+    Grad-CAM) and head; with ``stain_head``, a stain-statistics model (:mod:`.stain_stats`) fitted
+    before training and averaged with the CNN's probabilities."""
 
-        def features(self, x: Any) -> Any:
-            return self.backbone.forward_features(x)
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str | None = None,
+        weights: str | Path | None = None,
+        drop_rate: float = 0.0,
+        norm: str | None = None,
+        stain_head: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.backbone_name, self.norm, self.weights_note = build_backbone(
+            num_classes, backbone, weights, drop_rate, norm
+        )
+        self.drop_rate = drop_rate
+        self.stain_stats = StainStatistics(num_classes) if stain_head else None
 
-        def head(self, feats: Any) -> Any:
-            return self.backbone.forward_head(feats)
+    def build_kwargs(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone_name,
+            "drop_rate": self.drop_rate,
+            "norm": self.norm,
+            "stain_head": self.stain_stats is not None,
+        }
 
-        def trainable_logits(self, x: Any) -> Any:
-            """What the training loss is applied to: the CNN alone (the stain head is fitted, not trained)."""
-            return self.head(self.features(x))
+    def features(self, x: Any) -> Any:
+        return self.backbone.forward_features(x)
 
-        def forward(self, x: Any) -> Any:
-            logits = self.trainable_logits(x)
-            if self.stain_stats is None:
-                return logits
-            probs = (logits.float().softmax(1) + self.stain_stats(x).softmax(1)) / 2
-            return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the average back
+    def head(self, feats: Any) -> Any:
+        return self.backbone.forward_head(feats)
 
-    model = LowResClassifier()
-    model.weights_note = (
-        load_backbone_weights(model.backbone, weights) if weights else "training from scratch"
-    )
-    return model
+    def trainable_logits(self, batch: dict[str, Any]) -> Any:
+        """The CNN alone (the stain head is fitted in closed form, not trained)."""
+        return self.head(self.features(batch["image"]))
+
+    def forward(self, x: Any) -> Any:
+        import torch
+
+        logits = self.head(self.features(x))
+        if self.stain_stats is None:
+            return logits
+        probs = (logits.float().softmax(1) + self.stain_stats(x).softmax(1)) / 2
+        return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the average back
+
+    def on_fit_start(self, ctx: FitContext) -> str | None:
+        if self.stain_stats is None:
+            return None
+        images = ctx.prepared.items
+        accuracy = self.stain_stats.fit(
+            images[ctx.train], ctx.labels[ctx.train], ctx.stats["mean"], ctx.stats["std"]
+        )
+        return f"stain-statistics head fitted on {len(ctx.train)} slides (training accuracy {accuracy:.2f})"
+
+    def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """Grad-CAM on the last convolutional stage for the fused model's predicted class."""
+        import torch
+
+        x = batch["image"][:1]
+        self.eval()
+        with torch.no_grad():
+            target = int(self(x).argmax(1)[0])  # the model's prediction (with a stain head, not the CNN's)
+        with torch.enable_grad():
+            feats = self.features(x.detach())
+            feats.retain_grad()
+            logits = self.head(feats)
+            self.zero_grad(set_to_none=True)
+            logits[0, target].backward()
+        weights = feats.grad[0].mean(dim=(1, 2))  # C
+        cam = torch.relu((weights[:, None, None] * feats[0]).sum(0)).detach().float().cpu().numpy()
+        peak = float(cam.max())
+        return (cam / peak if peak > 0 else cam), target
 
 
 def load_backbone_weights(net: Any, path: str | Path) -> str:
@@ -158,10 +196,14 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+_LOWRES_DATA = {"mpp": 8.0, "input_size": 224, "margin": 0.02}
+
+
 @register_model(
     "lowres-convnext",
-    tasks=("her2-3way", "her2-4way", "er", "pr"),
     input_kind="lowres",
+    data=_LOWRES_DATA,
+    maps=("gradcam",),
     description="Whole tissue at 8-16 µm/px into a timm ConvNeXt (IPD-Breast); any timm backbone by name.",
 )
 def lowres_convnext(
@@ -171,15 +213,16 @@ def lowres_convnext(
     drop_rate: float = 0.0,
     norm: str | None = None,
     stain_head: bool = False,
-) -> Any:
+) -> LowResClassifier:
     """Whole-slide low-resolution ConvNeXt classifier (``stain_head``: see :mod:`.stain_stats`)."""
-    return _make_classifier(num_classes, backbone, weights, drop_rate, norm, stain_head)
+    return LowResClassifier(num_classes, backbone, weights, drop_rate, norm, stain_head)
 
 
 @register_model(
     "lowres-resnet",
-    tasks=("her2-3way", "her2-4way", "er", "pr"),
     input_kind="lowres",
+    data=_LOWRES_DATA,
+    maps=("gradcam",),
     description="Whole tissue at low resolution into a timm ResNet-18 (a classic baseline).",
 )
 def lowres_resnet(
@@ -189,6 +232,6 @@ def lowres_resnet(
     drop_rate: float = 0.0,
     norm: str | None = None,
     stain_head: bool = False,
-) -> Any:
+) -> LowResClassifier:
     """Whole-slide low-resolution ResNet baseline (its own BatchNorm; ``norm`` applies to ConvNeXt only)."""
-    return _make_classifier(num_classes, backbone or "resnet18", weights, drop_rate, norm, stain_head)
+    return LowResClassifier(num_classes, backbone or "resnet18", weights, drop_rate, norm, stain_head)

@@ -7,9 +7,10 @@ find by itself (README, Results). The hematoxylin quantiles let it read DAB rela
 which varies with the lab like DAB does.
 
 The head is *not* trained by gradient descent with the network: it is fitted to convergence (a convex
-problem, L-BFGS) on the training slides before the first epoch, then frozen; the classifier averages its
-class probabilities with the CNN's. Its weights, the feature standardisation and the input normalisation
-it needs to recover RGB are buffers/parameters of the module, so they travel in ``model.safetensors``.
+problem: scikit-learn's L-BFGS logistic regression) on the training slides before the first epoch,
+then frozen; the classifier averages its class probabilities with the CNN's. Its weights, the feature
+standardisation and the input normalisation it needs to recover RGB are buffers/parameters of the
+module, so they travel in ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class StainStatistics(nn.Module):
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, labels: np.ndarray, mean: Any, std: Any) -> float:
-        """Fit on ``images`` (N, 3, H, W uint8) and integer ``labels``, class-balanced; returns the
-        training accuracy."""
+        """Fit on ``images`` (N, 3, H, W uint8) and integer ``labels``, class-balanced (scikit-learn's
+        L-BFGS logistic regression); returns the training accuracy."""
+        from sklearn.linear_model import LogisticRegression
+
         device = self.linear.weight.device
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
@@ -82,27 +85,25 @@ class StainStatistics(nn.Module):
         mu, sd = feats.mean(0), feats.std(0).clamp_min(1e-6)
         self.feature_mean.copy_(mu)
         self.feature_std.copy_(sd)
-        z = ((feats - mu) / sd).double()
-        y = torch.as_tensor(labels, dtype=torch.long, device=device)
+        z = ((feats - mu) / sd).cpu().double().numpy()
+        y = np.asarray(labels, dtype=np.int64)
         k = self.linear.out_features
-        counts = torch.bincount(y, minlength=k).double()
-        class_weight = torch.where(counts > 0, len(y) / (k * counts.clamp_min(1)), torch.zeros_like(counts))
-        weight = torch.zeros(k, z.shape[1], dtype=torch.float64, device=device, requires_grad=True)
-        bias = torch.zeros(k, dtype=torch.float64, device=device, requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [weight, bias], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
-        )
-
-        def objective() -> torch.Tensor:
-            opt.zero_grad()
-            logits = z @ weight.T + bias
-            loss = (class_weight[y] * nn.functional.cross_entropy(logits, y, reduction="none")).sum()
-            loss = loss + (weight**2).sum() / (2 * C)
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(objective)
-        self.linear.weight.copy_(weight.detach().float())
-        self.linear.bias.copy_(bias.detach().float())
-        return float((self.linear(z.float()).argmax(1) == y).float().mean())
+        weight = np.zeros((k, z.shape[1]))
+        bias = np.zeros(k)
+        present = np.unique(y)
+        if len(present) == 1:  # one class: it always wins
+            bias[:] = -30.0
+            bias[present[0]] = 0.0
+        else:
+            lr = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, tol=1e-8)
+            lr.fit(z, y)
+            coef, intercept = lr.coef_, lr.intercept_
+            if len(present) == 2:  # scikit-learn's binary form: one score for the second class
+                coef = np.vstack([np.zeros_like(coef), coef])
+                intercept = np.concatenate([[0.0], intercept])
+            weight[present], bias[:] = coef, -30.0  # a class absent from training never wins
+            bias[present] = intercept
+        self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        zt = torch.as_tensor(z, dtype=torch.float32, device=device)
+        return float((self.linear(zt).argmax(1).cpu().numpy() == y).mean())

@@ -145,3 +145,13 @@ def _prepare(
     if high <= low:
         return np.zeros_like(values), inside, (low, high)
     return np.clip((values - low) / (high - low), 0.0, 1.0), inside, (low, high)
+
+
+def save_map_overlay(rgb: np.ndarray, heat: np.ndarray, path: str | Path) -> Path:
+    """Save ``rgb`` (a slide's low-resolution picture) beside ``heat`` (a 0..1 map of any size: Grad-CAM,
+    attention, tile probabilities) drawn over its tissue, as one PNG."""
+    from her2score.io import write_png
+
+    tissue = rgb.astype(np.int16).min(axis=-1) < 235  # colour only over tissue, not glass/padding
+    overlay = overlay_heatmap(rgb, heat, alpha=0.45, mask=tissue if tissue.any() else None)
+    return write_png(path, np.concatenate([rgb, overlay], axis=1))

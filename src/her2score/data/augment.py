@@ -9,9 +9,26 @@ the given ``torch.Generator`` so that an epoch is reproducible from its seed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from her2score.engine.config import AugmentConfig
+
+@dataclass
+class AugmentConfig:
+    """Augmentations for slide images (all torch ops on batches; 0 switches one off)."""
+
+    flip: bool = True
+    rot90: bool = True
+    affine_degrees: float = 10.0
+    affine_scale: float = 0.08
+    affine_translate: float = 0.04
+    stain_jitter: float = 0.05  # relative scale jitter of H and DAB concentrations (HED space)
+    stain_shift: float = 0.02  # additive OD shift of hematoxylin and residual (DAB is only scaled)
+    blur_prob: float = 0.2
+    blur_sigma: float = 1.0
+    brightness: float = 0.03  # illumination; larger factors shift DAB optical density like staining does
+    crop: int = 0  # train on random windows of this many px of the input (finer µm/px); 0: whole input
+
 
 _EPS = 1e-3
 _GLASS = 0.86  # mean RGB above this is background (glass or padding), below it tissue
