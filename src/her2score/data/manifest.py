@@ -174,6 +174,12 @@ def _validate_row(
     seen[key] = line
 
     out: dict[str, Any] = {"slide": key, "row": line}
+    if record.get("he"):  # the H&E image of the same tissue (paired H&E/IHC models)
+        he = Path(record["he"]).expanduser()
+        he = (he if he.is_absolute() else path.parent / he).resolve()
+        if check_files and not he.exists():
+            raise fail(f"H&E file not found: {he}")
+        out["he"] = str(he)
     her2 = record.get("her2", "")
     if her2 or spec.label_column == "her2":
         if her2.lower() not in _HER2_ALIASES:
