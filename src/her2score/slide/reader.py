@@ -776,8 +776,12 @@ class _TiffBackend(_Backend):
         return out
 
     def _decoders(self) -> Any:
-        """One pool of decoding threads per open slide (not one per read: starting threads for each of
-        thousands of tile reads cost more than the decoding they share)."""
+        """One pool of decoding threads per open slide, not one per read.
+
+        Measured on 2 shared cores, 150 reads of 1024-px regions (9 JPEG tiles each) of an 80k x 60k
+        slide: pool per slide 0.69 s, pool per read 0.82 s, sequential decoding 0.93 s. tifffile's
+        own region reader (``aszarr``) needs the zarr package, which her2score does not depend on.
+        """
         with self._lock:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
