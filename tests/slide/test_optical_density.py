@@ -29,3 +29,10 @@ def test_glass_reads_zero_and_black_is_finite() -> None:
     assert np.all(od[0, :2] == 0)
     assert np.all(np.isfinite(od))
     assert np.all(od[0, 2] > 2)
+
+
+def test_one_channel_plane_with_a_scalar_background() -> None:
+    plane = np.random.default_rng(1).integers(0, 256, (23, 300), dtype=np.uint8)
+    od = rgb_to_od(plane, 240.0)
+    assert od.shape == plane.shape
+    assert np.array_equal(od, _formula(plane, 240.0))

@@ -71,11 +71,13 @@ def tissue_mask(
         margin_px = max(1, round(0.004 * min(h, w)))
 
     white = _white_point(rgb)
-    od = rgb_to_od(rgb, background=white)  # against the image's own glass, so glass reads as 0
+    # Density against the image's own glass, so that glass reads as 0; summed per channel plane
+    # (reductions over a length-3 last axis are slow in numpy, and no (H, W, 3) float array is held).
+    od_sum = rgb_to_od(rgb[..., 0], white[0])
+    od_sum += rgb_to_od(rgb[..., 1], white[1])
+    od_sum += rgb_to_od(rgb[..., 2], white[2])
     norm = np.minimum(rgb.astype(np.float32) / white, 1.0)
-    # Per-channel planes: reductions over a length-3 last axis are slow in numpy.
     r, g, b = norm[..., 0], norm[..., 1], norm[..., 2]
-    od_sum = od[..., 0] + od[..., 1] + od[..., 2]
     vmax = np.maximum(np.maximum(r, g), b)
     vmin = np.minimum(np.minimum(r, g), b)
     chroma = vmax - vmin

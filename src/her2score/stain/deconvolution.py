@@ -57,17 +57,18 @@ def rgb_to_od(rgb: np.ndarray, background: float | np.ndarray = BACKGROUND) -> n
     """
     rgb = np.asarray(rgb)
     background = np.asarray(background, dtype=np.float32)
-    if rgb.dtype == np.uint8 and rgb.ndim >= 1 and background.shape in ((), (rgb.shape[-1],)):
-        # uint8 has 256 values: a lookup table per channel gives the same float32 values as the
-        # formula below, 1.7x faster (24 vs 42 ms on 2048x1536 RGB with a per-channel white, measured).
-        channels = rgb.shape[-1]
-        table = _od_formula(
-            np.arange(256, dtype=np.float32)[:, None], np.broadcast_to(background, (channels,))
-        )
-        od = np.empty(rgb.shape, np.float32)
-        for c in range(channels):
-            np.take(table[:, c], rgb[..., c], out=od[..., c])
-        return od
+    if rgb.dtype == np.uint8:
+        # uint8 has 256 values: a lookup table (per channel) gives the same float32 values as the
+        # formula, 1.7x faster (24 vs 42 ms on 2048x1536 RGB with a per-channel white, measured).
+        levels = np.arange(256, dtype=np.float32)
+        if background.ndim == 0:
+            return np.take(_od_formula(levels, background), rgb, mode="clip")
+        if rgb.ndim >= 1 and background.shape == (rgb.shape[-1],):
+            table = _od_formula(levels[:, None], background)
+            od = np.empty(rgb.shape, np.float32)
+            for c in range(rgb.shape[-1]):
+                np.take(table[:, c], rgb[..., c], out=od[..., c], mode="clip")
+            return od
     return _od_formula(rgb.astype(np.float32, copy=False), background)
 
 
