@@ -51,7 +51,7 @@ def test_plausible_mpp_takes_the_first_plausible_and_explains_a_refusal() -> Non
     assert plausible_mpp([("a", None), ("b", 0.5)]) == (0.5, "b", None)
     mpp, source, ignored = plausible_mpp([("TIFF resolution tags", 25400 / 72)])
     assert (mpp, source) == (None, None)
-    assert "352.8 µm/px (72 dpi)" in ignored
+    assert "352.8 µm/px (72 dpi: a writer's default" in ignored
     assert plausible_mpp([("x", float("nan")), ("y", -1.0)]) == (None, None, None)
     lo, hi = PLAUSIBLE_MPP
     assert plausible_mpp([("x", lo)])[0] == lo
@@ -64,7 +64,7 @@ def test_dpi_default_tiff_is_not_a_resolution(tmp_path: Path, tissue_rgb: np.nda
     with open_slide(path) as slide:
         assert slide.mpp is None
         assert slide.mpp_source is None
-        assert f"({dpi} dpi)" in slide.mpp_ignored
+        assert f"({dpi} dpi" in slide.mpp_ignored
         with pytest.raises(MissingMPPError, match=r"dpi.*--mpp"):
             slide.require_mpp()
     with open_slide(path, mpp=0.5) as slide:

@@ -470,10 +470,10 @@ def plausible_mpp(candidates: list[tuple[str, float | None]]) -> tuple[float | N
         if lo <= mpp <= hi:
             return mpp, source, None
         if ignored is None:
-            dpi = f" ({25400.0 / mpp:.0f} dpi)" if mpp > hi else ""
+            why = f" ({25400.0 / mpp:.0f} dpi: a writer's default, not a measurement)" if mpp > hi else ""
             ignored = (
-                f"{source}: {mpp:.4g} µm/px{dpi}, outside the {lo:g}-{hi:g} µm/px of a microscope scan "
-                "(a writer's default, not a measurement), ignored"
+                f"{source}: {mpp:.4g} µm/px{why}, outside the {lo:g}-{hi:g} µm/px of a microscope scan, "
+                "ignored"
             )
     return None, None, ignored
 
