@@ -1,11 +1,18 @@
-"""Atomic output: everything is written to a temporary name beside the target, then renamed."""
+"""Atomic output: everything is written to a temporary name beside the target, then renamed.
+
+Files are created with mode ``0o666`` filtered by the user's umask (as ``open()`` would), flushed to
+disk before the rename and the rename itself flushed (best effort), so that a crash leaves either the
+old file or the new one, never a half-written one, and outputs are as readable as any other file the
+user writes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,19 +22,58 @@ from typing import Any
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only on success.
 
-    A crash or an exception leaves no half-written file under the final name.
+    A crash or an exception leaves no half-written file under the final name. The temporary file
+    exists (empty) when the body starts; writers may overwrite or replace it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(path)
     try:
         yield tmp_path
+        _fsync_file(tmp_path)
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _create_temp(path: Path) -> Path:
+    """A new, empty file beside ``path``, created like ``open(..., "x")``: mode 0o666 & ~umask.
+
+    (``tempfile.mkstemp`` creates 0o600 whatever the umask, which made every output private.)
+    """
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part{path.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {path}")  # pragma: no cover
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; not every platform or file system can open or sync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -38,8 +84,44 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically (indented, keys in insertion order)."""
-    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write strict JSON atomically (indented, keys in insertion order).
+
+    NaN and infinities, which JSON has no words for, are written as ``null`` (also inside numpy
+    scalars and arrays); numpy numbers become plain numbers and paths strings.
+    """
+    return write_text(path, json.dumps(to_json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def to_json_safe(obj: Any) -> Any:
+    """``obj`` with numpy values as Python ones, paths as strings and non-finite floats as ``None``.
+
+    Raises:
+        TypeError: something JSON cannot hold (named by its type).
+    """
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {_json_key(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return to_json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_json_safe(obj.item())
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _json_key(key: Any) -> Any:
+    """Keys as ``json.dumps`` takes them; numpy scalars (e.g. a class index) as Python ones."""
+    if isinstance(key, (str, int, float, bool)) or key is None:
+        return key
+    return to_json_safe(key)
 
 
 def write_csv(path: str | Path, frame: Any, **kwargs: Any) -> Path:
@@ -69,20 +151,6 @@ def save_figure(path: str | Path, fig: Any, dpi: int = 120) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     plt.close(fig)
     return Path(path)
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def unique_stems(paths: list[str | Path]) -> list[str]:

@@ -35,6 +35,9 @@ DEMO_CONFIG: dict[str, Any] = {
 #: generation stays fast: the classifier reads them at 8 µm/px anyway.
 DEMO_SLIDE_MM = (4.0, 3.0)
 DEMO_SLIDE_MPP = 1.0
+#: Written into the demo's run folder when the demo creates it; only a folder carrying it is ever
+#: deleted by a later demo (``--out`` may point at a folder holding the user's own ``run``).
+RUN_MARKER = ".her2score-demo"
 
 
 def register(app: typer.Typer) -> None:
@@ -66,6 +69,8 @@ def demo(
 
     console = Console(stderr=True)
     start = time.perf_counter()
+    run = out / "run"
+    fresh_run_folder(run)  # before minutes of cohort generation, so that a refusal comes at once
     manifest = out / "cohort" / "manifest.csv"
     if manifest.is_file():
         console.print(f"reusing the synthetic cohort in {manifest.parent}")
@@ -86,10 +91,28 @@ def demo(
         }
     )
     cohort = load_manifest(manifest, cfg.task, cfg.equivocal)
-    run = out / "run"
-    if run.exists():
-        import shutil
-
-        shutil.rmtree(run)  # the demo always trains afresh: its timing is part of what it shows
     result = train_run(cohort, cfg, run, quiet=quiet, log=console.print)
     summarise(result, console, time.perf_counter() - start)
+
+
+def fresh_run_folder(run: Path) -> None:
+    """Make ``run`` an empty folder carrying :data:`RUN_MARKER`: the demo always trains afresh (its
+    timing is part of what it shows), so an earlier demo's run is deleted, but nothing else is.
+
+    Raises:
+        Her2ScoreError: ``run`` exists and was not made by the demo (no marker, a file or a link).
+    """
+    import shutil
+
+    from her2score.errors import Her2ScoreError
+
+    if run.is_symlink() or run.exists():
+        if run.is_symlink() or not run.is_dir() or not (run / RUN_MARKER).is_file():
+            raise Her2ScoreError(
+                f"exists and was not made by 'her2score demo' (no {RUN_MARKER} in it); "
+                "not deleting it: pass another --out or remove it yourself",
+                run,
+            )
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    (run / RUN_MARKER).write_text("made by 'her2score demo'; the next demo run deletes this folder\n")

@@ -65,7 +65,11 @@ def slide_report(path: Path, mpp: float | None = None, tissue: bool = True) -> d
             "width": meta.width,
             "height": meta.height,
             "mpp": meta.mpp,
-            "mpp_source": "given" if mpp is not None else ("metadata" if meta.mpp is not None else None),
+            # given (--mpp), metadata (which entry: mpp_metadata) or missing (mpp_ignored says what was
+            # found but not trusted, e.g. a TIFF written with the default 72 dpi)
+            "mpp_source": "given" if mpp is not None else ("metadata" if meta.mpp is not None else "missing"),
+            "mpp_metadata": meta.mpp_source if mpp is None else None,
+            "mpp_ignored": meta.mpp_ignored,
             "objective_power": meta.objective_power,
             "levels": [
                 {"width": lv.width, "height": lv.height, "downsample": round(lv.downsample, 4), "mpp": lv.mpp}
@@ -96,16 +100,14 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(soft_wrap=True)
-    mpp = report["mpp"]
     console.print(f"[bold]{report['path']}[/]", highlight=False)
     rows = [
         ("format", f"{report['format']} ({report['vendor']})"),
         ("dimensions", f"{report['width']} x {report['height']} px"),
-        (
-            "resolution",
-            "unknown (pass --mpp)" if mpp is None else f"{mpp:.4f} µm/px ({report['mpp_source']})",
-        ),
+        ("resolution", _resolution_text(report)),
     ]
+    if report["mpp_ignored"]:
+        rows.append(("ignored", report["mpp_ignored"]))
     if report["size_mm"]:
         rows.append(("size", f"{report['size_mm'][0]:.2f} x {report['size_mm'][1]:.2f} mm"))
     if report["objective_power"]:
@@ -132,6 +134,16 @@ def _print_report(report: dict[str, Any]) -> None:
             "-" if lv["mpp"] is None else f"{lv['mpp']:.4f}",
         )
     console.print(table)
+
+
+def _resolution_text(report: dict[str, Any]) -> str:
+    mpp = report["mpp"]
+    if mpp is None:
+        return "unknown (pass --mpp)"
+    source = report["mpp_source"]
+    if report.get("mpp_metadata"):
+        source = f"{source}: {report['mpp_metadata']}"
+    return f"{mpp:.4f} µm/px ({source})"
 
 
 def doctor(
@@ -180,7 +192,9 @@ def environment_checks() -> dict[str, dict[str, Any]]:
     cpus = os.cpu_count() or 1
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
     checks["threads"] = {"ok": True, "detail": f"{affinity} usable of {cpus} CPU cores"}
-    cache = cache_dir()
+    from her2score.paths import cache_root
+
+    cache = cache_root()
     try:
         cache.mkdir(parents=True, exist_ok=True)
         probe = cache / f".doctor-{os.getpid()}"
@@ -190,12 +204,3 @@ def environment_checks() -> dict[str, dict[str, Any]]:
     except OSError as exc:
         checks["cache"] = {"ok": False, "detail": f"{cache} is not writable ({exc.strerror or exc})"}
     return checks
-
-
-def cache_dir() -> Path:
-    """Where her2score caches things: ``$HER2SCORE_CACHE``, else ``$XDG_CACHE_HOME/her2score``."""
-    env = os.environ.get("HER2SCORE_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "her2score"

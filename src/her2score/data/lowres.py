@@ -2,8 +2,10 @@
 
 A slide is read at ``mpp`` µm/px (default 8; 8-16 suits the IPD-Breast method), cropped to the
 bounding box of its tissue, fitted into a ``size`` x ``size`` square (aspect kept, white padding) and
-cached as PNG keyed by a hash of the slide's content and the parameters, so that epochs and repeated
-runs never re-read slides. Slides that fail to open or hold no tissue are collected, not fatal.
+cached as PNG keyed by the slide file (its size, modification time and a hash of sampled content) and
+the parameters, so that epochs and repeated runs never re-read slides while a changed file is never
+served a stale image. The cache lives in :func:`default_cache_dir` unless a folder is given. Slides
+that fail to open or hold no tissue are collected, not fatal.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from her2score.errors import Her2ScoreError, NoTissueError, SlideError
+from her2score.paths import cache_dir as _named_cache_dir
+from her2score.slide.tissue import tissue_bbox, tissue_mask
 
 #: Bump when the preparation changes, so stale cache entries are not reused.
-PREP_VERSION = 1
+PREP_VERSION = 2
 MPP_RANGE = (1.0, 64.0)
 
 
@@ -62,40 +66,30 @@ def content_hash(path: str | Path, sample: int = 1 << 16) -> str:
 
 
 def cache_key(path: str | Path, params: LowResParams, slide_mpp: float | None = None) -> str:
-    """Cache key: slide content + preparation parameters + preparation version."""
-    spec = json.dumps({**asdict(params), "slide_mpp": slide_mpp, "v": PREP_VERSION}, sort_keys=True)
+    """Cache key: the file (size, modification time in ns, sampled content) + preparation parameters
+    + preparation version.
+
+    The sampled hash alone missed a slide rewritten in place with the same size and the same sampled
+    bytes (e.g. a re-exported region); the modification time catches that, the hash a file replaced
+    by one with an old modification time (a restored backup).
+    """
+    st = Path(path).stat()
+    spec = json.dumps(
+        {
+            **asdict(params),
+            "slide_mpp": slide_mpp,
+            "v": PREP_VERSION,
+            "file_bytes": st.st_size,
+            "file_mtime_ns": st.st_mtime_ns,
+        },
+        sort_keys=True,
+    )
     return hashlib.blake2b((content_hash(path) + spec).encode(), digest_size=16).hexdigest()
 
 
-def _tissue_mask(rgb: np.ndarray, mpp: float) -> np.ndarray:
-    try:
-        from her2score.slide.tissue import tissue_mask
-    except ImportError:  # the shared detector is optional at import time; keep a simple stand-in
-        return _fallback_tissue_mask(rgb)
-    return tissue_mask(rgb, mpp=mpp)
-
-
-def _fallback_tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """Stand-in tissue detector: coloured or darker than glass, not black, small specks removed."""
-    from scipy import ndimage
-
-    img = rgb.astype(np.int16)
-    chroma = img.max(axis=-1) - img.min(axis=-1)
-    grey = img.mean(axis=-1)
-    mask = ((chroma > 12) | (grey < 215)) & (grey > 25)
-    mask = ndimage.binary_opening(mask, iterations=1)
-    return ndimage.binary_fill_holes(mask)
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    try:
-        from her2score.slide.tissue import tissue_bbox
-    except ImportError:
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size == 0:
-            return None
-        return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-    return tissue_bbox(mask)
+def default_cache_dir() -> Path:
+    """Where low-resolution images are cached by default: ``her2score.paths.cache_dir("lowres")``."""
+    return _named_cache_dir("lowres")
 
 
 def fit_square(rgb: np.ndarray, size: int, upscale: bool = False) -> np.ndarray:
@@ -125,8 +119,7 @@ def lowres_image(path: str | Path, params: LowResParams, slide_mpp: float | None
 
     with open_slide(path, mpp=slide_mpp) as slide:
         rgb, read_mpp = slide.read_overview(mpp=params.mpp)
-    mask = _tissue_mask(rgb, read_mpp)
-    box = _bbox(mask) if mask.any() else None
+    box = tissue_bbox(tissue_mask(rgb, mpp=read_mpp))
     if box is None:
         raise NoTissueError(f"no tissue found at {params.mpp:g} µm/px", path)
     x0, y0, x1, y1 = box

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from her2score.errors import NoTissueError
+from her2score.stain.deconvolution import BACKGROUND, GLASS_MIN, rgb_to_od
 
 if TYPE_CHECKING:
     from her2score.slide.reader import Slide
@@ -69,11 +70,14 @@ def tissue_mask(
         hole_px = max(1, round(0.02 * h * w))
         margin_px = max(1, round(0.004 * min(h, w)))
 
-    norm = _white_balance(rgb)
-    # Per-channel planes: reductions over a length-3 last axis are slow in numpy.
+    white = _white_point(rgb)
+    # Density against the image's own glass, so that glass reads as 0; summed per channel plane
+    # (reductions over a length-3 last axis are slow in numpy, and no (H, W, 3) float array is held).
+    od_sum = rgb_to_od(rgb[..., 0], white[0])
+    od_sum += rgb_to_od(rgb[..., 1], white[1])
+    od_sum += rgb_to_od(rgb[..., 2], white[2])
+    norm = np.minimum(rgb.astype(np.float32) / white, 1.0)
     r, g, b = norm[..., 0], norm[..., 1], norm[..., 2]
-    floor = np.float32(1.0 / 255.0)
-    od_sum = -np.log10(np.maximum(r, floor) * np.maximum(g, floor) * np.maximum(b, floor))
     vmax = np.maximum(np.maximum(r, g), b)
     vmin = np.minimum(np.minimum(r, g), b)
     chroma = vmax - vmin
@@ -106,22 +110,21 @@ def _as_rgb(rgb: np.ndarray) -> np.ndarray:
     return arr[..., :3]
 
 
-def _white_balance(rgb: np.ndarray) -> np.ndarray:
-    """RGB scaled to 0-1 so that the image's white (background glass) becomes 1 in each channel.
+def _white_point(rgb: np.ndarray) -> np.ndarray:
+    """The image's white (background glass), per channel (R, G, B).
 
-    The white point is a high percentile of the bright, unsaturated pixels, never darker than 200,
-    so that an image filled with tissue is not mistaken for background.
+    A high percentile of the bright pixels (every channel at least :data:`GLASS_MIN`), never darker
+    than that, so that an image filled with tissue is not mistaken for background.
     """
     flat = rgb.reshape(-1, 3)
     step = max(1, flat.shape[0] // 200_000)
     sample = flat[::step].astype(np.float32)
-    bright = sample[sample.min(axis=1) >= 200]
+    bright = sample[sample.min(axis=1) >= GLASS_MIN]
     if len(bright) >= 50:
         white = np.percentile(bright, 99, axis=0)
     else:
-        white = np.full(3, 255.0, np.float32)
-    white = np.clip(white, 200.0, 255.0).astype(np.float32)
-    return np.minimum(rgb.astype(np.float32) / white, 1.0)
+        white = np.full(3, BACKGROUND, np.float32)
+    return np.clip(white, GLASS_MIN, BACKGROUND).astype(np.float32)
 
 
 def _local_std(gray: np.ndarray, size: int) -> np.ndarray:
@@ -202,30 +205,29 @@ def _clean(mask: np.ndarray, min_px: int, hole_px: int) -> np.ndarray:
 
 
 def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
-    from scipy import ndimage as ndi
+    """Drop pieces under ``min_px`` pixels (4-connected)."""
+    from skimage.morphology import remove_small_objects
 
     if min_px <= 1 or not mask.any():
         return mask
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_px
-    keep[0] = False
-    return keep[labels]
+    return remove_small_objects(mask, max_size=min_px - 1, connectivity=1)
 
 
 def _fill_holes(mask: np.ndarray, hole_px: int) -> np.ndarray:
+    """Fill holes of at most ``hole_px`` pixels enclosed by tissue.
+
+    Not ``skimage.morphology.remove_small_holes``: it also fills small stretches of glass that touch
+    the image's edge (they are not holes), and flips the process-wide warnings filters on each call,
+    which is not thread-safe (slides are prepared in threads).
+    """
     from scipy import ndimage as ndi
+    from skimage.morphology import remove_small_objects
 
     holes = ndi.binary_fill_holes(mask) & ~mask
     if not holes.any():
         return mask
-    labels, _ = ndi.label(holes)
-    sizes = np.bincount(labels.ravel())
-    fill = sizes <= hole_px
-    fill[0] = False
-    return mask | fill[labels]
+    large = remove_small_objects(holes, max_size=hole_px, connectivity=1)
+    return mask | (holes & ~large)
 
 
 def slide_tissue_mask(slide: Slide, mpp: float = 8.0, require: bool = False) -> tuple[np.ndarray, float]:
