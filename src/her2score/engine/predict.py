@@ -57,7 +57,7 @@ def stain_status(picture: Any, expected: str = "ihc") -> str:
     if picture is None:
         return "ok"
     from her2score.slide.tissue import tissue_mask
-    from her2score.stain.quantify import looks_like_he
+    from her2score.stain.detect import looks_like_he
 
     mask = tissue_mask(picture)
     if not mask.any():
