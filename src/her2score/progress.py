@@ -1,4 +1,5 @@
-"""Rich progress bars shared by every command (on stderr, so results piped from stdout stay clean; silent with ``quiet``)."""
+"""Rich progress bars shared by every command (on stderr, so results piped from stdout stay clean;
+silent with ``quiet``)."""
 
 from __future__ import annotations
 

@@ -167,8 +167,8 @@ def fit(
     from her2score.engine.checkpoint import load_state, save_state
     from her2score.engine.data import epoch_order, to_model_input
     from her2score.engine.evaluate import predict_probs, resolve_device
-    from her2score.progress import progress_bar
     from her2score.models.registry import create_model
+    from her2score.progress import progress_bar
 
     if len(train) < 2:
         raise ConfigError(f"{out_dir.name}: only {len(train)} training slide(s); a batch needs at least 2")
