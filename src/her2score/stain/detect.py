@@ -81,4 +81,4 @@ def looks_like_he(rgb: np.ndarray, tissue: np.ndarray, estimate: StainMatrix | N
     # HER2-0 IHC it is a hematoxylin variant. Refusing a real IHC is the worse mistake, so pale,
     # ambiguous images pass (some oddly stained H&E with little eosin then pass too).
     distinct = _angle_deg(other, HEMATOXYLIN) >= 18.0
-    return eosin_share > 0.6 or (distinct and green_dominant)
+    return bool(eosin_share > 0.6 or (distinct and green_dominant))
