@@ -68,7 +68,8 @@ def quantify_batch(
     ``thresholds``: a :class:`Thresholds`, a JSON file (e.g. from ``calibrate``) or None (defaults).
     ``workers`` > 0: several files are scored one per worker process; a single slide's tiles over
     ``workers`` processes. A broken input does not stop the batch: its row has status ``failed`` and
-    the cause. ``quiet=False`` draws progress bars on stderr.
+    the cause. ``quiet=False`` draws progress bars on stderr. Workers start by ``forkserver``: a script
+    that calls this with ``workers`` > 0 needs the ``if __name__ == "__main__":`` guard.
     """
     from her2score.errors import ConfigError
     from her2score.io import write_csv, write_json

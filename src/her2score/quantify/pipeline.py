@@ -167,6 +167,8 @@ def quantify_file(
     Small images (patches, TMA cores) are scored in one piece; whole slides tile by tile over the
     tissue, streaming (memory stays flat), over ``workers`` processes. ``progress`` is an optional
     ``rich.progress.Progress`` for a per-tile bar; ``stem`` names the outputs (default: the file's).
+    Workers start by ``forkserver`` (:data:`START_METHOD`): a script that passes ``workers`` > 0 needs
+    the ``if __name__ == "__main__":`` guard.
     """
     from her2score.slide import open_slide
 
