@@ -54,7 +54,7 @@ def _match(found: pd.DataFrame, truth: pd.DataFrame, scale: float = 1.0) -> pd.D
 
 def bench_tiles(n: int) -> float:
     from her2score.data.synth import render_ihc_patch
-    from her2score.stain.quantify import quantify_image
+    from her2score.quantify import quantify_image
 
     tiles = [render_ihc_patch(c, (1024, 1024), MPP, seed=7)[0] for c in ("0", "1+", "2+", "3+")][:n]
     quantify_image(tiles[0], MPP)  # warm-up (imports)
@@ -68,7 +68,7 @@ def bench_tiles(n: int) -> float:
 def agreement_patches(n_per_category: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     from her2score.data.synth import render_ihc_patch
     from her2score.errors import Her2ScoreError
-    from her2score.stain.quantify import Thresholds, quantify_image
+    from her2score.quantify import Thresholds, quantify_image
 
     rows, pairs = [], []
     for category in ("0", "1+", "2+", "3+"):
@@ -88,8 +88,8 @@ def agreement_patches(n_per_category: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def bench_slides(folder: Path, n: int, workers: int) -> tuple[list[dict], pd.DataFrame]:
     from her2score.data.synth.patches import _case
     from her2score.data.synth.slides import SlideSpec, write_slide
+    from her2score.quantify import quantify_file
     from her2score.slide import open_slide
-    from her2score.stain.quantify import quantify_file
 
     rows, pairs = [], []
     categories = ("0", "1+", "2+", "3+")
@@ -127,7 +127,7 @@ def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.
     """Small synthetic slides (1.5 x 1.0 mm pyramidal TIFFs from ``make_cohort``) via ``quantify_file``."""
     from her2score.data.synth import make_cohort
     from her2score.errors import Her2ScoreError
-    from her2score.stain.quantify import quantify_file
+    from her2score.quantify import quantify_file
 
     manifest = make_cohort(folder, n, seed=seed, kind="slides", size_mm=(1.5, 1.0), workers=0)
     rows, pairs = [], []
@@ -147,8 +147,8 @@ def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.
 
 def real_images(folder: Path) -> pd.DataFrame:
     """Score every BCI and MIST IHC image; one row each with the BCI label when there is one."""
+    from her2score.quantify import Thresholds, quantify_image
     from her2score.slide import load_rgb
-    from her2score.stain.quantify import Thresholds, quantify_image
 
     rows = []
     files = sorted((folder / "bci-her2-pairs" / "IHC").glob("*"))

@@ -150,7 +150,7 @@ def test_whole_slide_is_tiled_and_matches_the_single_piece_result(tmp_path: Path
     pytest.importorskip("her2score.data.synth")
     from her2score.data.synth.patches import _case
     from her2score.data.synth.slides import SlideSpec, write_slide
-    from her2score.stain.quantify import quantify_file
+    from her2score.quantify import quantify_file
 
     slide = write_slide(
         tmp_path / "s.tiff",

@@ -50,6 +50,7 @@ def test_her2_category_follows_the_ten_percent_rule():
     assert her2_category(["none"] * 80 + ["faint-incomplete"] * 9 + ["moderate-complete"] * 11) == "2+"
     assert her2_category(["none"] * 80 + ["intense-complete"] * 10 + ["faint-complete"] * 10) == "2+"
     assert her2_category(["none"] * 60 + ["intense-complete"] * 11 + ["faint-incomplete"] * 29) == "3+"
+    assert her2_category(["none"] * 95 + ["intense-complete"] * 5) == "2+"  # the intense minority (rules)
     assert receptor_status([True] + [False] * 99) == "pos"
     assert receptor_status([True] + [False] * 100) == "neg"
 

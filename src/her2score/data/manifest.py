@@ -16,16 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from her2score import rules
 from her2score.errors import ManifestError
 
-HER2_SCORES = ("0", "1+", "2+", "3+")
+HER2_SCORES = rules.HER2_CATEGORIES
 _HER2_ALIASES = {"0": "0", "0+": "0", "1": "1+", "1+": "1+", "2": "2+", "2+": "2+", "3": "3+", "3+": "3+"}
 _BINARY_ALIASES = {
     "pos": "pos", "positive": "pos", "+": "pos", "1": "pos", "true": "pos",
     "neg": "neg", "negative": "neg", "-": "neg", "0": "neg", "false": "neg",
 }  # fmt: skip
 SPLITS = ("train", "val", "test")
-EQUIVOCAL_RULES = ("ish", "low", "high")
+EQUIVOCAL_RULES = rules.EQUIVOCAL_RULES
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,8 @@ class Task:
 
 def _her2_3way(equivocal: str) -> Callable[[dict[str, Any]], str]:
     def label(row: dict[str, Any]) -> str:
-        score, ish = row["her2"], row.get("ish")
-        if score == "0":
-            return "0"
-        if score == "1+":
-            return "low"
-        if score == "3+":
-            return "high"
-        if equivocal == "ish":  # ASCO/CAP: 2+ goes by ISH; unknown ISH counts as not amplified
-            return "high" if ish == "pos" else "low"
-        return equivocal
+        # ASCO/CAP: 2+ goes by ISH (unknown ISH counts as not amplified) unless ``equivocal`` says otherwise
+        return rules.her2_3way(row["her2"], row.get("ish"), equivocal)
 
     return label
 
@@ -67,15 +60,16 @@ def get_task(name: str, equivocal: str = "ish") -> Task:
         raise ManifestError(f"equivocal rule must be one of {', '.join(EQUIVOCAL_RULES)}, not {equivocal!r}")
     if name == "her2-3way":
         return Task(
-            name, ("0", "low", "high"), "her2", "her2", True, _her2_3way(equivocal),
+            name, rules.HER2_3WAY, "her2", "her2", True, _her2_3way(equivocal),
             f"HER2 0 / low (1+, 2+ ISH-) / high (3+, 2+ ISH+); 2+ rule: {equivocal}",
         )  # fmt: skip
     if name == "her2-4way":
         return Task(name, HER2_SCORES, "her2", "her2", True, lambda r: r["her2"], "HER2 IHC score 0/1+/2+/3+")
     if name in ("er", "pr"):
         return Task(
-            name, ("neg", "pos"), name, name, False, lambda r, c=name: r[c], f"{name.upper()} status neg/pos"
-        )
+            name, rules.RECEPTOR_STATUSES, name, name, False, lambda r, c=name: r[c],
+            f"{name.upper()} status neg/pos",
+        )  # fmt: skip
     raise ManifestError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
 
 

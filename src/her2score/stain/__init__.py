@@ -1,4 +1,7 @@
-"""Stain separation (colour deconvolution) and the training-free ASCO/CAP membrane quantifier."""
+"""Stain separation (colour deconvolution), stain vectors and H&E detection (:mod:`her2score.stain.detect`).
+
+The membrane quantifier is :mod:`her2score.quantify`.
+"""
 
 from her2score.stain.deconvolution import (
     HDAB,

@@ -1,10 +1,10 @@
 """Cell layouts and their ground truth: where the tissue, tumour nests, stroma, fat and cells are, and
 how strongly each tumour cell's membrane (HER2) or nucleus (ER/PR) carries DAB.
 
-The HER2 truth follows ASCO/CAP 2018 cumulatively: 3+ when more than 10% of tumour cells have intense
-complete membrane staining; else 2+ when more than 10% have complete staining of any intensity; else 1+
-when more than 10% have any (faint, incomplete) staining; else 0. ER/PR are positive when at least 1% of
-tumour nuclei stain.
+The truth follows the one rulebook, :mod:`her2score.rules` (ASCO/CAP 2018 for HER2, read cumulatively:
+3+ when more than 10% of tumour cells have intense complete membrane staining; else 2+ when more than 10%
+have complete staining of any intensity, or 1-10% intense complete staining; else 1+ when more than 10%
+have any staining; else 0). ER/PR are positive when at least 1% of tumour nuclei stain.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from her2score import rules
+from her2score.rules import HER2_CATEGORIES, MEMBRANE_CLASSES, RECEPTOR_STATUSES
+
 if TYPE_CHECKING:
     import pandas as pd
 
-MEMBRANE_CLASSES = ("none", "faint-incomplete", "faint-complete", "moderate-complete", "intense-complete")
-HER2_CATEGORIES = ("0", "1+", "2+", "3+")
-RECEPTOR_CATEGORIES = ("neg", "pos")
+RECEPTOR_CATEGORIES = RECEPTOR_STATUSES
 MARKERS = ("her2", "er", "pr")
 CELL_TYPES = ("tumour", "fibroblast", "lymphocyte", "adipocyte", "dust")
 
 #: Intensity (0 none .. 3 intense) of each membrane class, in MEMBRANE_CLASSES order.
-MEMBRANE_INTENSITY = np.array([0, 1, 1, 2, 3], dtype=np.int8)
+MEMBRANE_INTENSITY = np.array(rules.MEMBRANE_INTENSITY, dtype=np.int8)
 #: Typical membrane DAB optical density per intensity (0, 1, 2, 3), before site and slide gains.
 MEMBRANE_DAB_OD = np.array([0.0, 0.16, 0.42, 1.0], dtype=np.float32)
 #: Typical nuclear DAB optical density per intensity for ER/PR.
@@ -42,38 +43,13 @@ GRADE_BY_HER2 = {"0": 0.2, "1+": 0.3, "2+": 0.45, "3+": 0.7}
 
 # --------------------------------------------------------------------------- ASCO/CAP truth
 def her2_category(membrane_class: Sequence[str] | np.ndarray) -> str:
-    """HER2 IHC category (``0``, ``1+``, ``2+``, ``3+``) of a set of tumour cells by the ASCO/CAP 10% rule."""
-    codes = _class_codes(membrane_class)
-    return HER2_CATEGORIES[_category_index(codes)]
-
-
-def receptor_status(nuclear_positive: Sequence[bool] | np.ndarray) -> str:
-    """ER/PR status (``pos`` when at least 1% of tumour nuclei stain, else ``neg``)."""
-    pos = np.asarray(nuclear_positive, dtype=bool)
-    if pos.size == 0:
-        return "neg"
-    return "pos" if int(pos.sum()) * 100 >= pos.size else "neg"
-
-
-def _class_codes(membrane_class: Sequence[str] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(membrane_class)
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int8)
-    lookup = {name: i for i, name in enumerate(MEMBRANE_CLASSES)}
-    return np.array([lookup[str(c)] for c in arr], dtype=np.int8)
+    """HER2 IHC category (``0``, ``1+``, ``2+``, ``3+``) of a set of tumour cells by the rulebook
+    (:func:`her2score.rules.her2_category_of_cells`); classes as names or indices."""
+    return rules.her2_category_of_cells(membrane_class)
 
 
 def _category_index(codes: np.ndarray) -> int:
-    n = codes.size
-    if n == 0:
-        return 0
-    if int((codes == 4).sum()) * 10 > n:
-        return 3
-    if int((codes >= 2).sum()) * 10 > n:
-        return 2
-    if int((codes >= 1).sum()) * 10 > n:
-        return 1
-    return 0
+    return HER2_CATEGORIES.index(rules.her2_category_of_cells(codes))
 
 
 def draw_membrane_mixture(category: str, rng: np.random.Generator) -> np.ndarray:
@@ -148,8 +124,10 @@ def enforce_her2_category(
     elif cat == 1:
         at_most(codes >= 2, limit, 1)
         at_least(codes >= 1, need, 1)
+        at_most(codes == 4, 0, 3)  # intense complete cells, however few, are the 2+ minority pattern
     else:
         at_most(codes >= 1, limit, 0)
+        at_most(codes == 4, 0, 1)
     assert _category_index(codes) == cat
     return codes
 

@@ -10,19 +10,12 @@ import pandas as pd
 import pytest
 
 from her2score.errors import ConfigError, NoTissueError, StainError
+from her2score.quantify import Thresholds, calibrate_thresholds, quantify_image, score_counts
+from her2score.quantify.membrane import classify_membrane, in_nest, intensity_level
+from her2score.quantify.pipeline import tile_cores
+from her2score.rules import HER2_CATEGORIES as CATEGORIES
+from her2score.rules import MEMBRANE_CLASSES
 from her2score.stain.deconvolution import DAB, EOSIN, HEMATOXYLIN, od_to_rgb
-from her2score.stain.quantify import (
-    CATEGORIES,
-    MEMBRANE_CLASSES,
-    Thresholds,
-    calibrate_thresholds,
-    classify_membrane,
-    in_nest,
-    intensity_level,
-    quantify_image,
-    score_counts,
-    tile_cores,
-)
 
 REAL = Path(__file__).parents[2] / ".." / "shared" / "data" / "real"
 MPP = 0.5
@@ -275,7 +268,7 @@ def test_calibration_refuses_a_positive_control_without_staining() -> None:
 
 
 def test_label_quantile_per_cell() -> None:
-    from her2score.stain.quantify import label_quantile
+    from her2score.quantify.membrane import label_quantile
 
     ids = np.array([0, 0, 0, 0, 2, 2, 0])
     values = np.array([0.4, 0.1, 0.3, 0.2, 0.9, 0.5, 0.0])
@@ -355,7 +348,7 @@ def test_synthetic_slides_reproduce_category(tmp_path: Path) -> None:
     """Small synthetic whole slides (pyramidal TIFFs) scored through ``quantify_file``."""
     pytest.importorskip("her2score.data.synth")
     from her2score.data.synth import make_cohort
-    from her2score.stain.quantify import quantify_file
+    from her2score.quantify import quantify_file
 
     manifest = make_cohort(tmp_path / "cohort", 8, seed=0, kind="slides", size_mm=(1.5, 1.0), workers=0)
     frame = pd.read_csv(manifest)
@@ -459,7 +452,7 @@ def test_unstained_cells_between_stained_rows_stay_unstained() -> None:
 
 
 def test_own_membrane_explains_away_a_neighbours_membrane() -> None:
-    from her2score.stain.quantify import own_membrane
+    from her2score.quantify.membrane import own_membrane
 
     s = 8
     present = np.ones((2, s), bool)
@@ -477,7 +470,7 @@ def test_own_membrane_explains_away_a_neighbours_membrane() -> None:
 
 
 def test_a_darker_neighbours_line_leaves_a_cells_intensity() -> None:
-    from her2score.stain.quantify import own_membrane
+    from her2score.quantify.membrane import own_membrane
 
     s = 8
     present = np.ones((2, s), bool)
@@ -493,7 +486,7 @@ def test_a_darker_neighbours_line_leaves_a_cells_intensity() -> None:
 
 
 def test_longest_gap_runs_round_the_ring() -> None:
-    from her2score.stain.quantify import longest_gap
+    from her2score.quantify.membrane import longest_gap
 
     gap = np.zeros((4, 8), bool)
     gap[1, [0, 1, 6, 7]] = True  # one run of 4 through sector 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from her2score.stain.quantify import MEMBRANE_CLASSES
+from her2score.rules import MEMBRANE_CLASSES
 
 #: Class colours chosen to stay visible over brown DAB and blue hematoxylin.
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from her2score.stain.cells import CellParams, segment_cells
+from her2score.quantify.cells import CellParams, segment_cells
 
 
 def draw_scene(
@@ -93,7 +93,7 @@ def test_blank_image_has_no_cells() -> None:
 
 
 def test_membrane_ridges_find_lines_not_a_blush() -> None:
-    from her2score.stain.cells import membrane_ridges
+    from her2score.quantify.cells import membrane_ridges
 
     n = 120
     dab = np.full((n, n), 0.3, np.float32)  # a uniform cytoplasmic blush ...

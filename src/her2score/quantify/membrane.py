@@ -1,0 +1,384 @@
+"""Per-cell membrane measurement: sectors of each membrane ring, stained sectors, completeness, intensity,
+membrane class, and which cells are invasive tumour cells.
+
+* each membrane ring is cut into ``n_sectors`` angular sectors around the nucleus; a sector is
+  *stained* when its peak DAB OD reaches the low hysteresis threshold (``continuity`` x faint) AND
+  stands above the perinuclear cytoplasm (its lower quartile; membrane accentuation: a uniform
+  cytoplasmic blush is not membrane staining);
+* completeness = stained sectors / sectors present; membrane DAB = median peak DAB of stained sectors
+  (a cell is stained only when this reaches the faint threshold and ≥ ``min_stained_fraction`` of
+  its ring is stained: one stained contact with a positive neighbour is not enough);
+* shared membranes explained away (:func:`own_membrane`): a membrane line between two touching
+  cells is one line at 20-40x; a cell is judged on the sectors that do not face a more completely
+  stained neighbour, so that an unstained cell beside a stained one stays unstained; and a cell's
+  intensity leaves out the lines it shares with a clearly darker neighbour (a moderate cell beside an
+  intense one is read on its own side);
+* intensity 0-3 from the faint / moderate / intense thresholds; membrane class from intensity and
+  completeness (complete: stained round ``complete_fraction`` of the ring with no unstained run over
+  ``max_gap_fraction``); tumour cells chosen by nuclear size and shape (lymphocytes: small; fibroblasts:
+  elongated) and by lying in a nest, cord or single file (:func:`in_nest`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from her2score.quantify.cells import CellSegmentation
+from her2score.quantify.thresholds import Thresholds
+from her2score.rules import MEMBRANE_CLASSES
+
+
+def measure_cells(
+    seg: CellSegmentation,
+    hematoxylin: np.ndarray,
+    dab: np.ndarray,
+    mpp: float,
+    thresholds: Thresholds,
+) -> Any:
+    """Per-cell table: position (px and µm), nucleus size/shape, ring DAB, completeness, class."""
+    import pandas as pd
+
+    n = seg.n_cells
+    if n == 0:
+        return empty_cells()
+    props = nucleus_shapes(seg.nuclei, hematoxylin)
+    cy, cx = props["y"], props["x"]
+    s = thresholds.n_sectors
+    t = thresholds
+
+    ring = seg.rings
+    yy, xx = np.nonzero(ring)
+    ids = ring[yy, xx] - 1
+    values = dab[yy, xx]
+    angle = np.arctan2(yy - cy[ids], xx - cx[ids])
+    sector = np.minimum(((angle + np.pi) / (2 * np.pi) * s).astype(np.int64), s - 1)
+    flat = ids.astype(np.int64) * s + sector
+    sector_peak = np.full(n * s, -np.inf, dtype=np.float32)
+    np.maximum.at(sector_peak, flat, values)
+    sector_peak = sector_peak.reshape(n, s)
+    present = np.isfinite(sector_peak)
+
+    ring_count = np.bincount(ids, minlength=n)
+    ring_mean = np.bincount(ids, weights=values, minlength=n) / np.maximum(ring_count, 1)
+    ring_max = np.where(present.any(axis=1), np.where(present, sector_peak, 0).max(axis=1), 0.0)
+
+    # The cytoplasm level is the lower quartile of the perinuclear band, not its mean: in small
+    # cells with thick membranes (real 3+) the membrane crosses part of that band, and its mean
+    # would then count the membrane itself as "blush"; a uniform blush has quartile = mean.
+    cyto = seg.cytoplasm
+    cyto_ids = cyto[cyto > 0] - 1
+    cyto_mean = label_quantile(cyto_ids, dab[cyto > 0], n, t.cytoplasm_quantile)
+
+    needed = cyto_mean[:, None] + np.maximum(
+        t.membrane_contrast_od, t.membrane_contrast_ratio * cyto_mean[:, None]
+    )
+    # Hysteresis: a cell is stained when its membrane reaches the faint threshold; its ring then
+    # counts as continuous wherever it stays above ``continuity`` x faint (the eye follows a faint
+    # membrane all around even where one sector dips just under the threshold).
+    stained = present & (sector_peak >= t.continuity * t.faint) & (sector_peak >= needed)
+    n_present = present.sum(axis=1)
+    contacts = sector_contacts(seg.cells, cy, cx, s, dab, t.continuity * t.faint)
+    completeness, membrane_dab, gap = own_membrane(stained, present, sector_peak, contacts, t)
+
+    intensity = intensity_level(membrane_dab, t)
+    intensity[completeness < max(t.min_stained_fraction, 1e-9)] = 0
+    membrane_dab = np.where(intensity > 0, membrane_dab, 0.0)
+    membrane_class = classify_membrane(intensity, completeness, t, gap)
+
+    area_um2 = props["area"] * mpp**2
+    elongation = props["major"] / np.maximum(props["minor"], 1.0)
+    # Nuclei are convex ellipses: a blob filling < ``tumour_min_ellipse_fill`` of its fitted ellipse
+    # is stroma or a merged clump, not a nucleus.
+    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
+    shaped = (
+        (area_um2 >= t.tumour_nucleus_min_um2)
+        & (area_um2 <= t.tumour_nucleus_max_um2)
+        & (elongation <= t.tumour_max_elongation)
+        & (fill >= t.tumour_min_ellipse_fill)
+    )
+    # Darkness relative to the image's larger well-shaped nuclei: lymphocytes are denser.
+    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
+    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
+    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
+    lymphocyte = (area_um2 < t.lymphocyte_max_um2) & (darkness > t.lymphocyte_darkness)
+    is_tumour = (
+        shaped
+        & ~lymphocyte
+        & in_nest(cy * mpp, cx * mpp, t)
+        & (n_present >= s // 2)  # a ring cut mostly away (image edge, crowding) cannot be scored
+    )
+    return pd.DataFrame(
+        {
+            "cell_id": np.arange(1, n + 1, dtype=np.int64),
+            "x": cx.astype(np.float32),
+            "y": cy.astype(np.float32),
+            "x_um": (cx * mpp).astype(np.float32),
+            "y_um": (cy * mpp).astype(np.float32),
+            "nucleus_area_um2": area_um2.astype(np.float32),
+            "nucleus_elongation": elongation.astype(np.float32),
+            "nucleus_hematoxylin": props["hematoxylin"].astype(np.float32),
+            "is_tumour": is_tumour,
+            "ring_dab_mean": ring_mean.astype(np.float32),
+            "ring_dab_max": ring_max.astype(np.float32),
+            "cytoplasm_dab": cyto_mean.astype(np.float32),
+            "membrane_dab": membrane_dab.astype(np.float32),
+            "completeness": completeness.astype(np.float32),
+            "membrane_gap": gap.astype(np.float32),
+            "intensity": intensity.astype(np.int8),
+            "membrane_class": pd.Categorical(membrane_class, categories=MEMBRANE_CLASSES),
+        }
+    )
+
+
+def in_nest(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Cells with at least ``nest_neighbours`` other nuclei within ``nest_radius_um`` (see ``Thresholds``)."""
+    n = len(y_um)
+    if t.nest_neighbours <= 0:
+        return np.ones(n, dtype=bool)
+    if n <= t.nest_neighbours:
+        return np.zeros(n, dtype=bool)
+    from scipy.spatial import cKDTree
+
+    points = np.column_stack([y_um, x_um])
+    dist, _ = cKDTree(points).query(points, k=t.nest_neighbours + 1, distance_upper_bound=t.nest_radius_um)
+    return np.isfinite(dist[:, -1])
+
+
+def sector_contacts(
+    cells: np.ndarray,
+    cy: np.ndarray,
+    cx: np.ndarray,
+    n_sectors: int,
+    dab: np.ndarray | None = None,
+    min_dab: float = 0.0,
+) -> np.ndarray:
+    """Where touching cells meet: ``(cell, sector, neighbour, neighbour's sector)`` rows (0-based).
+
+    Each pair of 4-connected border pixels of two different cells gives one row per side, the
+    sector taken from each pixel's angle around its own nucleus centre; rows are unique. With
+    ``dab``, only contacts that lie on a stained line (DAB ≥ ``min_dab`` on either pixel) count:
+    two separate membranes with a pale gap between them are not one shared membrane.
+    """
+    h, w = cells.shape
+
+    def sectors(ids: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        angle = np.arctan2(yy - cy[ids], xx - cx[ids])
+        return np.minimum(((angle + np.pi) / (2 * np.pi) * n_sectors).astype(np.int64), n_sectors - 1)
+
+    rows = []
+    for dy, dx in ((0, 1), (1, 0)):
+        a = cells[: h - dy, : w - dx]
+        b = cells[dy:, dx:]
+        touch = (a != b) & (a > 0) & (b > 0)
+        if dab is not None:
+            touch &= np.maximum(dab[: h - dy, : w - dx], dab[dy:, dx:]) >= min_dab
+        yy, xx = np.nonzero(touch)
+        ia = a[yy, xx].astype(np.int64) - 1
+        ib = b[yy, xx].astype(np.int64) - 1
+        sa, sb = sectors(ia, yy, xx), sectors(ib, yy + dy, xx + dx)
+        rows += [np.stack([ia, sa, ib, sb], axis=1), np.stack([ib, sb, ia, sa], axis=1)]
+    if not rows:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.unique(np.concatenate(rows), axis=0)
+
+
+def own_membrane(
+    stained: np.ndarray,
+    present: np.ndarray,
+    sector_peak: np.ndarray,
+    contacts: np.ndarray,
+    t: Thresholds,
+    rounds: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Completeness, membrane DAB and largest gap per cell, with shared membranes explained away.
+
+    Two touching cells share one membrane line at light-microscope resolution: an unstained cell
+    beside a stained one shows a stained arc that is its neighbour's. Like a pathologist, judge a
+    cell on its *own side*: the sectors of its ring that do not meet, on the same stained line, a
+    neighbour stained clearly further round (by ``own_side_margin``). When the own side covers at
+    least ``own_side_fraction`` of the ring, completeness and intensity come from it alone; a cell
+    surrounded by such neighbours cannot be told apart and keeps all of its ring. Repeated
+    ``rounds`` times, as a cell explained away no longer stains its neighbours.
+    Then the intensity: sectors facing a stained neighbour ``darker_neighbour_ratio`` times darker
+    are the neighbour's line and leave the cell's median (:func:`_darker_neighbours`).
+    ``contacts`` comes from :func:`sector_contacts`. The gap is the longest run of judged, unstained
+    sectors as a fraction of the ring (:func:`longest_gap`).
+    """
+    n, s = stained.shape
+    n_present = np.maximum(present.sum(axis=1), 1)
+    completeness = stained.sum(axis=1) / n_present
+    membrane_dab = _median_stained_peak(stained, sector_peak)
+    judged = present
+    for _ in range(rounds if len(contacts) else 0):
+        is_stained = _is_stained(completeness, membrane_dab, t)
+        cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
+        # A shared stained line is the more completely stained cell's: a neighbour explains it
+        # away only when it sees the same line stained on its side of the contact and its own
+        # ring is stained clearly further round (near ties: both keep it).
+        further = (
+            is_stained[neighbour]
+            & stained[neighbour, across]
+            & (completeness[neighbour] >= completeness[cell] + t.own_side_margin)
+        )
+        faces = _facing(contacts, further, n, s)
+        free = present & ~faces
+        n_free = free.sum(axis=1)
+        judge_free = n_free >= t.own_side_fraction * n_present
+        own = np.where(judge_free[:, None], stained & free, stained)
+        judged = np.where(judge_free[:, None], free, present)
+        whole = stained.sum(axis=1) / n_present
+        completeness = np.where(judge_free, own.sum(axis=1) / np.maximum(n_free, 1), whole)
+        membrane_dab = _median_stained_peak(own, sector_peak)
+    if t.darker_neighbour_ratio and len(contacts):
+        membrane_dab = _darker_neighbours(stained, sector_peak, contacts, completeness, membrane_dab, t)
+    return completeness, membrane_dab, longest_gap(judged & ~stained) / s
+
+
+def _is_stained(completeness: np.ndarray, membrane_dab: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Cells whose membrane counts as stained: far enough round and at least faint."""
+    return (completeness >= max(t.min_stained_fraction, 1e-9)) & (membrane_dab >= t.faint)
+
+
+def _facing(contacts: np.ndarray, hit: np.ndarray, n: int, s: int) -> np.ndarray:
+    """(cells x sectors) mask of the sectors in ``contacts[hit]``, widened by one sector either side
+    (a sector's peak reaches the blurred membrane of a neighbour it touches only at its corner)."""
+    rows = contacts[hit]
+    faces = np.zeros(n * s, dtype=bool)
+    faces[rows[:, 0] * s + rows[:, 1]] = True
+    faces = faces.reshape(n, s)
+    return faces | np.roll(faces, 1, axis=1) | np.roll(faces, -1, axis=1)
+
+
+def _darker_neighbours(
+    stained: np.ndarray,
+    sector_peak: np.ndarray,
+    contacts: np.ndarray,
+    completeness: np.ndarray,
+    membrane_dab: np.ndarray,
+    t: Thresholds,
+) -> np.ndarray:
+    """Membrane DAB per cell without the stained sectors it shares with a clearly darker neighbour.
+
+    A weakly stained cell beside an intensely stained one shows the dark shared line on that side;
+    its own membrane is what the rest of its ring shows. Kept as it was when fewer than a quarter of
+    its stained sectors remain (a cell among darker neighbours cannot be told apart from them).
+    """
+    n, s = stained.shape
+    is_stained = _is_stained(completeness, membrane_dab, t)
+    cell, neighbour, across = contacts[:, 0], contacts[:, 2], contacts[:, 3]
+    darker = (
+        is_stained[neighbour]
+        & stained[neighbour, across]
+        & (membrane_dab[neighbour] >= t.darker_neighbour_ratio * membrane_dab[cell])
+    )
+    own = stained & ~_facing(contacts, darker, n, s)
+    enough = own.sum(axis=1) >= np.maximum(1, 0.25 * stained.sum(axis=1))
+    return np.where(enough & is_stained, _median_stained_peak(own, sector_peak), membrane_dab)
+
+
+def longest_gap(gap: np.ndarray) -> np.ndarray:
+    """Longest circular run of True per row of ``gap`` (cells x sectors), in sectors."""
+    n, s = gap.shape
+    run = np.zeros(n, dtype=np.int64)
+    best = np.zeros(n, dtype=np.int64)
+    for j in range(2 * s):  # twice round, so that a run through sector 0 is counted whole
+        run = np.where(gap[:, j % s], run + 1, 0)
+        best = np.maximum(best, run)
+    return np.minimum(best, s)
+
+
+def _median_stained_peak(stained: np.ndarray, sector_peak: np.ndarray) -> np.ndarray:
+    """Median peak DAB over each cell's stained sectors (0 where none is stained)."""
+    peaks = np.where(stained, sector_peak, np.nan)
+    with warnings.catch_warnings():  # cells without a stained sector: all-NaN rows, median 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nan_to_num(np.nanmedian(peaks, axis=1), nan=0.0)
+
+
+def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.ndarray:
+    """The ``q`` quantile (nearest rank) of ``values`` per label ``ids`` (0..n-1); 0 for empty labels."""
+    out = np.zeros(n, dtype=np.float64)
+    if ids.size == 0:
+        return out
+    order = np.lexsort((values, ids))
+    counts = np.bincount(ids, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    has = counts > 0
+    rank = starts[has] + np.floor(q * (counts[has] - 1)).astype(np.int64)
+    out[has] = values[order][rank]
+    return out
+
+
+def nucleus_shapes(nuclei: np.ndarray, hematoxylin: np.ndarray) -> dict[str, np.ndarray]:
+    """Per nucleus (labels 1..n): centre, area (px), ellipse axis lengths and mean hematoxylin.
+
+    Image moments by ``bincount`` (one pass; ``regionprops`` loops over objects in Python).
+    """
+    n = int(nuclei.max())
+    yy, xx = np.nonzero(nuclei)
+    ids = nuclei[yy, xx] - 1
+    area = np.bincount(ids, minlength=n).astype(np.float64)
+    safe = np.maximum(area, 1)
+    cy = np.bincount(ids, weights=yy, minlength=n) / safe
+    cx = np.bincount(ids, weights=xx, minlength=n) / safe
+    dy, dx = yy - cy[ids], xx - cx[ids]
+    myy = np.bincount(ids, weights=dy * dy, minlength=n) / safe + 1 / 12  # + pixel's own extent
+    mxx = np.bincount(ids, weights=dx * dx, minlength=n) / safe + 1 / 12
+    mxy = np.bincount(ids, weights=dx * dy, minlength=n) / safe
+    half_trace = (myy + mxx) / 2
+    root = np.sqrt(np.maximum(((myy - mxx) / 2) ** 2 + mxy**2, 0))
+    hema = np.bincount(ids, weights=hematoxylin[yy, xx], minlength=n) / safe
+    return {
+        "y": cy,
+        "x": cx,
+        "area": area,
+        "major": 4 * np.sqrt(half_trace + root),
+        "minor": 4 * np.sqrt(np.maximum(half_trace - root, 0)),
+        "hematoxylin": hema,
+    }
+
+
+def empty_cells() -> Any:
+    """An empty per-cell table with the columns and dtypes of :func:`measure_cells`."""
+    import pandas as pd
+
+    cols = {
+        "cell_id": "int64", "x": "float32", "y": "float32", "x_um": "float32", "y_um": "float32",
+        "nucleus_area_um2": "float32", "nucleus_elongation": "float32", "nucleus_hematoxylin": "float32",
+        "is_tumour": "bool", "ring_dab_mean": "float32", "ring_dab_max": "float32",
+        "cytoplasm_dab": "float32", "membrane_dab": "float32", "completeness": "float32",
+        "membrane_gap": "float32", "intensity": "int8",
+    }  # fmt: skip
+    frame = pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
+    frame["membrane_class"] = pd.Categorical([], categories=MEMBRANE_CLASSES)
+    return frame
+
+
+def intensity_level(membrane_dab: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """0 none, 1 faint, 2 moderate, 3 intense, from the membrane DAB OD."""
+    t = thresholds
+    return np.digitize(np.asarray(membrane_dab), [t.faint, t.moderate, t.intense]).astype(np.int8)
+
+
+def classify_membrane(
+    intensity: np.ndarray,
+    completeness: np.ndarray,
+    thresholds: Thresholds,
+    gap: np.ndarray | None = None,
+) -> np.ndarray:
+    """Membrane class per cell.
+
+    Incomplete rings count as ``faint-incomplete`` whatever their intensity: ASCO/CAP 2018 only
+    grades complete (circumferential) staining by intensity; incomplete staining is the 1+ pattern.
+    A ring is complete when stained far enough round and (given ``gap``, the longest unstained
+    run as a fraction of the ring) broken nowhere by more than ``max_gap_fraction``.
+    """
+    classes = np.asarray(MEMBRANE_CLASSES, dtype=object)
+    complete = np.asarray(completeness) >= thresholds.complete_fraction
+    if gap is not None:
+        complete &= np.asarray(gap) <= thresholds.max_gap_fraction
+    idx = np.where(intensity == 0, 0, np.where(complete, 1 + np.asarray(intensity), 1))
+    return classes[idx]

@@ -1,0 +1,122 @@
+"""Image and slide scores from per-cell membrane classes: counts, ASCO/CAP category, H-score, HER2 index.
+
+Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
+the 10 % rule, the HER2-0 subtype (``null`` / ``ultralow``), the 3-way group, the H-score and a
+continuous HER2 index (100 x mean over tumour cells of membrane DAB x completeness), and DAB
+statistics over the tissue. The rules themselves live in :mod:`her2score.rules`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from her2score import rules
+from her2score.quantify.thresholds import Thresholds
+from her2score.rules import MEMBRANE_CLASSES
+
+
+class ScoreAccumulator:
+    """Running sums over tumour cells (tile by tile) for the image/slide score; memory stays flat."""
+
+    def __init__(self) -> None:
+        self.n_cells = 0
+        self.n_tumour = 0
+        self.class_counts = dict.fromkeys(MEMBRANE_CLASSES, 0)
+        self.intensity_counts = [0, 0, 0, 0]
+        self.index_sum = 0.0
+        self.tissue_px = 0
+        self.tissue_dab_sum = 0.0
+        self.tissue_dab_above = [0, 0, 0]
+
+    def add_cells(self, cells: Any) -> None:
+        self.n_cells += len(cells)
+        tumour = cells[cells["is_tumour"].to_numpy(dtype=bool)]
+        self.n_tumour += len(tumour)
+        for name, count in tumour["membrane_class"].value_counts().items():
+            self.class_counts[str(name)] += int(count)
+        for level, count in tumour["intensity"].value_counts().items():
+            self.intensity_counts[int(level)] += int(count)
+        self.index_sum += float((tumour["membrane_dab"] * tumour["completeness"]).sum())
+
+    def merge(self, part: ScoreAccumulator) -> None:
+        """Add another accumulator's sums (a tile's) to this one."""
+        self.n_cells += part.n_cells
+        self.n_tumour += part.n_tumour
+        for c in MEMBRANE_CLASSES:
+            self.class_counts[c] += part.class_counts[c]
+        for i in range(4):
+            self.intensity_counts[i] += part.intensity_counts[i]
+        self.index_sum += part.index_sum
+        self.tissue_px += part.tissue_px
+        self.tissue_dab_sum += part.tissue_dab_sum
+        for i in range(3):
+            self.tissue_dab_above[i] += part.tissue_dab_above[i]
+
+    def add_tissue(self, dab: np.ndarray, tissue: np.ndarray, thresholds: Thresholds) -> None:
+        values = dab[tissue]
+        self.tissue_px += int(values.size)
+        self.tissue_dab_sum += float(values.sum())
+        for i, thr in enumerate((thresholds.faint, thresholds.moderate, thresholds.intense)):
+            self.tissue_dab_above[i] += int(np.count_nonzero(values >= thr))
+
+    def summary(self, thresholds: Thresholds) -> dict[str, Any]:
+        return (
+            score_counts(
+                self.class_counts,
+                self.intensity_counts,
+                self.n_cells,
+                self.n_tumour,
+                self.index_sum,
+                thresholds,
+            )
+            | self._tissue_stats()
+        )
+
+    def _tissue_stats(self) -> dict[str, Any]:
+        n = max(self.tissue_px, 1)
+        return {
+            "tissue_dab_mean": self.tissue_dab_sum / n,
+            "tissue_pct_dab_faint": 100.0 * self.tissue_dab_above[0] / n,
+            "tissue_pct_dab_moderate": 100.0 * self.tissue_dab_above[1] / n,
+            "tissue_pct_dab_intense": 100.0 * self.tissue_dab_above[2] / n,
+        }
+
+
+def score_counts(
+    class_counts: dict[str, int],
+    intensity_counts: list[int],
+    n_cells: int,
+    n_tumour: int,
+    index_sum: float,
+    thresholds: Thresholds,
+) -> dict[str, Any]:
+    """ASCO/CAP 2018 category and companions from tumour-cell class counts (rules: :mod:`her2score.rules`).
+
+    The category by :func:`~her2score.rules.her2_category` (the 10 % rule, with intense complete
+    staining in ``intense_minority_percent``-10 % read as 2+), the HER2-0 subtype (``null`` /
+    ``ultralow``), the 3-way group (2+ without ISH: low), the H-score and the HER2 index.
+    """
+    pct = {c: 100.0 * class_counts.get(c, 0) / max(n_tumour, 1) for c in MEMBRANE_CLASSES}
+    category = rules.her2_category(
+        class_counts,
+        positive_percent=thresholds.positive_percent,
+        intense_minority_percent=thresholds.intense_minority_percent,
+    )
+    n_t = max(n_tumour, 1)
+    h_score = sum(level * 100.0 * count / n_t for level, count in enumerate(intensity_counts))
+    row: dict[str, Any] = {
+        "category": category,
+        "her2_0_subtype": rules.her2_0_subtype(category, class_counts),
+        "her2_3way": rules.her2_3way(category),
+        "h_score": h_score,
+        "her2_index": 100.0 * index_sum / n_t,
+        "n_cells": n_cells,
+        "n_tumour_cells": n_tumour,
+    }
+    for c in MEMBRANE_CLASSES:
+        row[f"n_{c.replace('-', '_')}"] = int(class_counts.get(c, 0))
+    for c in MEMBRANE_CLASSES:
+        row[f"pct_{c.replace('-', '_')}"] = pct[c]
+    return row

@@ -1,0 +1,156 @@
+"""Scoring thresholds of the membrane quantifier: defaults, cross-checks, JSON load and save."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from her2score import rules
+from her2score.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Scoring parameters. DAB values are optical densities of the membrane (default H-DAB vectors).
+
+    Defaults: a membrane peak of 0.12 OD is the faintest brown a pathologist perceives at 20x on a
+    0.5 µm/px scan (at 0.15 two of the five real BCI 1+ patches read 0; README); 0.35 is clearly
+    brown (moderate); 0.60 a dark-brown "chicken-wire" (intense); these follow the common DAB OD
+    bands (0.2 / 0.4 / 0.6 on cell means, QuPath) shifted for a ring *peak* rather than a whole-cell
+    mean. Override from JSON or derive from a control with :func:`calibrate_thresholds`.
+    """
+
+    faint: float = 0.12
+    moderate: float = 0.35
+    intense: float = 0.60
+    #: A ring is "complete" when at least this fraction of its sectors is stained. Automatic rings
+    #: lose sectors at cell contacts and tangential cuts, which an eye forgives (not 1.0); but a
+    #: sector counts as stained when any of it is, and a neighbour's stained membrane lends a few
+    #: sectors to an incomplete ring, so that an 80 % arc already measures ~0.85-0.9: 0.85.
+    complete_fraction: float = 0.85
+    #: ... and its longest unstained run of sectors spans at most this fraction of the circumference:
+    #: "complete" is circumferential, and a pathologist sees one break of a tenth of a ring (36°) or
+    #: more as an incomplete membrane even when the rest of the ring is stained (a partial arc's blurred ends
+    #: otherwise make an 80 % arc measure as complete). Sectors that face a stained neighbour or lie
+    #: outside the image break a run rather than extend it. 1.0 turns the rule off.
+    max_gap_fraction: float = 0.1
+    #: Low hysteresis threshold for completeness, as a fraction of ``faint``: 0.1125 OD by default,
+    #: just above the 0.05-0.11 OD that unstained rings reach from noise and neighbouring membranes,
+    #: so that a faint arc is not closed into a "complete" ring by noise (a lower floor, 0.09 OD, read
+    #: more 1+ cases as 2+; README).
+    continuity: float = 0.9375
+    #: Fewer stained sectors than this fraction: no membrane staining (class ``none``).
+    min_stained_fraction: float = 0.25
+    n_sectors: int = 32
+    #: A cell is judged on its own side (sectors not facing a stained neighbour) when that side
+    #: covers at least this fraction of its ring (see ``own_membrane``).
+    own_side_fraction: float = 0.15
+    #: ... where "stained" neighbours are those whose ring is stained at least this much further
+    #: round (a fraction of the ring) than the cell's own.
+    own_side_margin: float = 0.25
+    #: A cell's intensity leaves out the sectors facing a stained neighbour whose membrane is at
+    #: least this many times darker than its own (the dark line between a strongly and a weakly
+    #: stained cell is the strong cell's to the eye), when a quarter of its stained sectors remain.
+    #: 0 turns the rule off.
+    darker_neighbour_ratio: float = 1.5
+    #: Membrane accentuation: a sector's peak must exceed the perinuclear cytoplasm by this (OD) ...
+    membrane_contrast_od: float = 0.05
+    #: ... and by this fraction of the cytoplasm DAB (so a strong blush needs a stronger membrane).
+    membrane_contrast_ratio: float = 0.2
+    #: The cytoplasm DAB of a cell is this quantile of its perinuclear band (see ``measure_cells``).
+    cytoplasm_quantile: float = 0.25
+    #: Tumour-cell filter on the nucleus: segmented tumour nuclei are 6-15 µm across (pale ones come
+    #: out small, so the floor is low: 18 µm²); fibroblast nuclei are spindles (long / short axis
+    #: > 2.5); lymphocytes are small (< ``lymphocyte_max_um2``) AND dark (hematoxylin above
+    #: ``lymphocyte_darkness`` x the median of the image's larger nuclei); pleomorphic grade-3
+    #: nuclei stay under ~250 µm²; blobs filling < 80 % of their fitted ellipse are not nuclei.
+    tumour_nucleus_min_um2: float = 18.0
+    tumour_nucleus_max_um2: float = 250.0
+    tumour_min_ellipse_fill: float = 0.8
+    tumour_max_elongation: float = 2.5
+    lymphocyte_max_um2: float = 40.0
+    lymphocyte_darkness: float = 1.3
+    #: Invasive carcinoma grows in nests, cords or single files: a tumour cell has at least
+    #: ``nest_neighbours`` other nuclei within ``nest_radius_um`` (a single file at a 15 µm spacing
+    #: has four within 35 µm, and so has the corner of a nest); isolated cells in stroma are not scored.
+    nest_neighbours: int = 4
+    nest_radius_um: float = 35.0
+    #: ASCO/CAP 10 % rule (percent of invasive tumour cells; :data:`her2score.rules.POSITIVE_PERCENT`).
+    positive_percent: float = rules.POSITIVE_PERCENT
+    #: Intense complete staining in this share (%) up to 10 % reads as 2+ (ASCO/CAP: equivocal;
+    #: :data:`her2score.rules.INTENSE_MINORITY_PERCENT`).
+    intense_minority_percent: float = rules.INTENSE_MINORITY_PERCENT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.faint < self.moderate < self.intense:
+            raise ConfigError(
+                f"thresholds must satisfy 0 < faint < moderate < intense (got {self.faint}, "
+                f"{self.moderate}, {self.intense})"
+            )
+        if not 0 < self.complete_fraction <= 1 or not 0 <= self.min_stained_fraction < self.complete_fraction:
+            raise ConfigError("need 0 <= min_stained_fraction < complete_fraction <= 1")
+        if not 0 < self.max_gap_fraction <= 1:
+            raise ConfigError(f"max_gap_fraction must be in (0, 1] (got {self.max_gap_fraction})")
+        if not 0 < self.continuity <= 1:
+            raise ConfigError(f"continuity must be in (0, 1] (got {self.continuity})")
+        if not 0 <= self.cytoplasm_quantile <= 1:
+            raise ConfigError(f"cytoplasm_quantile must be in [0, 1] (got {self.cytoplasm_quantile})")
+        if not 0 <= self.own_side_fraction <= 1 or not 0 <= self.own_side_margin <= 1:
+            raise ConfigError("own_side_fraction and own_side_margin must be in [0, 1]")
+        if self.darker_neighbour_ratio != 0 and self.darker_neighbour_ratio < 1:
+            raise ConfigError(
+                f"darker_neighbour_ratio must be 0 (off) or at least 1 (got {self.darker_neighbour_ratio})"
+            )
+        if self.nest_neighbours < 0 or self.nest_radius_um <= 0:
+            raise ConfigError("nest_neighbours must be >= 0 and nest_radius_um > 0")
+        if self.n_sectors < 8:
+            raise ConfigError(f"n_sectors must be at least 8 (got {self.n_sectors})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | Path | None = None) -> Thresholds:
+        """Build from a dict (e.g. a thresholds.json); unknown keys are an error, missing ones default."""
+        data = data.get("thresholds", data)
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown threshold keys {unknown}; known: {sorted(known)}", path)
+        try:
+            values = {k: (int(v) if k == "n_sectors" else float(v)) for k, v in data.items()}
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(exc.cause, path) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid threshold value: {exc}", path) from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Thresholds:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("thresholds file not found", path) from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read thresholds JSON ({exc})", path) from None
+        if not isinstance(data, dict):
+            raise ConfigError("thresholds JSON must be an object", path)
+        return cls.from_dict(data, path)
+
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        """Write ``{"thresholds": ..., **extra}`` as JSON (atomically); read back by :meth:`from_json`."""
+        from her2score.io import write_json
+
+        return write_json(Path(path), {"thresholds": self.to_dict(), **extra})
+
+
+def load_thresholds(source: Thresholds | str | Path | None) -> Thresholds:
+    """Thresholds as given, read from a JSON file, or the defaults (``None``)."""
+    if source is None:
+        return Thresholds()
+    if isinstance(source, Thresholds):
+        return source
+    return Thresholds.from_json(source)
