@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from her2score.models.nets.stain_stats import DAB_QUANTILES, StainStatistics, stain_features
 from her2score.models.registry import create_model
-from her2score.models.stain_stats import DAB_QUANTILES, StainStatistics, stain_features
 from her2score.stain.deconvolution import combine_stains
 
 

@@ -6,8 +6,9 @@ Grad-CAM, attention) and whether it can be exported. The engine asks the spec wh
 then calls :func:`create_model`; no part of the engine knows a model by name.
 
 Every module of the ``her2score.models`` package registers its models when imported (found by
-listing the package, not a closed list), and other packages add theirs through the entry-point group
-``her2score.models``.
+listing the package, not a closed list; the torch classes live in ``models.nets`` and are imported
+by the factories, so listing the registry does not import torch), and other packages add theirs
+through the entry-point group ``her2score.models``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def _load_builtin() -> None:
     import her2score.models as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _NOT_MODEL_MODULES and not info.name.startswith("_"):
+        if not info.ispkg and info.name not in _NOT_MODEL_MODULES and not info.name.startswith("_"):
             importlib.import_module(f"her2score.models.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         importlib.import_module(ep.value)

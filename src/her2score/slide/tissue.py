@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from her2score.errors import NoTissueError
-from her2score.stain.deconvolution import BACKGROUND, GLASS_MIN, rgb_to_od
+from her2score.optics import BACKGROUND, GLASS_MIN, rgb_to_od
 
 if TYPE_CHECKING:
     from her2score.slide.reader import Slide

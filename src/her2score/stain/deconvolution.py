@@ -12,16 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# optical density lives one layer down (slide reading uses it too); stain code reaches it from here
+from her2score.optics import BACKGROUND, GLASS_MIN, od_to_rgb, rgb_to_od  # noqa: F401
+
 #: Default vectors (rows: stains; columns: R, G, B optical density), Ruifrok & Johnston 2001.
 HEMATOXYLIN = (0.650, 0.704, 0.286)
 EOSIN = (0.072, 0.990, 0.105)
 DAB = (0.268, 0.570, 0.776)
-
-#: Intensity of bare glass (0-255), the reference of optical density when an image's own is unknown.
-BACKGROUND = 255.0
-#: The darkest a channel of bare glass (background) can be, 0-255: a brighter pixel may be glass, a
-#: darker one is not. Scanners' glass reads 230-255; 200 leaves room for a yellowish or grey scan.
-GLASS_MIN = 200.0
 
 
 @dataclass(frozen=True)
@@ -44,43 +41,6 @@ class StainMatrix:
 HDAB = StainMatrix(("hematoxylin", "dab"), (HEMATOXYLIN, DAB))
 HE = StainMatrix(("hematoxylin", "eosin"), (HEMATOXYLIN, EOSIN))
 STAINS = {"hdab": HDAB, "he": HE}
-
-
-def rgb_to_od(rgb: np.ndarray, background: float | np.ndarray = BACKGROUND) -> np.ndarray:
-    """RGB uint8 → optical density, float32, ``-log10(I / I0)`` clipped at 0.
-
-    ``background`` (I0) is the intensity of glass: one value, or one per channel (an image's own
-    white point, so that a scanner's grey or yellowish glass reads as zero density).
-
-    The one optical-density function of her2score: tissue detection, stain separation and the
-    quantifier all use it.
-    """
-    rgb = np.asarray(rgb)
-    background = np.asarray(background, dtype=np.float32)
-    if rgb.dtype == np.uint8:
-        # uint8 has 256 values: a lookup table (per channel) gives the same float32 values as the
-        # formula, 1.7x faster (24 vs 42 ms on 2048x1536 RGB with a per-channel white, measured).
-        levels = np.arange(256, dtype=np.float32)
-        if background.ndim == 0:
-            return np.take(_od_formula(levels, background), rgb, mode="clip")
-        if rgb.ndim >= 1 and background.shape == (rgb.shape[-1],):
-            table = _od_formula(levels[:, None], background)
-            od = np.empty(rgb.shape, np.float32)
-            for c in range(rgb.shape[-1]):
-                np.take(table[:, c], rgb[..., c], out=od[..., c], mode="clip")
-            return od
-    return _od_formula(rgb.astype(np.float32, copy=False), background)
-
-
-def _od_formula(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
-    od = -np.log10(np.maximum(rgb, np.float32(1.0)) / background)
-    return np.maximum(od, np.float32(0.0), out=od)
-
-
-def od_to_rgb(od: np.ndarray, background: float = BACKGROUND) -> np.ndarray:
-    """Optical density → RGB uint8."""
-    rgb = background * np.power(10.0, -np.asarray(od, dtype=np.float32))
-    return np.clip(rgb, 0, 255).round().astype(np.uint8)
 
 
 def separate_stains(rgb: np.ndarray, stains: StainMatrix | str = "hdab") -> dict[str, np.ndarray]:
