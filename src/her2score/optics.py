@@ -22,8 +22,14 @@ def rgb_to_od(rgb: np.ndarray, background: float | np.ndarray = BACKGROUND) -> n
     white point, so that a scanner's grey or yellowish glass reads as zero density).
 
     The one optical-density function of her2score: tissue detection, stain separation and the
-    quantifier all use it.
+    quantifier all use it. A torch tensor (any float range 0-255, any device) is converted with torch
+    ops and stays a tensor (the models' stain features and the stain augmentation).
     """
+    if type(rgb).__module__.startswith("torch"):
+        import torch
+
+        i0 = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
+        return (-torch.log10(torch.clamp(rgb, min=1.0) / i0)).clamp_min(0)
     rgb = np.asarray(rgb)
     background = np.asarray(background, dtype=np.float32)
     if rgb.dtype == np.uint8:

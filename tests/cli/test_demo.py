@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from her2score.cli.main import app
+
+
+def _no_nan(token: str) -> float:
+    raise AssertionError(f"metrics.json is not strict JSON: {token}")
 
 
 @pytest.mark.slow
@@ -20,9 +26,15 @@ def test_demo_writes_cohort_model_metrics_report_and_heatmaps(tmp_path: Path) ->
     run = out / "run"
     for name in ("model.safetensors", "metrics.json", "report.html", "roc.png", "confusion.png"):
         assert (run / name).is_file(), name
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["auc_macro"] <= 1.0
-    assert metrics["n"] >= 3
+    metrics = json.loads((run / "metrics.json").read_text(), parse_constant=_no_nan)
+    preds = pd.read_csv(run / "predictions.csv")
+    assert metrics["n"] == len(preds) >= 3
+    probs = preds[[f"prob_{c}" for c in ("0", "low", "high")]].to_numpy()
+    if preds["y_true"].nunique() == 3:  # the reported AUC is the one its own predictions give
+        auc = roc_auc_score(
+            preds["y_true"], probs, multi_class="ovr", average="macro", labels=["0", "low", "high"]
+        )
+        assert metrics["auc_macro"] == pytest.approx(auc, abs=1e-9)
     assert list((run / "heatmaps").glob("*.png"))
     # a second run reuses the cohort and trains afresh
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--n", "12", "--epochs", "1", "--quiet"])

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from her2score.stain.deconvolution import BACKGROUND, HDAB
+from her2score.optics import rgb_to_od
+from her2score.stain.deconvolution import HDAB
 
 #: Quantiles of DAB optical density over the tissue pixels of the low-resolution input.
 DAB_QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
@@ -41,7 +42,7 @@ def stain_features(rgb: torch.Tensor) -> torch.Tensor:
     step = max(1, int(np.ceil(np.sqrt(h * w / MAX_PIXELS))))
     rgb = rgb[:, :, ::step, ::step].float()
     tissue = rgb.mean(1) * 255 < TISSUE_MAX_BRIGHTNESS
-    od = -torch.log10(torch.clamp(rgb * 255, min=1.0) / BACKGROUND)  # as deconvolution.rgb_to_od
+    od = rgb_to_od(rgb * 255)
     inv = torch.as_tensor(np.linalg.inv(HDAB.matrix()), dtype=rgb.dtype, device=rgb.device)
     conc = torch.einsum("bchw,cd->bdhw", od, inv).clamp_min(0)
     out = []
