@@ -13,6 +13,7 @@ import json
 import math
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _create_temp(path)
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)  # 0o666 & ~umask, as the kernel applied it
     try:
         yield tmp_path
+        if stat.S_IMODE(tmp_path.stat().st_mode) != mode:
+            os.chmod(tmp_path, mode)  # a writer that replaced the file (safetensors does) got its own mode
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)

@@ -32,6 +32,7 @@ def _config(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_from_a_hand_written_manifest(cohort: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = runner.invoke(

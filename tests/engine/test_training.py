@@ -102,6 +102,7 @@ def test_broken_slide_is_skipped_and_listed(
     assert len(list((tmp_path / "run" / "heatmaps").glob("*.png"))) == 1
 
 
+@pytest.mark.slow
 def test_ema_weights_are_the_ones_kept(tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path) -> None:
     """With ``ema``, the saved model is the moving average, not the last raw weights."""
     from her2score.engine.checkpoint import load_state
@@ -163,6 +164,7 @@ def test_training_on_windows_predicts_on_the_whole_input(
     assert len(pd.read_csv(tmp_path / "crop" / "predictions.csv")) > 0
 
 
+@pytest.mark.slow
 def test_stain_head_is_fitted_saved_and_used_by_predict(
     tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
 ) -> None:
@@ -194,3 +196,36 @@ def test_stain_head_is_fitted_saved_and_used_by_predict(
     assert len(list((tmp_path / "heat").glob("*.png"))) == 3  # Grad-CAM of the CNN, for the fused prediction
     probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
     assert abs(probs.sum(axis=1) - 1).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_cross_validation_interrupted_in_a_later_fold_resumes_to_the_same_result(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+) -> None:
+    """Killed during fold 2 of 3, resumed: finished folds are not retrained, the pooled result is the
+    uninterrupted one. Slides are read by 2 workers."""
+    fast_config.folds, fast_config.epochs, fast_config.workers = 3, 2, 2
+    cohort = load_manifest(tiny_manifest)
+    full = train_run(cohort, fast_config, tmp_path / "full", quiet=True, log=lambda s: None, heatmaps=0)
+    calls = {"n": 0}
+
+    def stop_in_fold_2(epoch: int, record: dict) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # fold 0: epochs 1-2, fold 1: epoch 1
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_run(cohort, fast_config, tmp_path / "cut", quiet=True, on_epoch_end=stop_in_fold_2, heatmaps=0)
+    assert (tmp_path / "cut" / "fold_0" / "model.safetensors").is_file()
+    assert not (tmp_path / "cut" / "fold_1" / "model.safetensors").exists()
+    seen: list[int] = []
+    resumed = train_run(
+        cohort, fast_config, tmp_path / "cut", resume=True, quiet=True, log=lambda s: None, heatmaps=0,
+        on_epoch_end=lambda epoch, record: seen.append(epoch),
+    )  # fmt: skip
+    assert seen == [1, 0, 1]  # fold 1's second epoch, then fold 2; fold 0 is not trained again
+    assert resumed.metrics["pooled"] == full.metrics["pooled"]
+    for k in range(3):
+        a = load_file(str(tmp_path / "full" / f"fold_{k}" / "model.safetensors"))
+        b = load_file(str(tmp_path / "cut" / f"fold_{k}" / "model.safetensors"))
+        assert all((a[name] == b[name]).all() for name in a)
