@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from her2score.data.lowres import Failure
@@ -22,10 +23,14 @@ def write_evaluation(
     figures: list[tuple[str, Path]] | None = None,
     notes: list[str] | None = None,
     folds: bool = False,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Metrics (with bootstrap CIs), per-site metrics, ROC and confusion plots and a report in ``out_dir``.
 
-    ``predictions`` has ``slide, y_true, prob_<class>...`` (and ``site``; ``fold`` when ``folds``).
+    ``predictions`` has ``slide, y_true, prob_<class>...`` (and ``site``; ``fold`` when ``folds``), and
+    for each baseline scored on the same slides ``base_<name>:<class>`` columns (see
+    :func:`add_baselines`): their metrics go beside the model's, in ``metrics["baselines"]`` and a table.
+    ``warnings`` stand at the top of the report.
     """
     from her2score.io import write_csv, write_json
     from her2score.report.document import write_report
@@ -55,6 +60,14 @@ def write_evaluation(
         by_site = group_metrics(y, probs, predictions["site"].astype(str), classes, n_boot=0, ordinal=ordinal)
         metrics["by_site"] = by_site
         tables["Per site"] = group_table(by_site)
+    alerts = list(warnings or [])
+    baselines = _baseline_metrics(predictions, classes, n_boot, seed, ordinal)
+    if baselines:
+        metrics["baselines"] = baselines
+        tables["Model and baselines on the same slides"] = _baseline_table(pooled, baselines)
+        alerts += _baseline_warnings(pooled, baselines)
+    if alerts:
+        metrics["warnings"] = alerts
     write_json(out / "metrics.json", metrics)
     write_csv(out / "predictions.csv", predictions)
     roc = plot_roc(y, probs, classes, out / "roc.png", title=f"{title}: ROC")
@@ -73,8 +86,66 @@ def write_evaluation(
         figures=[("ROC curves (one-vs-rest)", roc), ("Confusion matrix", confusion), *(figures or [])],
         tables=tables,
         notes=all_notes,
+        warnings=alerts,
     )
     return metrics
+
+
+BASELINE_PREFIX = "base_"
+#: The model is flagged when a baseline's macro AUC beats its own by more than this.
+BASELINE_MARGIN = 0.02
+
+
+def add_baselines(frame: pd.DataFrame, baselines: dict[str, Any], classes: list[str]) -> pd.DataFrame:
+    """``frame`` with each baseline's probabilities (rows aligned) as ``base_<name>:<class>`` columns."""
+    for name, probs in baselines.items():
+        for k, c in enumerate(classes):
+            frame[f"{BASELINE_PREFIX}{name}:{c}"] = probs[:, k]
+    return frame
+
+
+def _baseline_metrics(
+    predictions: pd.DataFrame, classes: list[str], n_boot: int, seed: int, ordinal: bool
+) -> dict[str, Any]:
+    from her2score.report.metrics import classification_metrics
+
+    names = sorted(
+        {c[len(BASELINE_PREFIX) :].rsplit(":", 1)[0] for c in predictions if c.startswith(BASELINE_PREFIX)}
+    )
+    y = predictions["y_true"].astype(str).to_numpy()
+    out = {}
+    for name in names:
+        probs = predictions[[f"{BASELINE_PREFIX}{name}:{c}" for c in classes]].to_numpy(float)
+        out[name] = classification_metrics(y, probs, classes, n_boot=n_boot, seed=seed, ordinal=ordinal)
+    return out
+
+
+def _baseline_table(pooled: dict[str, Any], baselines: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, m in [("this model", pooled), *baselines.items()]:
+        low, high = m.get("ci", {}).get("auc_macro", [None, None])
+        auc = m.get("auc_macro")
+        shown = (
+            "–" if auc is None else f"{auc:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+        )
+        rows.append(
+            {"model": name, "macro AUC [95% CI]": shown, "macro F1": m.get("f1_macro"),
+             "accuracy": m.get("accuracy"), "quadratic κ": m.get("kappa_qw")}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _baseline_warnings(pooled: dict[str, Any], baselines: dict[str, Any]) -> list[str]:
+    out = []
+    own = pooled.get("auc_macro")
+    for name, m in baselines.items():
+        theirs = m.get("auc_macro")
+        if own is not None and theirs is not None and theirs > own + BASELINE_MARGIN:
+            out.append(
+                f"the {name} baseline scores these slides better than the model "
+                f"(macro AUC {theirs:.3f} vs {own:.3f}): the model adds nothing here"
+            )
+    return out
 
 
 def evaluate_model(
@@ -110,6 +181,13 @@ def evaluate_model(
         meta["classes"],
         {"patient": list(rows["patient"]), "site": list(rows["site"]), "y_true": list(rows["label_name"])},
     )
+    baselines = predictor.predict_baselines(prepared)
+    if meta.get("class_counts"):
+        from her2score.engine.baselines import CLASS_PRIOR, class_prior_probs
+
+        counts = np.repeat(np.arange(len(meta["classes"])), meta["class_counts"])
+        baselines[CLASS_PRIOR] = class_prior_probs(counts, len(frame), len(meta["classes"]))
+    frame = add_baselines(frame, baselines, meta["classes"])
     out = Path(out_dir)
     figures = predictor.heatmaps(prepared, list(rows["slide"]), out / "heatmaps", heatmaps, meta["classes"])
     metrics = write_evaluation(

@@ -92,6 +92,20 @@ class Predictor:
             raise NonFiniteError(f"the model gave non-finite probabilities for {int(bad.sum())} input(s)")
         return probs
 
+    def predict_baselines(self, prepared: Any) -> dict[str, np.ndarray]:
+        """Probabilities of the simpler models inside this one (``SlideModel.baselines``), by name."""
+        import torch
+
+        out: dict[str, list[np.ndarray]] = {}
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(prepared), self.batch_size):
+                idx = np.arange(start, min(start + self.batch_size, len(prepared)))
+                batch = self.kind.batch(prepared, idx, self.stats, self.device, inference=True)
+                for name, probs in self.model.baselines(batch).items():
+                    out.setdefault(name, []).append(probs.float().cpu().numpy())
+        return {name: np.concatenate(parts) for name, parts in out.items()}
+
     def _num_classes(self) -> int:
         head = [m for m in self.model.modules() if hasattr(m, "out_features")]
         return int(head[-1].out_features) if head else 0

@@ -45,6 +45,7 @@ class RunResult:
     failures: list[Failure] = field(default_factory=list)
     model_paths: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the run learned nothing, or less than a baseline
 
 
 # ------------------------------------------------------------------------------------------- splitting
@@ -312,6 +313,10 @@ def fit(
         judged.load_state_dict(best["weights"])
     for p in judged.parameters():
         p.requires_grad_(True)  # an EMA copy was frozen; Grad-CAM needs gradients
+    ctx = FitContext(data.kind, data.prepared, train, data.labels, data.stats, device, log, val=val)
+    note = judged.on_fit_end(ctx)
+    if note:
+        log(note)
     return judged.eval(), history
 
 
@@ -402,8 +407,10 @@ def train_run(
     import torch
 
     from her2score.data.inputs import create_input_kind
+    from her2score.engine.baselines import baseline_probs
     from her2score.engine.checkpoint import save_model
-    from her2score.engine.evaluate import write_evaluation
+    from her2score.engine.diagnostics import learning_warnings, prior_log_loss
+    from her2score.engine.evaluate import add_baselines, write_evaluation
     from her2score.engine.predictor import Predictor, prediction_frame, resolve_device
     from her2score.io import write_csv
     from her2score.models.registry import create_model, get_model_spec
@@ -433,6 +440,7 @@ def train_run(
 
     result = RunResult(run, None, prepared.failures)
     fold_frames = []
+    run_warnings: list[str] = []
     for k, split in enumerate(splits):
         out = run if split.name == "main" else run / split.name
         out.mkdir(parents=True, exist_ok=True)
@@ -449,6 +457,7 @@ def train_run(
         module = judged.inference_module()
         meta = checkpoint_metadata(cfg, readable, data, module, note)
         meta.update({"fold": split.name, "epochs_trained": len(history), "n_train": len(split.train)})
+        meta["class_counts"] = np.bincount(readable.y[split.train], minlength=len(readable.classes)).tolist()
         result.model_paths.append(save_model(out / MODEL_FILE, module, meta))
         write_csv(out / "history.csv", pd.DataFrame(history))
         plot_training_curves(history, out / "training_curves.png", title=f"{cfg.model} {split.name}")
@@ -463,6 +472,14 @@ def train_run(
             {"patient": list(rows["patient"]), "site": list(rows["site"]), "y_true": list(rows["label_name"]),
              "fold": k},
         )  # fmt: skip
+        classes = readable.classes
+        base = baseline_probs(kind, prepared, readable.y, split.train, split.test, stats, len(classes))
+        frame = add_baselines(frame, base, classes)
+        prior = prior_log_loss(readable.y[split.train], readable.y[split.val], len(classes))
+        fold_warnings = learning_warnings(history, prior, probs, classes)
+        for line in fold_warnings:
+            log(f"WARNING ({split.name}): {line}")
+        run_warnings += [line if split.name == "main" else f"{split.name}: {line}" for line in fold_warnings]
         fold_frames.append(frame)
         if split.name != "main":
             write_csv(out / "predictions.csv", frame)
@@ -475,7 +492,7 @@ def train_run(
         result.metrics = write_evaluation(
             out, frame, readable.classes, f"{cfg.model} · {cohort.task.name} · held-out test slides",
             ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=prepared.failures,
-            figures=figures, notes=[note, cohort.task.description],
+            figures=figures, notes=[note, cohort.task.description], warnings=run_warnings,
         )  # fmt: skip
     if cfg.folds and fold_frames:
         pooled = pd.concat(fold_frames, ignore_index=True)
@@ -483,8 +500,9 @@ def train_run(
         result.metrics = write_evaluation(
             run, pooled, readable.classes, f"{cfg.model} · {cohort.task.name} · {cfg.folds}-fold CV",
             ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=prepared.failures,
-            figures=figures, notes=[cohort.task.description], folds=True,
+            figures=figures, notes=[cohort.task.description], folds=True, warnings=run_warnings,
         )  # fmt: skip
+    result.warnings = run_warnings
     return result
 
 

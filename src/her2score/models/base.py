@@ -8,7 +8,8 @@ loop:
 * :meth:`training_step` -> ``(loss, logs)``; by default the engine's cross-entropy on :meth:`logits`;
 * :meth:`predict_step` -> class probabilities; :meth:`explain` -> an optional map (Grad-CAM, attention);
 * :meth:`on_fit_start` -> a hook before the first epoch with the training data (a head fitted in
-  closed form, statistics, a teacher trained first);
+  closed form, statistics, a teacher trained first); :meth:`on_fit_end` -> a hook on the kept weights
+  with the validation data (a fusion weight chosen there); :meth:`baselines` -> simpler models inside;
 * :meth:`inference_module` -> the module that is saved and predicts (a distilled model saves only
   the path it needs at inference), rebuilt from its registry name and :meth:`build_kwargs`.
 """
@@ -16,7 +17,7 @@ loop:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,14 @@ class FitContext:
     stats: dict[str, Any]  # normalisation statistics
     device: Any
     log: Callable[[str], None] = print
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # validation rows
+
+    def val_batches(self, batch_size: int = 32) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+        """The validation rows as un-augmented inference batches with their labels."""
+        for start in range(0, len(self.val), batch_size):
+            idx = self.val[start : start + batch_size]
+            batch = self.kind.batch(self.prepared, idx, self.stats, self.device, inference=True)
+            yield batch, torch.as_tensor(self.labels[idx], device=self.device)
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
         """The training rows as un-augmented batches with their labels."""
@@ -80,6 +89,16 @@ class SlideModel(nn.Module):
     def on_fit_start(self, ctx: FitContext) -> str | None:
         """Called once before the first epoch (not on resume); returns a line for the log, if any."""
         return None
+
+    def on_fit_end(self, ctx: FitContext) -> str | None:
+        """Called on the kept weights after training, with the validation rows in ``ctx.val`` (a choice
+        made on validation: a fusion weight, a calibration); returns a line for the log, if any."""
+        return None
+
+    def baselines(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Probabilities of simpler models inside this one (e.g. a stain head alone), by name, so that
+        a report can show them beside the model's own."""
+        return {}
 
     def inference_module(self) -> SlideModel:
         """The module to save and predict with (itself unless part of it is needed only to train)."""

@@ -42,6 +42,8 @@ th { background: #f0f3f7; }
 td:first-child, th:first-child { text-align: left; }
 .meta { color: #666; font-size: .9em; }
 .notes li { margin: .2em 0; }
+.warnings { background: #fff4e5; border: 2px solid #e8a33d; padding: .2em 1em; margin: 1em 0; }
+.warnings h2 { color: #9a5b00; margin-top: .4em; }
 figure { display: inline-block; max-width: 100%; margin: .5em 1em 1em 0; vertical-align: top; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e3e3; }
 figcaption { font-size: .9em; color: #444; margin-top: .3em; }
@@ -56,8 +58,11 @@ def write_report(
     figures: Sequence[tuple[str, str | Path]] = (),
     tables: dict[str, pd.DataFrame] | None = None,
     notes: list[str] | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/report.html`` atomically; returns the HTML path.
+
+    ``warnings`` (e.g. "the model learned nothing") stand at the top, above every table.
 
     ``metrics`` is a :func:`~her2score.report.metrics.classification_metrics` or
     :func:`~her2score.report.metrics.pool_folds` result; it gives the metric table with 95% CIs, the
@@ -81,8 +86,9 @@ def write_report(
         meta += f" · {pooled['n']} cases · classes: {', '.join(pooled['classes'])}"
         if "n_folds" in metrics:
             meta += f" · {metrics['n_folds']}-fold cross-validation (pooled out-of-fold predictions)"
-    write_text(out_dir / "report.md", _markdown(title, meta, sections, figures, all_notes, out_dir))
-    return write_text(out_dir / "report.html", _html(title, meta, sections, figures, all_notes))
+    alerts = list(warnings or [])
+    write_text(out_dir / "report.md", _markdown(title, meta, sections, figures, all_notes, out_dir, alerts))
+    return write_text(out_dir / "report.html", _html(title, meta, sections, figures, all_notes, alerts))
 
 
 def _sections(
@@ -179,8 +185,11 @@ def _markdown(
     figures: list[tuple[str, Path]],
     notes: list[str],
     out_dir: Path,
+    warnings: Sequence[str] = (),
 ) -> str:
     parts = [f"# {title}", "", f"_{meta}_", ""]
+    if warnings:
+        parts += ["## ⚠ Warnings", "", *[f"- **{w}**" for w in warnings], ""]
     for name, frame in sections:
         parts += [f"## {name}", "", _markdown_table(frame), ""]
     if figures:
@@ -223,8 +232,12 @@ def _html(
     sections: list[tuple[str, pd.DataFrame]],
     figures: list[tuple[str, Path]],
     notes: list[str],
+    warnings: Sequence[str] = (),
 ) -> str:
     body = [f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{html.escape(meta)}</p>']
+    if warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        body += ['<div class="warnings"><h2>⚠ Warnings</h2>', f"<ul>{items}</ul></div>"]
     for name, frame in sections:
         body += [f"<h2>{html.escape(name)}</h2>", _html_table(frame)]
     if figures:

@@ -101,6 +101,10 @@ class InputKind:
         """``(kind, data config, statistics)`` of the input the saved (inference) model reads."""
         return self.inference_kind or self.name, self.config(), stats
 
+    def images(self, prepared: Prepared) -> Any:
+        """The prepared uint8 images (N, 3, H, W) the model reads, or None for inputs without images."""
+        return None
+
     def picture(self, prepared: Prepared, i: int) -> np.ndarray | None:
         """An RGB uint8 picture of item ``i`` for heatmaps, or None when the kind has none."""
         return None

@@ -63,6 +63,9 @@ class LowResImages(InputKind):
     def views(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         return [{**batch, "image": v} for v in dihedral_views(batch["image"])]
 
+    def images(self, prepared: Prepared) -> Any:
+        return prepared.items
+
     def picture(self, prepared: Prepared, i: int) -> np.ndarray:
         return to_picture(prepared.items[i])
 

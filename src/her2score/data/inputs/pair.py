@@ -96,6 +96,9 @@ class PairedImages(InputKind):
         pairs = zip(dihedral_views(batch["image"]), dihedral_views(batch["teacher_image"]), strict=True)
         return [{**batch, "image": h, "teacher_image": t} for h, t in pairs]
 
+    def images(self, prepared: Prepared) -> Any:
+        return prepared.items["image"]
+
     def picture(self, prepared: Prepared, i: int) -> np.ndarray:
         return to_picture(prepared.items["image"][i])
 

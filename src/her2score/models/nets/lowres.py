@@ -78,6 +78,13 @@ def build_backbone(
     return net, name, resolved_norm, note
 
 
+#: Fusion weights of the CNN tried on validation; the stain head alone (0) is kept unless another
+#: lowers the validation log-loss by FUSION_MARGIN nats; with fewer than MIN_FUSION_VAL slides, 0.5.
+FUSION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+FUSION_MARGIN = 0.02
+MIN_FUSION_VAL = 4
+
+
 class LowResClassifier(SlideModel):
     """A timm backbone on the whole low-resolution tissue, split into features (last conv stage, for
     Grad-CAM) and head; with ``stain_head``, a stain-statistics model (:mod:`.stain_stats`) fitted
@@ -98,6 +105,10 @@ class LowResClassifier(SlideModel):
         )
         self.drop_rate = drop_rate
         self.stain_stats = StainStatistics(num_classes) if stain_head else None
+        import torch
+
+        # weight of the CNN in the fusion with the stain head, chosen on validation (on_fit_end)
+        self.register_buffer("fusion_weight", torch.tensor(0.5))
 
     def build_kwargs(self) -> dict[str, Any]:
         return {
@@ -123,8 +134,55 @@ class LowResClassifier(SlideModel):
         logits = self.head(self.features(x))
         if self.stain_stats is None:
             return logits
-        probs = (logits.float().softmax(1) + self.stain_stats(x).softmax(1)) / 2
-        return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the average back
+        w = self.fusion_weight.to(logits.dtype)
+        probs = w * logits.float().softmax(1) + (1 - w) * self.stain_stats(x).softmax(1)
+        return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the mixture back
+
+    def baselines(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        if self.stain_stats is None:
+            return {}
+        return {"stain statistics alone": torch.softmax(self.stain_stats(batch["image"]).float(), 1)}
+
+    def on_fit_end(self, ctx: FitContext) -> str | None:
+        """Choose the CNN's weight in the fusion on validation: the mixture with the lowest validation
+        log-loss among 0, 0.25, ..., 1, where leaving the stain head alone (0) must be beaten by
+        ``FUSION_MARGIN`` nats, so that the fused model is never worse than its own baseline there."""
+        import torch
+
+        if self.stain_stats is None:
+            return None
+        if len(ctx.val) < MIN_FUSION_VAL:
+            return f"fusion weight kept at {float(self.fusion_weight):.2f}: {len(ctx.val)} validation slides"
+        self.eval()
+        cnn, stain, labels = [], [], []
+        with torch.no_grad():
+            for batch, y in ctx.val_batches():
+                cnn.append(torch.softmax(self.head(self.features(batch["image"])).float(), 1))
+                stain.append(torch.softmax(self.stain_stats(batch["image"]).float(), 1))
+                labels.append(y)
+        p_cnn, p_stain, y = torch.cat(cnn), torch.cat(stain), torch.cat(labels)
+
+        def loss(w: float) -> float:
+            mix = (w * p_cnn + (1 - w) * p_stain).clamp_min(1e-8)
+            return float(torch.nn.functional.nll_loss(torch.log(mix), y))
+
+        losses = {w: loss(w) for w in FUSION_GRID}
+        best = min(losses, key=lambda w: (losses[w], w))
+        if losses[best] > losses[0.0] - FUSION_MARGIN:
+            best = 0.0
+        self.fusion_weight.fill_(best)
+        shown = ", ".join(f"{w:g}: {v:.3f}" for w, v in losses.items())
+        n = len(ctx.val)
+        return f"fusion weight of the CNN chosen on {n} validation slides: {best:g} (log-loss {shown})"
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Checkpoints from before the fusion weight was chosen averaged the two halves equally."""
+        import torch
+
+        state_dict.setdefault(prefix + "fusion_weight", torch.tensor(0.5))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_fit_start(self, ctx: FitContext) -> str | None:
         if self.stain_stats is None:
