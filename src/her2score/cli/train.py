@@ -32,6 +32,10 @@ def train(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML/JSON config; flags given here override it.")
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="Named preset under the config: small-cohort (default) or legacy."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
     device: Device = "auto",
     resume: Annotated[
@@ -53,7 +57,7 @@ def train(
     console = Console(stderr=True)
     start = time.perf_counter()
     cfg = load_config(
-        config, task=task, model=model, folds=folds, epochs=epochs, seed=seed,
+        config, task=task, model=model, folds=folds, epochs=epochs, seed=seed, recipe=recipe,
         device=None if device == "auto" and config else device, workers=workers or None,
     )  # fmt: skip
     cohort = load_manifest(manifest, cfg.task, cfg.equivocal)
