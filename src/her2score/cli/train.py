@@ -48,11 +48,13 @@ def train(
     import time
 
     from her2score.cli.checks import check_input_file, check_output_dir, make_console
-    from her2score.data.manifest import load_manifest
+    from her2score.data.manifest import TASKS, load_manifest
     from her2score.engine.config import load_config
     from her2score.engine.train import train_run
     from her2score.errors import ConfigError, ManifestError
 
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown --task {task!r}; tasks: {', '.join(TASKS)}")
     check_input_file(manifest, "manifest", ManifestError)
     check_input_file(config, "config", ConfigError, allow_empty=True)
     check_output_dir(out)

@@ -16,6 +16,7 @@ ignored, so that the user is asked for ``--mpp``; ``Slide.mpp_ignored`` says wha
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -86,9 +87,13 @@ def sniff_format(path: str | Path) -> str:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            raise SlideError(f"is a broken symbolic link (to {os.readlink(path)})", path) from None
         raise SlideError("file does not exist", path) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SlideError("is a symbolic link loop (it never reaches a file)", path) from None
         raise SlideError(f"cannot be read ({exc.strerror or exc})", path) from exc
     if stat.S_ISDIR(mode):
         if any(path.glob("*.dcm")):
