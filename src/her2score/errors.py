@@ -40,3 +40,12 @@ class CheckpointError(Her2ScoreError):
 
 class ConfigError(Her2ScoreError):
     """A configuration value is invalid."""
+
+
+class OutputError(Her2ScoreError):
+    """An output path cannot be written: it exists as the wrong kind, lies under a file, or is not
+    writable. Found before any work starts."""
+
+
+class InputError(Her2ScoreError):
+    """An input file cannot be used: missing, a folder, a named pipe or device, unreadable or empty."""

@@ -19,7 +19,7 @@ def progress_bar(quiet: bool = False, transient: bool = False) -> Any:
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # names are text, not markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from her2score.cli.options import Device, Out, Quiet
+from her2score.cli.options import EXIT_CODES, Device, Out, Quiet
 
 #: The demo trains with the default recipe (``small-cohort``: ResNet-18 from scratch with a moving
 #: average of its weights and the stain-statistics head, 192 px at 8 µm/px; README, Results), on a
@@ -32,7 +32,7 @@ RUN_MARKER = ".her2score-demo"
 
 def register(app: typer.Typer) -> None:
     """Add ``demo`` to the CLI."""
-    app.command("demo")(demo)
+    app.command("demo", epilog=EXIT_CODES)(demo)
 
 
 def demo(
@@ -49,15 +49,16 @@ def demo(
     """Generate a synthetic cohort, train a small CNN, evaluate on held-out slides, write the report."""
     import time
 
-    from rich.console import Console
-
+    from her2score.cli.checks import check_output_dir, make_console
     from her2score.cli.train import summarise
     from her2score.data.manifest import load_manifest
     from her2score.data.synth import make_cohort
     from her2score.engine.config import config_from_dict
     from her2score.engine.train import train_run
 
-    console = Console(stderr=True)
+    for folder in (out, out / "cohort", out / "cache", out / "run"):
+        check_output_dir(folder)
+    console = make_console()
     start = time.perf_counter()
     run = out / "run"
     fresh_run_folder(run)  # before minutes of cohort generation, so that a refusal comes at once

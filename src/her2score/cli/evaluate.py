@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Cache, Device, Out, Quiet, Workers
+from her2score.cli.options import EXIT_CODES_BATCH, Cache, Device, Out, Quiet, Workers
 
 
 def register(app: typer.Typer) -> None:
     """Add ``evaluate`` to the CLI."""
-    app.command("evaluate")(evaluate)
+    app.command("evaluate", epilog=EXIT_CODES_BATCH)(evaluate)
 
 
 def evaluate(
@@ -27,12 +27,19 @@ def evaluate(
     cache: Cache = None,
     quiet: Quiet = False,
 ) -> None:
-    """Evaluate a trained model on the slides of a manifest (unreadable slides are skipped and listed)."""
-    from rich.console import Console
+    """Evaluate a trained model on the slides of a manifest: metrics with 95% CIs, plots, report.
 
+    A missing or unreadable slide is skipped, listed at the end and in skipped_slides.csv (exit status 1).
+    """
+    from her2score.cli.checks import check_input_file, check_output_dir, make_console
     from her2score.engine.evaluate import evaluate_model
+    from her2score.errors import CheckpointError, ManifestError
 
-    console = Console(stderr=True)
+    check_input_file(model, "model", CheckpointError, "; pass the model.safetensors inside a run folder")
+    check_input_file(manifest, "manifest", ManifestError)
+    check_output_dir(out)
+    check_output_dir(cache, "--cache")
+    console = make_console()
     metrics, failures = evaluate_model(
         model, manifest, out, device=device, cache_dir=cache, workers=workers, quiet=quiet, n_boot=n_boot
     )
@@ -40,9 +47,16 @@ def evaluate(
     auc = metrics.get("auc_macro")
     low, high = ci.get("auc_macro", [float("nan")] * 2)
     console.print(
-        f"{metrics['n']} slides: macro AUC {auc:.3f} [{low:.3f}, {high:.3f}]"
-        f" · macro F1 {metrics['f1_macro']:.3f} · accuracy {metrics['accuracy']:.3f}"
+        f"{metrics['n']} slides: macro AUC {_num(auc)} [{_num(low)}, {_num(high)}]"
+        f" · macro F1 {_num(metrics.get('f1_macro'))} · accuracy {_num(metrics.get('accuracy'))}"
         f"; report in {out}/report.html"
     )
     for f in failures:
-        console.print(f"[yellow]skipped[/] {f.slide}: {f.cause}", highlight=False)
+        console.print(f"skipped {f.slide}: {f.cause}", style="yellow")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _num(value: object) -> str:
+    """A metric with 3 decimals, or n/a (a metric undefined on this cohort is None or NaN)."""
+    return f"{value:.3f}" if isinstance(value, int | float) and value == value else "n/a"

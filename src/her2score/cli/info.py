@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from her2score.cli.options import Mpp
+from her2score.cli.options import EXIT_CODES, Mpp
 
 #: Resolution of the coarse mask behind the reported tissue fraction (finer for small images).
 INFO_MASK_MPP = 8.0
@@ -19,8 +19,8 @@ INFO_MASK_MPP = 8.0
 
 def register(app: typer.Typer) -> None:
     """Add ``info`` and ``doctor`` to the CLI."""
-    app.command("info")(info)
-    app.command("doctor")(doctor)
+    app.command("info", epilog=EXIT_CODES)(info)
+    app.command("doctor", epilog="Exit status: 0 every check passed; 1 a check failed (marked FAIL).")(doctor)
 
 
 def info(
@@ -96,11 +96,12 @@ def slide_report(path: Path, mpp: float | None = None, tissue: bool = True) -> d
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True)
-    console.print(f"[bold]{report['path']}[/]", highlight=False)
+    from her2score.cli.checks import make_console
+
+    console = make_console(stderr=False)  # the description is the result: on stdout
+    console.print(report["path"], style="bold")
     rows = [
         ("format", f"{report['format']} ({report['vendor']})"),
         ("dimensions", f"{report['width']} x {report['height']} px"),
@@ -121,7 +122,7 @@ def _print_report(report: dict[str, Any]) -> None:
             )
         )
     for key, value in rows:
-        console.print(f"  {key:<11} {value}", highlight=False)
+        console.print(f"  {key:<11} {value}")
     table = Table(title="pyramid levels", title_justify="left", show_edge=False)
     for col in ("level", "width", "height", "downsample", "µm/px"):
         table.add_column(col, justify="right")
@@ -154,12 +155,14 @@ def doctor(
     if as_json:
         typer.echo(json.dumps(checks, indent=2))
     else:
-        from rich.console import Console
+        from rich.text import Text
 
-        console = Console(soft_wrap=True)
+        from her2score.cli.checks import make_console
+
+        console = make_console(stderr=False)  # the checks are the result: on stdout
         for name, check in checks.items():
-            mark = "[green]ok[/]" if check["ok"] else "[red]FAIL[/]"
-            console.print(f"{mark:>14}  {name:<10} {check['detail']}", highlight=False)
+            mark = ("ok", "green") if check["ok"] else ("FAIL", "red")
+            console.print(Text.assemble((f"{mark[0]:>4}", mark[1]), f"  {name:<10} {check['detail']}"))
     if not all(c["ok"] for c in checks.values()):
         raise typer.Exit(1)
 

@@ -57,10 +57,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="her2score")
     except Her2ScoreError as exc:
-        from rich.console import Console
+        from rich.text import Text
 
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from her2score.cli.checks import make_console
+
+        # The message holds file names: text, never markup ("[/]" in a name must not crash this).
+        make_console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", one_line(str(exc))))
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: a newline in a file name or a library's message must not split it."""
+    return " ".join(message.splitlines()) if "\n" in message or "\r" in message else message

@@ -12,12 +12,12 @@ def register(app: typer.Typer) -> None:
 
 def models() -> None:
     """List the models 'her2score train --model' accepts."""
-    from rich.console import Console
     from rich.table import Table
 
+    from her2score.cli.checks import make_console
     from her2score.models.registry import list_models
 
     table = Table("model", "input", "tasks", "description")
     for spec in list_models():
         table.add_row(spec.name, spec.input_kind, ", ".join(spec.tasks), spec.description)
-    Console().print(table)
+    make_console(stderr=False).print(table)  # the list is the result: on stdout

@@ -7,11 +7,19 @@ from typing import Annotated
 
 import typer
 
+from her2score.cli.checks import check_mpp
+
 Mpp = Annotated[
     float | None,
-    typer.Option("--mpp", help="Level-0 resolution in µm/px, for images without it in their metadata."),
+    typer.Option(
+        "--mpp",
+        callback=check_mpp,
+        help="Level-0 resolution in µm/px (0.05-1000), for images without it in their metadata.",
+    ),
 ]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if missing).")]
+Out = Annotated[
+    Path, typer.Option("--out", "-o", help="Output folder (created if missing; checked before any work).")
+]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file (written atomically).")]
 Device = Annotated[
     str, typer.Option("--device", help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N.")
@@ -22,5 +30,16 @@ Workers = Annotated[
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Cache = Annotated[
-    Path | None, typer.Option("--cache", help="Folder caching low-resolution images (default: none).")
+    Path | None,
+    typer.Option("--cache", help="Folder caching low-resolution images (default: the user cache)."),
 ]
+
+#: Exit statuses shared by every command (each command's help repeats the ones it uses).
+EXIT_CODES = (
+    "Exit status: 0 done; 2 bad usage or input (one line 'error: FILE: cause', nothing done); "
+    "130 interrupted."
+)
+EXIT_CODES_BATCH = (
+    "Exit status: 0 every item done; 1 done but some items failed (listed, and in the outputs), also when "
+    "all failed; 2 bad usage or input (one line 'error: FILE: cause', nothing done); 130 interrupted."
+)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Cache, Device, Mpp, OutFile, Quiet, Workers
+from her2score.cli.options import EXIT_CODES_BATCH, Cache, Device, Mpp, OutFile, Quiet, Workers
 
 
 def register(app: typer.Typer) -> None:
     """Add ``predict`` to the CLI."""
-    app.command("predict")(predict)
+    app.command("predict", epilog=EXIT_CODES_BATCH)(predict)
 
 
 def predict(
@@ -28,15 +28,24 @@ def predict(
     cache: Cache = None,
     quiet: Quiet = False,
 ) -> None:
-    """Predict each slide's class; unreadable slides are listed at the end (exit status 1 if any)."""
-    from rich.console import Console
+    """Predict each slide's class; unreadable slides are listed at the end and in --out with their cause.
 
+    Exit status 1 when any slide could not be predicted (also when none could).
+    """
+    from rich.text import Text
+
+    from her2score.cli.checks import check_input_file, check_output_dir, check_output_file, make_console
     from her2score.engine.checkpoint import read_metadata
     from her2score.engine.evaluate import describe
     from her2score.engine.predict import predict_slides
+    from her2score.errors import CheckpointError
 
-    console = Console(stderr=True)
-    console.print(describe(read_metadata(model)), highlight=False)
+    check_input_file(model, "model", CheckpointError, "; pass the model.safetensors inside a run folder")
+    check_output_file(out)
+    check_output_dir(heatmaps, "--heatmaps")
+    check_output_dir(cache, "--cache")
+    console = make_console()
+    console.print(describe(read_metadata(model)))
     frame, failures = predict_slides(
         model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp, cache_dir=cache,
         workers=workers, quiet=quiet,
@@ -45,9 +54,9 @@ def predict(
     done = int((frame["status"] == "ok").sum()) + len(warned)
     console.print(f"{done} slide(s) predicted -> {out}" + (f"; heatmaps in {heatmaps}" if heatmaps else ""))
     for row in warned.itertuples():
-        console.print(f"[yellow]{row.slide}:[/] {row.status}", highlight=False)
+        console.print(Text.assemble((f"{row.slide}:", "yellow"), f" {row.status}"))
     if failures:
-        console.print(f"[yellow]{len(failures)} slide(s) skipped:[/]")
+        console.print(f"{len(failures)} slide(s) skipped:", style="yellow")
         for f in failures:
-            console.print(f"  {f.slide}: {f.cause}", highlight=False)
-        raise typer.Exit(2 if done == 0 else 1)
+            console.print(f"  {f.slide}: {f.cause}")
+        raise typer.Exit(1)

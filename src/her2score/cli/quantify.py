@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from her2score.cli.options import Mpp, Out, OutFile, Quiet, Workers
+from her2score.cli.options import EXIT_CODES, EXIT_CODES_BATCH, Mpp, Out, OutFile, Quiet, Workers
 
 
 def register(app: typer.Typer) -> None:
     """Add ``quantify`` and ``calibrate`` to the CLI."""
-    app.command("quantify")(quantify)
-    app.command("calibrate")(calibrate)
+    app.command("quantify", epilog=EXIT_CODES_BATCH)(quantify)
+    app.command("calibrate", epilog=EXIT_CODES)(calibrate)
 
 
 def quantify(
@@ -41,12 +41,16 @@ def quantify(
 
     A broken image is reported and the batch goes on; the exit status is 1 when any image failed.
     """
+    from her2score.cli.checks import check_input_file, check_output_dir
+    from her2score.errors import ConfigError
     from her2score.quantify.batch import quantify_batch
+    from her2score.quantify.thresholds import load_thresholds
 
     if stain_vectors not in ("auto", "default"):
-        from her2score.errors import ConfigError
-
         raise ConfigError(f"--stain-vectors must be auto or default (got {stain_vectors!r})")
+    check_input_file(thresholds, "thresholds JSON", ConfigError)
+    check_output_dir(out)
+    load_thresholds(thresholds)  # a bad thresholds file is refused before anything is written
     result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
     _print_summary(result.frame, out, quiet)
     if result.failed:
@@ -54,10 +58,12 @@ def quantify(
 
 
 def _print_summary(frame: Any, out: Path, quiet: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(stderr=True)
+    from her2score.cli.checks import make_console
+
+    console = make_console()
     ok = frame[frame["status"] == "ok"]
     if not quiet and len(ok):
         table = Table(
@@ -76,10 +82,8 @@ def _print_summary(frame: Any, out: Path, quiet: bool) -> None:
         console.print(table)
     failed = frame[frame["status"] != "ok"]
     for _, r in failed.iterrows():
-        console.print(f"[bold red]failed:[/] {r['image']}: {r['error']}", highlight=False)
-    console.print(
-        f"{len(ok)} scored, {len(failed)} failed; results in {out / 'results.csv'}", highlight=False
-    )
+        console.print(Text.assemble(("failed:", "bold red"), f" {r['image']}: {r['error']}"))
+    console.print(f"{len(ok)} scored, {len(failed)} failed; results in {out / 'results.csv'}")
 
 
 def calibrate(
@@ -95,16 +99,24 @@ def calibrate(
     quiet: Quiet = False,
 ) -> None:
     """Derive intensity thresholds from a control of known category and write them as JSON."""
+    from her2score import rules
+    from her2score.cli.checks import check_input_file, check_output_file
+    from her2score.errors import ConfigError
     from her2score.io import write_json
     from her2score.quantify.calibrate import calibrate_file
     from her2score.quantify.thresholds import load_thresholds
 
+    if category not in rules.HER2_CATEGORIES:
+        raise ConfigError(f"--category must be one of {', '.join(rules.HER2_CATEGORIES)}, not {category!r}")
+    check_input_file(thresholds, "thresholds JSON", ConfigError)
+    check_output_file(out)
     new, evidence = calibrate_file(control, category, mpp, load_thresholds(thresholds))
     write_json(out, {"thresholds": new.to_dict(), "calibration": evidence})
-    if not quiet:
+    if not quiet:  # a summary: on stderr, so that stdout stays free for results
         typer.echo(
             f"faint {new.faint:.3f}  moderate {new.moderate:.3f}  intense {new.intense:.3f} "
-            f"(x{evidence['factor']:.2f} from {evidence['n_tumour_cells']} tumour cells) -> {out}"
+            f"(x{evidence['factor']:.2f} from {evidence['n_tumour_cells']} tumour cells) -> {out}",
+            err=True,
         )
     if not 0.5 <= evidence["factor"] <= 2.0:  # said even with --quiet: the thresholds may be wrong
         typer.echo(

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Out, Quiet, Seed, Workers
+from her2score.cli.options import EXIT_CODES, Out, Quiet, Seed, Workers
 from her2score.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
     """Add ``synth`` to the CLI."""
-    app.command("synth")(synth)
+    app.command("synth", epilog=EXIT_CODES)(synth)
 
 
 def synth(
@@ -45,6 +45,7 @@ def synth(
     slides: --n patients, one pyramidal TIFF per marker each, with per-cell truth beside it.
     pairs: --n H&E/HER2-IHC patch pairs in the BCI layout (HE/, IHC/, NNNNN_{train,test}_{0,1+,2+,3+}.png).
     """
+    from her2score.cli.checks import check_output_dir
     from her2score.data.synth import make_cohort
 
     level0 = float(mpp)
@@ -62,6 +63,7 @@ def synth(
     bad = [m for m in marker_list if m not in ("her2", "er", "pr")]
     if bad or not marker_list:
         raise ConfigError(f"--markers must be some of her2, er, pr (got {markers!r})", out)
+    check_output_dir(out)
 
     what = "slides" if kind == "slides" else "patch pairs"
     kwargs = {
@@ -75,15 +77,13 @@ def synth(
     if quiet:
         manifest = make_cohort(out, n, seed=seed, kind=kind, **kwargs)
     else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from her2score.progress import progress_bar
 
-        with Progress(
-            TextColumn(f"synth {what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-        ) as bar:
-            task = bar.add_task(what, total=None)
+        with progress_bar() as bar:  # on stderr
+            task = bar.add_task(f"synth {what}", total=None)
 
             def update(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
             manifest = make_cohort(out, n, seed=seed, kind=kind, progress=update, **kwargs)
-    typer.echo(f"wrote {Path(manifest)}")
+    typer.echo(f"wrote {Path(manifest)}", err=True)

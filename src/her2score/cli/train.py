@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Device, Out, Quiet, Workers
+from her2score.cli.options import EXIT_CODES_BATCH, Device, Out, Quiet, Workers
 
 
 def register(app: typer.Typer) -> None:
     """Add ``train`` to the CLI."""
-    app.command("train")(train)
+    app.command("train", epilog=EXIT_CODES_BATCH)(train)
 
 
 def train(
@@ -45,25 +45,36 @@ def train(
     workers: Workers = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Train on a cohort; writes config, checkpoints, metrics with 95% CIs, plots and a report to --out."""
+    """Train on a cohort; writes config, checkpoints, metrics with 95% CIs, plots and a report to --out.
+
+    A missing or unreadable slide is skipped, listed at the end and in skipped_slides.csv (exit status 1).
+    """
     import time
 
-    from rich.console import Console
-
-    from her2score.data.manifest import load_manifest
+    from her2score.cli.checks import check_input_file, check_output_dir, make_console
+    from her2score.data.manifest import TASKS, load_manifest
     from her2score.engine.config import load_config
     from her2score.engine.train import train_run
+    from her2score.errors import ConfigError, ManifestError
 
-    console = Console(stderr=True)
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown --task {task!r}; tasks: {', '.join(TASKS)}")
+    check_input_file(manifest, "manifest", ManifestError)
+    check_input_file(config, "config", ConfigError, allow_empty=True)
+    check_output_dir(out)
+    console = make_console()
     start = time.perf_counter()
     cfg = load_config(
         config, task=task, model=model, folds=folds, epochs=epochs, seed=seed, recipe=recipe,
         device=None if device == "auto" and config else device, workers=workers or None,
     )  # fmt: skip
-    cohort = load_manifest(manifest, cfg.task, cfg.equivocal)
+    check_output_dir(Path(cfg.cache_dir) if cfg.cache_dir else None, "cache_dir")
+    cohort = load_manifest(manifest, cfg.task, cfg.equivocal, check_files=False)  # missing: skipped, listed
     console.print(f"{len(cohort)} slides for task {cfg.task} ({', '.join(cohort.classes)}) from {manifest}")
     result = train_run(cohort, cfg, out, resume=resume, quiet=quiet, log=console.print)
     summarise(result, console, time.perf_counter() - start)
+    if getattr(result, "failures", None):
+        raise typer.Exit(1)
 
 
 def summarise(result: object, console: object, seconds: float) -> None:
@@ -87,7 +98,7 @@ def summarise(result: object, console: object, seconds: float) -> None:
         console.print(note)  # type: ignore[attr-defined]
     failures = getattr(result, "failures", [])
     if failures:
-        console.print(f"[yellow]{len(failures)} slide(s) skipped:[/]")  # type: ignore[attr-defined]
+        console.print(f"{len(failures)} slide(s) skipped:", style="yellow")  # type: ignore[attr-defined]
         for f in failures:
-            console.print(f"  {f.slide}: {f.cause}", highlight=False)  # type: ignore[attr-defined]
+            console.print(f"  {f.slide}: {f.cause}")  # type: ignore[attr-defined]
     console.print(f"done in {seconds:.0f} s; outputs in {run_dir} (report.html)")  # type: ignore[attr-defined]

@@ -140,6 +140,9 @@ def load_or_prepare(
     from her2score.io import write_png
 
     if not Path(path).is_file():
+        from her2score.slide.reader import sniff_format
+
+        sniff_format(path)  # says what is there instead (a folder, a named pipe, a link loop), unopened
         raise SlideError("file does not exist", path)
     entry = Path(cache_dir) / f"{cache_key(path, params, slide_mpp)}.png"
     if entry.is_file():

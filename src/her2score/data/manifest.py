@@ -122,8 +122,8 @@ def load_manifest(
             more than one split; the message names the file, the row (CSV line) and the cause.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError("manifest file not found", path)
+    if not path.is_file():  # checked without opening: a named pipe would block
+        raise ManifestError(_not_a_file(path), path)
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as exc:
@@ -132,7 +132,9 @@ def load_manifest(
     spec = get_task(task or "her2-3way", equivocal)
     for column in ("slide", spec.label_column):
         if column not in raw.columns:
-            raise ManifestError(f"no '{column}' column (columns: {', '.join(raw.columns)})", path)
+            raise ManifestError(
+                f"no '{column}' column (columns: {', '.join(raw.columns)}){_separator_hint(raw)}", path
+            )
     if raw.empty:
         raise ManifestError("manifest has no rows", path)
 
@@ -148,6 +150,39 @@ def load_manifest(
     frame = pd.DataFrame(rows)
     _check_split_leak(frame, path)
     return Cohort(path, spec, frame, notes)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be read as a manifest: missing, a folder, a link loop."""
+    import errno
+    import os
+
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        return "manifest file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop (it never reaches a file)"
+        return f"cannot be looked at ({exc.strerror or exc})"
+    import stat
+
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a manifest CSV file"
+    return "is not a regular file (a named pipe, device or socket); pass a manifest CSV file"
+
+
+def _separator_hint(raw: pd.DataFrame) -> str:
+    """A hint when the header is one column holding another separator (a European-locale export)."""
+    if len(raw.columns) != 1:
+        return ""
+    header = str(raw.columns[0])
+    for sep, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+        if sep in header:
+            return f"; looks like {name}-separated: her2score reads comma-separated CSV"
+    return ""
 
 
 def _validate_row(

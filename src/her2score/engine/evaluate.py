@@ -169,7 +169,7 @@ def evaluate_model(
     from her2score.paths import cache_dir as default_cache
 
     predictor, meta = Predictor.from_checkpoint(model_path, device)
-    cohort = load_manifest(manifest, meta["task"], meta.get("equivocal", "ish"))
+    cohort = load_manifest(manifest, meta["task"], meta.get("equivocal", "ish"), check_files=False)
     prepared = predictor.kind.prepare(
         cohort.frame.to_dict("records"), cache_dir or default_cache("lowres"), workers, quiet
     )

@@ -16,6 +16,7 @@ ignored, so that the user is asked for ``--mpp``; ``Slide.mpp_ignored`` says wha
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -86,9 +87,13 @@ def sniff_format(path: str | Path) -> str:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            raise SlideError(f"is a broken symbolic link (to {os.readlink(path)})", path) from None
         raise SlideError("file does not exist", path) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SlideError("is a symbolic link loop (it never reaches a file)", path) from None
         raise SlideError(f"cannot be read ({exc.strerror or exc})", path) from exc
     if stat.S_ISDIR(mode):
         if any(path.glob("*.dcm")):
@@ -114,10 +119,35 @@ def sniff_format(path: str | Path) -> str:
     if vendor:
         return vendor
     raise SlideError(
-        f"not a recognised slide or image format (first bytes {head[:8]!r}); "
+        f"not a recognised slide or image format ({describe_content(head)}); "
         "expected a whole-slide format readable by OpenSlide, TIFF, PNG or JPEG",
         path,
     )
+
+
+def describe_content(head: bytes) -> str:
+    """What a file's first bytes look like, in words: never the bytes themselves (a message must not
+    echo the content of an arbitrary file into a terminal, a log or ``skipped_slides.csv``)."""
+    known = {
+        b"%PDF": "a PDF document",
+        b"PK\x03\x04": "a ZIP archive or office document",
+        b"\x1f\x8b": "gzip-compressed data",
+        b"\x89HDF": "an HDF5 file",
+        b"PAR1": "a Parquet table",
+        b"\x80": "a Python pickle (e.g. a torch model)",
+    }
+    for magic, what in known.items():
+        if head.startswith(magic):
+            return f"looks like {what}"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 28:
+        return "looks like a safetensors file (a model or feature bag, not an image)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary content"
+    if all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "looks like text"
+    return "unknown binary content"
 
 
 def _file_kind(mode: int) -> str:
