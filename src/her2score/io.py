@@ -208,7 +208,12 @@ def output_lock(folder: str | Path, name: str = LOCK_NAME) -> Iterator[Path]:
     from her2score.errors import ConfigError
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("is not a folder (an output folder was expected)", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder ({exc.strerror or exc})", folder) from None
     path = (folder / name).absolute()
     if path in _held:
         fd, depth = _held[path]
@@ -224,7 +229,10 @@ def output_lock(folder: str | Path, name: str = LOCK_NAME) -> Iterator[Path]:
     except ImportError:  # pragma: no cover - Windows
         yield folder
         return
-    fd = _acquire(path, fcntl)
+    try:
+        fd = _acquire(path, fcntl)
+    except OSError as exc:
+        raise ConfigError(f"cannot write here ({exc.strerror or exc})", folder) from None
     if fd is None:
         raise ConfigError(
             f"another her2score run is writing here ({_holder(path)}); wait for it or choose another --out",
