@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -37,7 +36,8 @@ def _hold(folder: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=_env()
     )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "held"
     return proc
 
 
@@ -51,9 +51,9 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_dead_holder_s_lock_is_
 ) -> None:
     proc = _hold(tmp_path / "out")
     try:
-        with pytest.raises(ConfigError, match=rf"another her2score run is writing here \(pid {proc.pid}\)"):
-            with output_lock(tmp_path / "out"):
-                pass
+        busy = rf"another her2score run is writing here \(pid {proc.pid}\)"
+        with pytest.raises(ConfigError, match=busy), output_lock(tmp_path / "out"):
+            pass
     finally:
         proc.kill()  # dies without cleaning up: its lock file stays, with its pid
         proc.wait(timeout=30)
@@ -65,9 +65,8 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_dead_holder_s_lock_is_
 
 def test_a_lock_on_a_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError, match="is not a folder"):
-        with output_lock(tmp_path / "file"):
-            pass
+    with pytest.raises(ConfigError, match="is not a folder"), output_lock(tmp_path / "file"):
+        pass
 
 
 def test_quantify_into_a_folder_another_run_holds_is_refused_at_once(tmp_path: Path) -> None:
@@ -137,7 +136,8 @@ def test_a_rerun_removes_the_outputs_the_earlier_run_wrote_and_nothing_else(
     out.mkdir()
     (out / "mine.overlay.png").write_bytes(b"the user's own file")
     quantify_batch(images, out)
-    assert (out / "img4.overlay.png").is_file() and (out / OUTPUTS_NAME).is_file()
+    assert (out / "img4.overlay.png").is_file()
+    assert (out / OUTPUTS_NAME).is_file()
     quantify_batch(images[:2], out)
     assert sorted(p.name for p in out.glob("*.overlay.png")) == [
         "img0.overlay.png", "img1.overlay.png", "mine.overlay.png",
@@ -198,7 +198,8 @@ def test_sigterm_keeps_finished_images_says_how_far_it_got_and_exits_143(
     assert "Traceback" not in stderr
     frame = pd.read_csv(out / "results.csv")
     assert 2 <= len(frame) < len(many)
-    assert f"interrupted after {len(frame)}/{len(many)} images; results.csv holds the {len(frame)} finished" in (
-        stderr
+    assert (
+        f"interrupted after {len(frame)}/{len(many)} images; results.csv holds the {len(frame)} finished"
+        in (stderr)
     )
     assert _leftovers(out) == []
