@@ -88,6 +88,7 @@ def test_a_loss_that_turns_non_finite_keeps_the_last_good_epoch_and_no_model(
     assert not [p for p in run.rglob("*") if ".part" in p.name]
 
 
+@pytest.mark.slow
 def test_training_with_a_huge_learning_rate_ends_in_one_line_through_the_cli(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
