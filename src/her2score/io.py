@@ -14,7 +14,7 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +185,124 @@ def unique_stems(paths: list[str | Path]) -> list[str]:
         if counts[n] > 1:
             names[i] = f"{n}_{counts[n]}"
     return names
+
+
+# ------------------------------------------------------------------------------------------- output folders
+#: The lock file a run holds in its output folder (see :func:`output_lock`).
+LOCK_NAME = ".her2score.lock"
+#: The files a run wrote into its output folder (see :func:`recorded_outputs`).
+OUTPUTS_NAME = ".her2score-outputs.json"
+_held: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, depth): a process may re-enter its own lock
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold ``folder/name`` (an ``fcntl.flock``) while a run writes into ``folder``; yield the folder.
+
+    A second run into the same folder (another process) is refused at once with a
+    :class:`~her2score.errors.ConfigError` naming the holder's pid. The kernel drops the lock when its
+    process dies, however it dies, so a lock file left by a killed run (a dead pid) is simply taken
+    over. The lock file is removed on release. The same process may nest locks on one folder. Where
+    ``fcntl`` is missing (Windows) runs are not locked.
+    """
+    from her2score.errors import ConfigError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("is not a folder (an output folder was expected)", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder ({exc.strerror or exc})", folder) from None
+    path = (folder / name).absolute()
+    if path in _held:
+        fd, depth = _held[path]
+        _held[path] = (fd, depth + 1)
+        try:
+            yield folder
+        finally:
+            fd, depth = _held[path]
+            _held[path] = (fd, depth - 1)
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield folder
+        return
+    try:
+        fd = _acquire(path, fcntl)
+    except OSError as exc:
+        raise ConfigError(f"cannot write here ({exc.strerror or exc})", folder) from None
+    if fd is None:
+        raise ConfigError(
+            f"another her2score run is writing here ({_holder(path)}); wait for it or choose another --out",
+            folder,
+        )
+    _held[path] = (fd, 1)
+    try:
+        yield folder
+    finally:
+        del _held[path]
+        with contextlib.suppress(OSError):
+            path.unlink()  # before unlocking: a run that opened the old file retries on the new one
+        os.close(fd)
+
+
+def _acquire(path: Path, fcntl: Any) -> int | None:
+    """An open, locked descriptor of ``path`` holding our pid, or None when another process holds it."""
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder released and removed the file between our open and our lock
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+    return None  # pragma: no cover - a lock changing hands twenty times in a row
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = int(path.read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return "pid unknown"
+    return f"pid {pid}"
+
+
+def recorded_outputs(folder: str | Path) -> list[Path]:
+    """The files an earlier her2score run recorded as written into ``folder`` (that still exist)."""
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / OUTPUTS_NAME).read_text(encoding="utf-8"))
+        names = [str(n) for n in data["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    # only plain names inside the folder: a damaged record must never point elsewhere
+    safe = [n for n in names if n and Path(n).name == n and n not in (".", "..")]
+    return [folder / n for n in safe if (folder / n).is_file()]
+
+
+def record_outputs(folder: str | Path, names: list[str], command: str) -> Path:
+    """Record (atomically) the files this run has written into ``folder``, by name."""
+    return write_json(Path(folder) / OUTPUTS_NAME, {"command": command, "files": sorted(set(names))})
+
+
+def remove_recorded_outputs(folder: str | Path, keep: Iterable[str] = ()) -> list[Path]:
+    """Delete the files an earlier run recorded in ``folder`` (except ``keep``); return those removed."""
+    kept = set(keep)
+    removed = []
+    for path in recorded_outputs(folder):
+        if path.name not in kept:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

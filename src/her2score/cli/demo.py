@@ -41,7 +41,9 @@ def demo(
     model: Annotated[
         str | None, typer.Option("--model", help="Registered model (default: lowres-resnet).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Maximum epochs (at least 1).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (cohort and training).")] = 0,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -77,7 +79,7 @@ def demo(
             "seed": seed,
             "device": device,
             "cache_dir": str(out / "cache"),
-            **({"epochs": epochs} if epochs else {}),
+            **({"epochs": epochs} if epochs is not None else {}),
             **({"model": model} if model else {}),
         }
     )

@@ -52,10 +52,39 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every command cleans up (temporary files, locks, partial
+    results) the same way; the exit status is then 143 (128 + SIGTERM) instead of 130."""
+
+
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise Terminated()
+
+
+def _install_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; expected failures print ``error: FILE: cause`` and exit with status 2."""
+    """Run the CLI; expected failures print ``error: FILE: cause`` and exit with status 2; Ctrl-C exits
+    with 130, SIGTERM with 143, both after the command has cleaned up."""
+    _install_sigterm()
     try:
-        app(args=argv, prog_name="her2score")
+        try:
+            app(args=argv, prog_name="her2score")
+        except SystemExit as exc:
+            if _terminated and exc.code in (1, 130):
+                sys.exit(143)
+            raise
     except Her2ScoreError as exc:
         from rich.text import Text
 
@@ -66,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if _terminated else 130)
 
 
 def one_line(message: str) -> str:

@@ -51,7 +51,13 @@ def quantify(
     check_input_file(thresholds, "thresholds JSON", ConfigError)
     check_output_dir(out)
     load_thresholds(thresholds)  # a bad thresholds file is refused before anything is written
-    result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
+    from her2score.quantify.batch import BatchInterrupted
+
+    try:
+        result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
+    except BatchInterrupted as exc:
+        typer.echo(str(exc), err=True)  # e.g. interrupted after 7/20 images; results.csv holds the 7 finished
+        raise
     _print_summary(result.frame, out, quiet)
     if result.failed:
         raise typer.Exit(1)
@@ -71,6 +77,7 @@ def _print_summary(frame: Any, out: Path, quiet: bool) -> None:
         )
         for _, r in ok.iterrows():
             cat = r["category"] + (f" ({r['her2_0_subtype']})" if r.get("her2_0_subtype") else "")
+            cat = cat if r.get("scorable", True) else f"not scorable ({r['reason']})"
             table.add_row(
                 Path(r["image"]).name,
                 cat,

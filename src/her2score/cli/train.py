@@ -41,6 +41,13 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last epoch.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out: replaces an earlier run there, whatever it holds.",
+        ),
+    ] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (same seed, same result).")] = None,
     workers: Workers = 0,
     quiet: Quiet = False,
@@ -71,7 +78,7 @@ def train(
     check_output_dir(Path(cfg.cache_dir) if cfg.cache_dir else None, "cache_dir")
     cohort = load_manifest(manifest, cfg.task, cfg.equivocal, check_files=False)  # missing: skipped, listed
     console.print(f"{len(cohort)} slides for task {cfg.task} ({', '.join(cohort.classes)}) from {manifest}")
-    result = train_run(cohort, cfg, out, resume=resume, quiet=quiet, log=console.print)
+    result = train_run(cohort, cfg, out, resume=resume, quiet=quiet, log=console.print, overwrite=overwrite)
     summarise(result, console, time.perf_counter() - start)
     if getattr(result, "failures", None):
         raise typer.Exit(1)

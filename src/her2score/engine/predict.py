@@ -23,8 +23,29 @@ def predict_slides(
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``out_csv``: ``slide, predicted, prob_<class>..., status``; unreadable slides get their cause.
 
-    Folders among ``slides`` are expanded to the slide and image files in them, by content.
+    Folders among ``slides`` are expanded to the slide and image files in them, by content. Two runs
+    writing the same ``out_csv`` do not overlap: the second is refused (:func:`her2score.io.output_lock`).
     """
+    from her2score.io import output_lock
+
+    out_csv = Path(out_csv)
+    with output_lock(out_csv.parent, name=f".{out_csv.name}.lock"):  # two runs writing one CSV
+        return _predict_locked(
+            model_path, slides, out_csv, heatmap_dir, device, mpp, cache_dir, workers, quiet
+        )
+
+
+def _predict_locked(
+    model_path: str | Path,
+    slides: list[str | Path],
+    out_csv: Path,
+    heatmap_dir: str | Path | None,
+    device: str,
+    mpp: float | None,
+    cache_dir: str | Path | None,
+    workers: int,
+    quiet: bool,
+) -> tuple[pd.DataFrame, list[Failure]]:
     from her2score.engine.predictor import Predictor, prediction_frame
     from her2score.io import write_csv
     from her2score.paths import cache_dir as default_cache

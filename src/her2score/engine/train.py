@@ -169,7 +169,7 @@ def fit(
     import torch
 
     from her2score.engine.checkpoint import load_state, save_state
-    from her2score.engine.predictor import Predictor
+    from her2score.engine.predictor import NonFiniteError, Predictor
     from her2score.models.base import FitContext
     from her2score.progress import progress_bar
 
@@ -235,10 +235,8 @@ def fit(
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss, logs = model.training_step(batch, criterion)
                 if not torch.isfinite(loss):
-                    raise DivergedError(
-                        f"training diverged: non-finite loss at epoch {epoch + 1}, step {b + 1}; "
-                        f"lower lr (now {cfg.lr:g}); the last good epoch is kept in {STATE_FILE}",
-                        out_dir,
+                    raise _diverged(
+                        f"non-finite loss at epoch {epoch + 1}, step {b + 1}", cfg, epoch, out_dir
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -259,7 +257,12 @@ def fit(
                 "lr": optimizer.param_groups[0]["lr"],
             }
             if len(val):
-                probs = predictor.predict(data.prepared, val)
+                try:
+                    probs = predictor.predict(data.prepared, val)
+                except NonFiniteError:
+                    raise _diverged(
+                        f"non-finite validation probabilities after epoch {epoch + 1}", cfg, epoch, out_dir
+                    ) from None
                 record["val_loss"] = float(
                     torch.nn.functional.nll_loss(
                         torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.as_tensor(y_val)
@@ -318,6 +321,11 @@ def fit(
     if note:
         log(note)
     return judged.eval(), history
+
+
+def _diverged(what: str, cfg: TrainConfig, epoch: int, out_dir: Path) -> DivergedError:
+    kept = f"epoch {epoch} is kept in {STATE_FILE}" if epoch > 0 else "no epoch finished, nothing is kept"
+    return DivergedError(f"training diverged: {what}; lower lr (now {cfg.lr:g}); {kept}", out_dir)
 
 
 def epoch_order(labels: np.ndarray, generator: Any, balanced: bool, num_classes: int) -> Any:
@@ -398,12 +406,44 @@ def train_run(
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     heatmaps: int = 6,
+    overwrite: bool = False,
 ) -> RunResult:
     """Prepare inputs, split, train (one model or one per fold), evaluate held-out slides, report.
 
     Any registered model goes through here: its spec names the input kind to prepare, the config its
     options; training, checkpoints, evaluation and reports are the same for all.
+
+    ``run_dir`` is held for the run (:func:`her2score.io.output_lock`); it must be empty or new, or a
+    run of ours to continue (``resume``) or replace (``overwrite``, which also writes into a non-empty
+    folder that is not a run). A run that fails before its first epoch is saved removes what it wrote
+    (no ``config.yaml`` or ``splits.csv`` posing as a run); once an epoch is saved, what it wrote stays
+    so that ``--resume`` can continue it.
     """
+    from her2score.io import output_lock
+
+    run = Path(run_dir)
+    existed = run.exists()
+    before = _listing(run)
+    try:
+        with output_lock(run):
+            _check_run_dir(run, cfg, resume, overwrite)
+            _warn_one_class(cohort, log)
+            return _train_run(cohort, cfg, run, resume, quiet, on_epoch_end, log, heatmaps)
+    except BaseException:
+        _remove_partial_run(run, existed, before)
+        raise
+
+
+def _train_run(
+    cohort: Cohort,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    on_epoch_end: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+    heatmaps: int = 6,
+) -> RunResult:
     import torch
 
     from her2score.data.inputs import create_input_kind
@@ -422,7 +462,6 @@ def train_run(
         raise ConfigError(f"model {cfg.model} does not support task {cohort.task.name}")
     options = model_options(cfg, spec)
     run = Path(run_dir)
-    _check_run_dir(run, cfg, resume)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
 
@@ -506,24 +545,91 @@ def train_run(
     return result
 
 
-def _check_run_dir(run: Path, cfg: TrainConfig, resume: bool) -> None:
+def _check_run_dir(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool = False) -> None:
+    """Refuse a folder this run must not write into; with ``overwrite``, clear an earlier run's
+    checkpoints so that nothing of it mixes with the new one."""
     import yaml
 
     saved = run / "config.yaml"
-    if not resume:
-        if any(run.glob(f"**/{STATE_FILE}")):
+    if run.exists() and not run.is_dir():
+        raise ConfigError("is not a folder; --out names the run folder", run)
+    contents = [p for p in run.iterdir() if not p.name.startswith(".her2score")] if run.is_dir() else []
+    states = sorted(run.glob(f"**/{STATE_FILE}")) if contents else []
+    is_run = bool(states) or (saved.is_file() and any(run.glob(f"**/{MODEL_FILE}")))
+    if resume:
+        if overwrite:
             raise ConfigError(
-                "run folder already holds a training; pass --resume or choose another --out", run
+                "--resume continues the run in --out and --overwrite replaces it: pass one", run
             )
+        if not states or not saved.is_file():
+            raise ConfigError(
+                f"nothing to resume: no earlier training run here (no config.yaml and {STATE_FILE}); "
+                "leave out --resume to start one",
+                run,
+            )
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        new = cfg.to_dict()
+        ignore = {"device", "workers", "cache_dir", "amp", "tta", "n_boot"}
+        changed = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+        if changed:
+            raise ConfigError(f"--resume with a different configuration ({', '.join(changed)} changed)", run)
         return
-    if not saved.is_file():
-        return  # nothing to resume: a fresh start
-    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    new = cfg.to_dict()
-    ignore = {"device", "workers", "cache_dir", "amp", "tta", "n_boot"}
-    changed = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
-    if changed:
-        raise ConfigError(f"--resume with a different configuration ({', '.join(changed)} changed)", run)
+    if not contents:
+        return
+    if not overwrite:
+        if is_run:
+            raise ConfigError(
+                "run folder already holds a training; pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --out",
+                run,
+            )
+        raise ConfigError(
+            "is not empty and holds no her2score training run; choose another --out, or pass "
+            "--overwrite to write into it anyway",
+            run,
+        )
+    # --overwrite: an earlier run's checkpoints would be resumed from or mixed with the new run's
+    import shutil
+
+    if is_run:
+        for fold in run.glob("fold_*"):
+            if fold.is_dir() and not fold.is_symlink():
+                shutil.rmtree(fold)
+    for path in [*run.glob(f"**/{STATE_FILE}"), *run.glob(f"**/{MODEL_FILE}")]:
+        path.unlink()
+
+
+def _warn_one_class(cohort: Cohort, log: Callable[[str], None]) -> None:
+    """Say it loudly when every training label is one class: the model can only learn that class."""
+    present = sorted(set(cohort.frame["label_name"].astype(str)))
+    if len(present) == 1:
+        log(
+            f"warning: every slide of {cohort.path.name if cohort.path else 'the cohort'} is {present[0]} "
+            f"(one class of {', '.join(cohort.classes)}): the model can only learn to answer {present[0]}, "
+            "and AUC and per-class metrics are undefined"
+        )
+
+
+def _listing(run: Path) -> set[Path]:
+    """Files and folders under ``run`` (empty when it does not exist)."""
+    return set(run.rglob("*")) if run.is_dir() else set()
+
+
+def _remove_partial_run(run: Path, existed: bool, before: set[Path]) -> None:
+    """After a failure: remove what this run created, unless it saved a training state to resume from."""
+    if not run.is_dir() or any(run.glob(f"**/{STATE_FILE}")):
+        return
+    created = sorted(_listing(run) - before, key=lambda p: len(p.parts), reverse=True)
+    for path in created:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()  # only emptied folders: a folder this run made holds only what it wrote
+            else:
+                path.unlink()
+        except OSError:
+            pass
+    if not existed and not any(run.iterdir()):
+        run.rmdir()
 
 
 def _splits_frame(cohort: Cohort, splits: list[Split]) -> pd.DataFrame:

@@ -9,7 +9,8 @@ Used by ``her2score quantify`` and from Python::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ RESULT_COLUMNS = (
     "status",
     "error",
     "category",
+    "scorable",
+    "reason",
     "her2_0_subtype",
     "her2_3way",
     "h_score",
     "her2_index",
 )
-_TEXT_COLUMNS = ("error", "category", "her2_0_subtype", "her2_3way")
+_TEXT_COLUMNS = ("error", "category", "reason", "her2_0_subtype", "her2_3way")
 
 
 @dataclass
@@ -48,7 +51,7 @@ class BatchResult:
 
     @property
     def ok(self) -> Any:
-        """The rows of the inputs that were scored."""
+        """The rows of the inputs read and measured (``scorable``: whether they got a category)."""
         return self.frame[self.frame["status"] == "ok"]
 
 
@@ -60,6 +63,7 @@ def quantify_batch(
     workers: int = 0,
     quiet: bool = True,
     stains: str = "auto",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> BatchResult:
     """Score each image or slide of ``inputs`` (files, or folders: the slides and images in them, by
     content) and write ``results.csv``, ``thresholds.json`` and per input ``<stem>.cells.parquet`` and
@@ -70,16 +74,22 @@ def quantify_batch(
     ``workers`` processes. A broken input does not stop the batch: its row has status ``failed`` and
     the cause. ``quiet=False`` draws progress bars on stderr. Workers start by ``forkserver``: a script
     that calls this with ``workers`` > 0 needs the ``if __name__ == "__main__":`` guard.
+
+    The run holds ``out_dir`` (:func:`her2score.io.output_lock`: a second run into it is refused);
+    first it removes the files an earlier run recorded there (``.her2score-outputs.json``), so that old
+    overlays never mix with new results. ``results.csv`` is rewritten atomically as images finish
+    (every :data:`FLUSH_EVERY` images or :data:`FLUSH_SECONDS` s, and at the end); an interruption
+    (Ctrl-C, SIGTERM raised as ``KeyboardInterrupt``) writes every finished row and raises
+    :class:`BatchInterrupted`. ``on_row`` is called with each finished row.
     """
     from her2score.errors import ConfigError
-    from her2score.io import write_csv, write_json
+    from her2score.io import output_lock, record_outputs, remove_recorded_outputs, unique_stems, write_json
     from her2score.slide.discover import expand_inputs
 
     t = load_thresholds(thresholds)
     if stains not in ("auto", "default"):
         raise ConfigError(f"stain vectors must be auto or default (got {stains!r})")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = (
         str(thresholds)
         if isinstance(thresholds, str | Path)
@@ -87,39 +97,105 @@ def quantify_batch(
         if thresholds is None
         else "given"
     )
-    thresholds_path = write_json(out / "thresholds.json", {"thresholds": t.to_dict(), "source": source})
-    paths = expand_inputs(inputs)
-    rows = _score_all(paths, out, mpp, t, stains, workers, quiet)
-    frame = results_frame(rows)
-    results_path = write_csv(out / "results.csv", frame)
-    return BatchResult(frame, results_path, thresholds_path, t)
+    with output_lock(out):
+        paths = expand_inputs(inputs)
+        stems = unique_stems(paths)
+        # an input that lies in the output folder is never removed, even if a run once wrote it
+        inputs_here = [p.name for p in paths if p.parent.absolute() == out.absolute()]
+        remove_recorded_outputs(out, keep=inputs_here)
+        planned = ["results.csv", "thresholds.json"]
+        planned += [f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES]
+        record_outputs(out, planned, "quantify")
+        thresholds_path = write_json(out / "thresholds.json", {"thresholds": t.to_dict(), "source": source})
+        results = _ResultsFile(out / "results.csv", len(paths), on_row)
+        results.flush()  # a results.csv (header only) from the start: never one from an earlier run
+        try:
+            _score_all(paths, stems, out, mpp, t, stains, workers, quiet, results.add)
+        except KeyboardInterrupt:
+            results.flush()
+            raise BatchInterrupted(len(results.rows), len(paths), results.path) from None
+        results.flush()
+    return BatchResult(results.frame(), results.path, thresholds_path, t)
+
+
+#: The files written per input, after its stem.
+OUTPUT_SUFFIXES = (".cells.parquet", ".overlay.png")
+#: results.csv is rewritten after this many finished images, or this many seconds, whichever first.
+FLUSH_EVERY = 10
+FLUSH_SECONDS = 5.0
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """A batch stopped by Ctrl-C or SIGTERM; ``results.csv`` holds the rows of the finished images."""
+
+    def __init__(self, done: int, total: int, results_path: Path) -> None:
+        self.done, self.total, self.results_path = done, total, results_path
+        super().__init__(
+            f"interrupted after {done}/{total} images; {results_path.name} holds the {done} finished"
+        )
+
+
+class _ResultsFile:
+    """The rows finished so far, rewritten atomically to ``results.csv`` now and then."""
+
+    def __init__(self, path: Path, total: int, on_row: Callable[[dict[str, Any]], None] | None) -> None:
+        self.path, self.total, self.on_row = path, total, on_row
+        self.rows: list[dict[str, Any]] = []
+        self.written, self.last = 0, time.monotonic()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(row)
+        if len(self.rows) - self.written >= FLUSH_EVERY or time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def frame(self) -> Any:
+        return results_frame(self.rows)
+
+    def flush(self) -> None:
+        from her2score.io import write_csv
+
+        write_csv(self.path, self.frame())
+        self.written, self.last = len(self.rows), time.monotonic()
 
 
 def _score_all(
-    paths: list[Path], out: Path, mpp: float | None, t: Thresholds, stains: str, workers: int, quiet: bool
-) -> list[dict[str, Any]]:
-    from her2score.io import unique_stems
+    paths: list[Path],
+    stems: list[str],
+    out: Path,
+    mpp: float | None,
+    t: Thresholds,
+    stains: str,
+    workers: int,
+    quiet: bool,
+    add: Callable[[dict[str, Any]], None],
+) -> None:
     from her2score.progress import progress_bar
 
-    stems = unique_stems(paths)
-    rows: list[dict[str, Any]] = []
     with progress_bar(quiet) as progress:
         task = progress.add_task("quantify", total=len(paths))
         if workers > 0 and len(paths) > 1:
             # Several files: one file per process (a slide's tiles then run in its process).
-            with worker_pool(workers) as pool:
-                futures = [
-                    pool.submit(score_one, path, stem, out, mpp, t, stains)
-                    for path, stem in zip(paths, stems, strict=True)
-                ]
+            pool = worker_pool(workers)
+            futures = [
+                pool.submit(score_one, path, stem, out, mpp, t, stains)
+                for path, stem in zip(paths, stems, strict=True)
+            ]
+            try:
                 for future in futures:
-                    rows.append(future.result())
+                    add(future.result())
                     progress.advance(task)
+            except BaseException:
+                # let the images in progress finish (a killed worker would leave temporary files),
+                # start no more
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown()
         else:
             for path, stem in zip(paths, stems, strict=True):
-                rows.append(score_one(path, stem, out, mpp, t, stains, workers, progress))
+                add(score_one(path, stem, out, mpp, t, stains, workers, progress))
                 progress.advance(task)
-    return rows
 
 
 def score_one(
@@ -132,18 +208,25 @@ def score_one(
     workers: int = 0,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """One input's results row; a failure gives status ``failed`` and the cause instead of raising."""
-    from her2score.errors import Her2ScoreError
+    """One input's results row; a failure gives status ``failed`` and the cause instead of raising.
 
+    Every row says whether the input could be scored (``scorable``) and, when not, why (``reason``):
+    no tissue, no or too few tumour cells (category ``not scorable``), or a failure.
+    """
+    from her2score.errors import Her2ScoreError, NoTissueError
+
+    failed = {"status": "failed", "category": "", "scorable": False}
     try:
         result = quantify_file(
             path, out, mpp, t, stains=stains, workers=workers, progress=progress, stem=stem
         )
         return result.row
+    except NoTissueError as exc:
+        return {"image": str(path), **failed, "error": exc.cause, "reason": "no tissue"}
     except Her2ScoreError as exc:
-        return {"image": str(path), "status": "failed", "error": exc.cause}
+        return {"image": str(path), **failed, "error": exc.cause, "reason": "failed"}
     except Exception as exc:  # an unexpected bug must not sink the batch; it is reported per image
-        return {"image": str(path), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"image": str(path), **failed, "error": f"{type(exc).__name__}: {exc}", "reason": "failed"}
 
 
 def results_frame(rows: list[dict[str, Any]]) -> Any:

@@ -120,6 +120,11 @@ def add_legend(image: np.ndarray, cells: Any, summary: dict[str, Any] | None) ->
         draw.rectangle([x, y + 2, x + box, y + 2 + box], outline=NON_TUMOUR, width=2)
         draw.text((x + box + 4 * scale, y), "non-tumour nucleus", fill="black", font=font)
     if summary is not None:
+        if summary.get("scorable") is False:
+            reason, n = summary.get("reason", ""), summary["n_tumour_cells"]
+            text = f"HER2 not scorable: {reason}   tumour cells {n}"
+            draw.text((6 * scale, h + strip_h - line), text, fill="black", font=font)
+            return np.asarray(canvas)
         text = (
             f"HER2 {summary['category']}"
             + (f" ({summary['her2_0_subtype']})" if summary.get("her2_0_subtype") else "")

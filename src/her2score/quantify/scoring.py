@@ -16,6 +16,22 @@ from her2score import rules
 from her2score.quantify.thresholds import Thresholds
 from her2score.rules import MEMBRANE_CLASSES
 
+#: The category of an image or slide that cannot be scored; its row says why in ``reason``.
+NOT_SCORABLE = "not scorable"
+
+
+def not_scorable_reason(n_tumour: int, thresholds: Thresholds) -> str:
+    """Why ``n_tumour`` invasive tumour cells cannot be scored (``""``: they can).
+
+    The 10 % rule needs a denominator: with fewer than ``thresholds.min_tumour_cells`` (20 by default)
+    one cell is more than 5 % of the score, and a pathologist would call the sample insufficient.
+    """
+    if n_tumour <= 0:
+        return "no tumour cells"
+    if n_tumour < thresholds.min_tumour_cells:
+        return f"too few tumour cells ({n_tumour} < {thresholds.min_tumour_cells})"
+    return ""
+
 
 class ScoreAccumulator:
     """Running sums over tumour cells (tile by tile) for the image/slide score; memory stays flat."""
@@ -94,22 +110,32 @@ def score_counts(
 ) -> dict[str, Any]:
     """ASCO/CAP 2018 category and companions from tumour-cell class counts (rules: :mod:`her2score.rules`).
 
+    Fewer tumour cells than ``thresholds.min_tumour_cells``: category :data:`NOT_SCORABLE`,
+    ``scorable`` False and the ``reason`` (no tumour cells, too few); otherwise ``scorable`` True and:
+
     The category by :func:`~her2score.rules.her2_category` (the 10 % rule, with intense complete
     staining in ``intense_minority_percent``-10 % read as 2+), the HER2-0 subtype (``null`` /
     ``ultralow``), the 3-way group (2+ without ISH: low), the H-score and the HER2 index.
     """
     pct = {c: 100.0 * class_counts.get(c, 0) / max(n_tumour, 1) for c in MEMBRANE_CLASSES}
-    category = rules.her2_category(
-        class_counts,
-        positive_percent=thresholds.positive_percent,
-        intense_minority_percent=thresholds.intense_minority_percent,
-    )
+    reason = not_scorable_reason(n_tumour, thresholds)
+    if reason:
+        category, subtype, group = NOT_SCORABLE, "", ""
+    else:
+        category = rules.her2_category(
+            class_counts,
+            positive_percent=thresholds.positive_percent,
+            intense_minority_percent=thresholds.intense_minority_percent,
+        )
+        subtype, group = rules.her2_0_subtype(category, class_counts), rules.her2_3way(category)
     n_t = max(n_tumour, 1)
     h_score = sum(level * 100.0 * count / n_t for level, count in enumerate(intensity_counts))
     row: dict[str, Any] = {
         "category": category,
-        "her2_0_subtype": rules.her2_0_subtype(category, class_counts),
-        "her2_3way": rules.her2_3way(category),
+        "scorable": not reason,
+        "reason": reason,
+        "her2_0_subtype": subtype,
+        "her2_3way": group,
         "h_score": h_score,
         "her2_index": 100.0 * index_sum / n_t,
         "n_cells": n_cells,

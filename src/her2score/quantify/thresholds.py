@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from her2score import rules
 from her2score.errors import ConfigError
+
+_INT_KEYS = ("n_sectors", "nest_neighbours", "min_tumour_cells")
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,43 @@ class Thresholds:
     #: Intense complete staining in this share (%) up to 10 % reads as 2+ (ASCO/CAP: equivocal;
     #: :data:`her2score.rules.INTENSE_MINORITY_PERCENT`).
     intense_minority_percent: float = rules.INTENSE_MINORITY_PERCENT
+    #: Fewer invasive tumour cells than this in an image or slide: "not scorable" (one cell would be
+    #: more than 5 % of the 10 % rule's denominator; see :func:`~her2score.quantify.scoring.score_counts`).
+    min_tumour_cells: int = 20
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number (got {value!r})")
+        if not 0 < self.positive_percent < 100:
+            raise ConfigError(f"positive_percent must be in (0, 100) (got {self.positive_percent})")
+        if not 0 <= self.intense_minority_percent <= self.positive_percent:
+            raise ConfigError(
+                "intense_minority_percent must be in [0, positive_percent] "
+                f"(got {self.intense_minority_percent}, positive_percent {self.positive_percent})"
+            )
+        if self.min_tumour_cells < 1:
+            raise ConfigError(f"min_tumour_cells must be at least 1 (got {self.min_tumour_cells})")
+        if not 0 < self.tumour_nucleus_min_um2 < self.tumour_nucleus_max_um2:
+            raise ConfigError(
+                "need 0 < tumour_nucleus_min_um2 < tumour_nucleus_max_um2 "
+                f"(got {self.tumour_nucleus_min_um2}, {self.tumour_nucleus_max_um2})"
+            )
+        if not 0 <= self.tumour_min_ellipse_fill <= 1:
+            raise ConfigError(
+                f"tumour_min_ellipse_fill must be in [0, 1] (got {self.tumour_min_ellipse_fill})"
+            )
+        if self.tumour_max_elongation < 1:
+            raise ConfigError(f"tumour_max_elongation must be at least 1 (got {self.tumour_max_elongation})")
+        for key in ("lymphocyte_max_um2", "lymphocyte_darkness"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive (got {getattr(self, key)})")
+        for key in ("membrane_contrast_od", "membrane_contrast_ratio"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 (got {getattr(self, key)})")
+        if self.intense > 5:
+            raise ConfigError(f"intense must be an optical density below 5 (got {self.intense})")
         if not 0 < self.faint < self.moderate < self.intense:
             raise ConfigError(
                 f"thresholds must satisfy 0 < faint < moderate < intense (got {self.faint}, "
@@ -120,7 +158,7 @@ class Thresholds:
         if unknown:
             raise ConfigError(f"unknown threshold keys {unknown}; known: {sorted(known)}", path)
         try:
-            values = {k: (int(v) if k == "n_sectors" else float(v)) for k, v in data.items()}
+            values = {k: (int(v) if k in _INT_KEYS else float(v)) for k, v in data.items()}
             return cls(**values)
         except ConfigError as exc:
             raise ConfigError(exc.cause, path) from None

@@ -14,7 +14,7 @@ import pandas as pd
 from her2score.data.synth.cells import HER2_CATEGORIES, MARKERS, Case
 from her2score.data.synth.patches import draw_grade, render_pair
 from her2score.data.synth.slides import SlideSpec, write_slide
-from her2score.io import atomic_path, write_csv, write_png
+from her2score.io import atomic_path, output_lock, write_csv, write_png
 
 SLIDE_COLUMNS = ["slide", "stain", "her2", "ish", "er", "pr", "patient", "site"]
 PAIR_COLUMNS = ["slide", "he", "her2", "patient", "site", "split"]
@@ -155,8 +155,9 @@ def make_cohort(
         )
     else:
         raise ValueError(f"unknown cohort kind {kind!r}; expected 'slides' or 'pairs'")
-    _run(jobs, func, workers, progress)
-    return write_csv(out / "manifest.csv", frame)
+    with output_lock(out):  # two generators into one folder would interleave their slides
+        _run(jobs, func, workers, progress)
+        return write_csv(out / "manifest.csv", frame)
 
 
 def _plan_slides(
