@@ -31,9 +31,8 @@ def test_demo_writes_cohort_model_metrics_report_and_heatmaps(tmp_path: Path) ->
     assert metrics["n"] == len(preds) >= 3
     probs = preds[[f"prob_{c}" for c in ("0", "low", "high")]].to_numpy()
     if preds["y_true"].nunique() == 3:  # the reported AUC is the one its own predictions give
-        auc = roc_auc_score(
-            preds["y_true"], probs, multi_class="ovr", average="macro", labels=["0", "low", "high"]
-        )
+        y = preds["y_true"].astype(str).map({"0": 0, "low": 1, "high": 2})
+        auc = roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=[0, 1, 2])
         assert metrics["auc_macro"] == pytest.approx(auc, abs=1e-9)
     assert list((run / "heatmaps").glob("*.png"))
     # a second run reuses the cohort and trains afresh
