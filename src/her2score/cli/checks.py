@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from her2score.errors import Her2ScoreError, InputError, OutputError
+from her2score.slide.reader import file_kind
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,20 +22,6 @@ if TYPE_CHECKING:
 #: Level-0 µm/px accepted from ``--mpp``: finer than a 100x oil objective (about 0.05 µm/px) is not a
 #: microscope scan, and a small image would be read as a few µm of tissue (or blown up to billions of px).
 MPP_OPTION_RANGE = (0.05, 1000.0)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "folder"
-    if stat.S_ISFIFO(mode):
-        return "named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "special file"
 
 
 def _stat(path: Path, error: type[Her2ScoreError]) -> os.stat_result | None:
@@ -65,7 +52,7 @@ def _check_creatable(path: Path) -> None:
     if st is None:  # pragma: no cover - the root always exists
         raise OutputError("cannot be created (no existing parent folder)", path)
     if not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"cannot be created: {ancestor} is a {_kind(st.st_mode)}, not a folder", path)
+        raise OutputError(f"cannot be created: {ancestor} is a {file_kind(st.st_mode)}, not a folder", path)
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"cannot be created: folder {ancestor} is not writable", path)
 
@@ -83,7 +70,7 @@ def check_output_dir(path: Path | None, option: str = "--out") -> Path | None:
     if st is None:
         _check_creatable(path)
     elif not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"is a {_kind(st.st_mode)}, not a folder; {option} takes a folder", path)
+        raise OutputError(f"is a {file_kind(st.st_mode)}, not a folder; {option} takes a folder", path)
     elif not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"folder is not writable ({option})", path)
     return path
@@ -104,7 +91,7 @@ def check_output_file(path: Path, option: str = "--out") -> Path:
     if stat.S_ISDIR(st.st_mode):
         raise OutputError(f"is a folder; {option} takes a file name (e.g. {path / 'out.csv'})", path)
     if not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"is a {_kind(st.st_mode)}, not a regular file; {option} takes a file", path)
+        raise OutputError(f"is a {file_kind(st.st_mode)}, not a regular file; {option} takes a file", path)
     folder = path.absolute().parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot be replaced: folder {folder} is not writable", path)
@@ -132,7 +119,7 @@ def check_input_file(
     if stat.S_ISDIR(st.st_mode):
         raise error(f"is a folder, not a {what} file{folder_hint}", path)
     if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block until a writer comes
-        raise error(f"is a {_kind(st.st_mode)}, not a regular {what} file", path)
+        raise error(f"is a {file_kind(st.st_mode)}, not a regular {what} file", path)
     if not os.access(path, os.R_OK):
         raise error(f"{what} file cannot be read (permission denied)", path)
     if st.st_size == 0 and not allow_empty:

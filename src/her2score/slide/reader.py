@@ -100,7 +100,7 @@ def sniff_format(path: str | Path) -> str:
             return "dicom-folder"
         raise SlideError("is a folder, not a slide or image file", path)
     if not stat.S_ISREG(mode):  # opening a FIFO would block until a writer comes, maybe forever
-        raise SlideError(f"is a {_file_kind(mode)}, not a regular file", path)
+        raise SlideError(f"is a {file_kind(mode)}, not a regular file", path)
     try:
         with path.open("rb") as fh:
             head = fh.read(16)
@@ -150,14 +150,19 @@ def describe_content(head: bytes) -> str:
     return "unknown binary content"
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a ``stat`` mode is, in a user's words: file, folder, named pipe (FIFO), socket, device."""
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
     if stat.S_ISFIFO(mode):
         return "named pipe (FIFO)"
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device"
-    return "special file"  # pragma: no cover
+    return "special file"
 
 
 def _openslide_vendor(path: Path) -> str | None:

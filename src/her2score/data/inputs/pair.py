@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from her2score.data.inputs.base import Failure, InputKind, Prepared, register_input_kind
+from her2score.data.inputs.base import Failure, Prepared, register_input_kind
 from her2score.data.inputs.images import (
     dihedral_views,
     image_statistics,
@@ -22,22 +22,17 @@ from her2score.data.inputs.images import (
     to_model_input,
     to_picture,
 )
-from her2score.data.lowres import LowResParams, prepare_slides
+from her2score.data.inputs.lowres import LowResImages
+from her2score.data.lowres import prepare_slides
 
 
 @register_input_kind
-class PairedImages(InputKind):
-    """H&E (``image``) and IHC (``teacher_image``) of the same tissue."""
+class PairedImages(LowResImages):
+    """H&E (``image``) and IHC (``teacher_image``) of the same tissue (data configuration as ``lowres``)."""
 
     name = "pair"
     inference_kind = "lowres"
     inference_stain = "he"
-
-    def __init__(self, mpp: float = 8.0, input_size: int = 224, margin: float = 0.02) -> None:
-        self.params = LowResParams(mpp, input_size, margin)
-
-    def config(self) -> dict[str, Any]:
-        return {"mpp": self.params.mpp, "input_size": self.params.size, "margin": self.params.margin}
 
     def prepare(
         self, rows: list[dict[str, Any]], cache_dir: Any = None, workers: int = 0, quiet: bool = False
