@@ -51,6 +51,14 @@ ultralow.
 
 **ER / PR (ASCO/CAP 2020)**: positive when ≥ 1 % of tumour nuclei stain; 1-10 % is reported as
 ER-low (PR-low) positive; < 1 % negative.
+
+**Allred score (ER/PR; Allred et al., Mod Pathol 1998; Harvey et al., J Clin Oncol 1999)**: proportion
+score 0-5 (0: no nuclei stain; 1: < 1 %; 2: 1-10 %; 3: 11-33 %, read here as > 10 % to 33 %; 4: 34-66 %,
+> 33 % to 66 %; 5: > 66 %) plus intensity score 0-3 (the average intensity of the positive nuclei:
+0 none, 1 weak, 2 intermediate, 3 strong), 0 or 2-8 in all.
+
+**Ki-67 index (International Ki67 in Breast Cancer Working Group, Nielsen et al., JNCI 2021)**: the
+percentage of invasive tumour nuclei with any nuclear staining, whatever its intensity.
 """
 
 from __future__ import annotations
@@ -221,6 +229,53 @@ def receptor_group(percent_positive: float) -> str:
     if percent_positive < RECEPTOR_POSITIVE_PERCENT:
         return "negative"
     return "low" if percent_positive <= RECEPTOR_LOW_PERCENT else "positive"
+
+
+#: Upper bounds (%) of the Allred proportion scores 1, 2, 3 and 4 (above the last: 5); 0 is no staining.
+ALLRED_PROPORTION_BOUNDS = (1.0, 10.0, 100.0 / 3.0, 200.0 / 3.0)
+
+
+def allred_proportion_score(percent_positive: float) -> int:
+    """Allred proportion score 0-5 from the share (%) of stained tumour nuclei.
+
+    >>> [allred_proportion_score(p) for p in (0, 0.5, 1, 10, 20, 50, 90)]
+    [0, 1, 2, 2, 3, 4, 5]
+    """
+    if not 0.0 <= percent_positive <= 100.0:
+        raise ConfigError(f"percent of positive nuclei must be in 0..100 (got {percent_positive})")
+    if percent_positive == 0:
+        return 0
+    if percent_positive < ALLRED_PROPORTION_BOUNDS[0]:
+        return 1
+    return 2 + sum(percent_positive > bound for bound in ALLRED_PROPORTION_BOUNDS[1:])
+
+
+def allred_intensity_score(positive_intensities: Sequence[int] | np.ndarray) -> int:
+    """Allred intensity score 0-3: the average intensity (1 weak .. 3 strong) of the positive nuclei,
+    rounded half up; no positive nuclei: 0."""
+    levels = np.asarray(positive_intensities, dtype=np.float64)
+    levels = levels[levels > 0]
+    if levels.size == 0:
+        return 0
+    if levels.max() > 3:
+        raise ConfigError(f"nuclear intensities must be 0..3 (got {levels.max():g})")
+    return int(np.floor(levels.mean() + 0.5))
+
+
+def allred_score(percent_positive: float, positive_intensities: Sequence[int] | np.ndarray) -> int:
+    """Allred score 0-8: proportion score plus intensity score (0 when no nucleus stains).
+
+    >>> allred_score(50.0, [1, 2, 3, 3])
+    6
+    """
+    proportion = allred_proportion_score(percent_positive)
+    return proportion + allred_intensity_score(positive_intensities) if proportion else 0
+
+
+def ki67_index(nuclear_positive: Sequence[bool] | np.ndarray) -> float:
+    """Ki-67 index: percent of tumour nuclei that stain (any intensity); no nuclei: 0."""
+    pos = np.asarray(nuclear_positive, dtype=bool)
+    return 100.0 * float(pos.mean()) if pos.size else 0.0
 
 
 def _check_category(category: str) -> None:

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def quantify(
     images: Annotated[
         list[Path],
-        typer.Argument(help="HER2 IHC images (PNG, JPEG, TIFF), whole slides, or folders of them."),
+        typer.Argument(help="IHC images (PNG, JPEG, TIFF), whole slides, or folders of them."),
     ],
     out: Out,
     mpp: Mpp = None,
@@ -33,9 +33,18 @@ def quantify(
         str,
         typer.Option("--stain-vectors", help="auto (estimate per image, fall back to defaults) or default."),
     ] = "auto",
+    marker: Annotated[
+        str,
+        typer.Option(
+            "--marker",
+            help="her2 (membranes, ASCO/CAP 2018) or a nuclear marker: er, pr (percent positive, "
+            "H-score, Allred, ASCO/CAP 2020 status) or ki67 (Ki-67 index).",
+        ),
+    ] = "her2",
     quiet: Quiet = False,
 ) -> None:
-    """Score HER2 membrane staining cell by cell (ASCO/CAP 2018): category 0/1+/2+/3+, H-score, overlay.
+    """Score HER2 membrane staining cell by cell (ASCO/CAP 2018): category 0/1+/2+/3+, H-score, overlay;
+    or, with --marker er|pr|ki67, nuclear DAB nucleus by nucleus.
 
     Writes results.csv (one row per image), <stem>.cells.parquet, <stem>.overlay.png, thresholds.json.
 
@@ -49,16 +58,27 @@ def quantify(
     if stain_vectors not in ("auto", "default"):
         raise ConfigError(f"--stain-vectors must be auto or default (got {stain_vectors!r})")
     check_input_file(thresholds, "thresholds JSON", ConfigError)
+    from her2score.quantify.nuclear import check_marker
+
+    marker = check_marker(marker)
     check_output_dir(out)
     load_thresholds(thresholds)  # a bad thresholds file is refused before anything is written
     from her2score.quantify.batch import BatchInterrupted
 
     try:
-        result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
+        if marker == "her2":
+            result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
+        else:
+            result = quantify_batch(
+                images, out, thresholds, mpp, workers, quiet, stains=stain_vectors, marker=marker
+            )
     except BatchInterrupted as exc:
         typer.echo(str(exc), err=True)  # e.g. interrupted after 7/20 images; results.csv holds the 7 finished
         raise
-    _print_summary(result.frame, out, quiet)
+    if marker == "her2":
+        _print_summary(result.frame, out, quiet)
+    else:
+        _print_nuclear_summary(result.frame, out, quiet, marker)
     if result.failed:
         raise typer.Exit(1)
 
@@ -85,6 +105,52 @@ def _print_summary(frame: Any, out: Path, quiet: bool) -> None:
                 f"{r['h_score']:.0f}",
                 f"{r['her2_index']:.1f}",
                 str(int(r["n_tumour_cells"])),
+            )
+        console.print(table)
+    failed = frame[frame["status"] != "ok"]
+    for _, r in failed.iterrows():
+        console.print(Text.assemble(("failed:", "bold red"), f" {r['image']}: {r['error']}"))
+    console.print(f"{len(ok)} scored, {len(failed)} failed; results in {out / 'results.csv'}")
+
+
+def _print_nuclear_summary(frame: Any, out: Path, quiet: bool, marker: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from her2score.cli.checks import make_console
+
+    console = make_console()
+    ok = frame[frame["status"] == "ok"]
+    name = "Ki-67" if marker == "ki67" else marker.upper()
+    if not quiet and len(ok):
+        table = Table(
+            "image",
+            "% positive",
+            "H-score",
+            "Allred",
+            "status",
+            "tumour nuclei",
+            title=f"{name} nuclear score",
+        )
+        for _, r in ok.iterrows():
+            if not r.get("scorable", True):
+                table.add_row(
+                    Path(r["image"]).name,
+                    f"not scorable ({r['reason']})",
+                    "",
+                    "",
+                    "",
+                    str(int(r["n_nuclei"])),
+                )
+                continue
+            allred = "" if r.get("allred") is None or r["allred"] != r["allred"] else str(int(r["allred"]))
+            table.add_row(
+                Path(r["image"]).name,
+                f"{r['pct_positive']:.1f}",
+                f"{r['h_score']:.0f}",
+                allred,
+                str(r.get("receptor_status") or ""),
+                str(int(r["n_nuclei"])),
             )
         console.print(table)
     failed = frame[frame["status"] != "ok"]

@@ -11,7 +11,8 @@ The pipeline, one module a step:
 * :mod:`~her2score.quantify.pipeline`: one image (:func:`quantify_image`) and one file or whole slide
   (:func:`quantify_file`, tiled over worker processes);
 * :mod:`~her2score.quantify.overlay`: overlay PNGs for a pathologist;
-* :mod:`~her2score.quantify.batch`: many files and folders (:func:`quantify_batch`).
+* :mod:`~her2score.quantify.batch`: many files and folders (:func:`quantify_batch`);
+* :mod:`~her2score.quantify.nuclear`: nuclear markers (ER, PR, Ki-67), nucleus by nucleus.
 
 Stain vectors and H&E detection are in :mod:`her2score.stain.detect`.
 """
@@ -19,6 +20,7 @@ Stain vectors and H&E detection are in :mod:`her2score.stain.detect`.
 from her2score.quantify.batch import BatchResult, quantify_batch
 from her2score.quantify.calibrate import calibrate_file, calibrate_thresholds
 from her2score.quantify.cells import CellParams
+from her2score.quantify.nuclear import NuclearThresholds, quantify_nuclear_image
 from her2score.quantify.pipeline import FileResult, ImageQuantification, quantify_file, quantify_image
 from her2score.quantify.scoring import ScoreAccumulator, score_counts
 from her2score.quantify.thresholds import Thresholds, load_thresholds
@@ -28,6 +30,7 @@ __all__ = [
     "CellParams",
     "FileResult",
     "ImageQuantification",
+    "NuclearThresholds",
     "ScoreAccumulator",
     "Thresholds",
     "calibrate_file",
@@ -36,5 +39,6 @@ __all__ = [
     "quantify_batch",
     "quantify_file",
     "quantify_image",
+    "quantify_nuclear_image",
     "score_counts",
 ]

@@ -64,6 +64,8 @@ def quantify_batch(
     quiet: bool = True,
     stains: str = "auto",
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    marker: str = "her2",
+    nuclear_thresholds: Any = None,
 ) -> BatchResult:
     """Score each image or slide of ``inputs`` (files, or folders: the slides and images in them, by
     content) and write ``results.csv``, ``thresholds.json`` and per input ``<stem>.cells.parquet`` and
@@ -81,12 +83,22 @@ def quantify_batch(
     (every :data:`FLUSH_EVERY` images or :data:`FLUSH_SECONDS` s, and at the end); an interruption
     (Ctrl-C, SIGTERM raised as ``KeyboardInterrupt``) writes every finished row and raises
     :class:`BatchInterrupted`. ``on_row`` is called with each finished row.
+
+    ``marker``: ``her2`` (membrane scoring, the default) or a nuclear marker, ``er``, ``pr`` or
+    ``ki67`` (:mod:`her2score.quantify.nuclear`: per-nucleus intensity, ``pct_positive``, H-score,
+    Allred, ER/PR status, Ki-67 index; ``nuclear_thresholds`` a
+    :class:`~her2score.quantify.nuclear.NuclearThresholds` or None for its defaults). results.csv then
+    starts with :data:`~her2score.quantify.nuclear.NUCLEAR_RESULT_COLUMNS`, and ``thresholds.json``
+    holds the nuclear thresholds too.
     """
     from her2score.errors import ConfigError
     from her2score.io import output_lock, record_outputs, remove_recorded_outputs, unique_stems, write_json
+    from her2score.quantify.nuclear import NuclearThresholds, check_marker
     from her2score.slide.discover import expand_inputs
 
     t = load_thresholds(thresholds)
+    marker = check_marker(marker)
+    nt = nuclear_thresholds or NuclearThresholds()
     if stains not in ("auto", "default"):
         raise ConfigError(f"stain vectors must be auto or default (got {stains!r})")
     out = Path(out_dir)
@@ -106,11 +118,14 @@ def quantify_batch(
         planned = ["results.csv", "thresholds.json"]
         planned += [f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES]
         record_outputs(out, planned, "quantify")
-        thresholds_path = write_json(out / "thresholds.json", {"thresholds": t.to_dict(), "source": source})
-        results = _ResultsFile(out / "results.csv", len(paths), on_row)
+        saved: dict[str, Any] = {"thresholds": t.to_dict(), "source": source}
+        if marker != "her2":
+            saved |= {"marker": marker, "nuclear_thresholds": nt.to_dict()}
+        thresholds_path = write_json(out / "thresholds.json", saved)
+        results = _ResultsFile(out / "results.csv", len(paths), on_row, marker)
         results.flush()  # a results.csv (header only) from the start: never one from an earlier run
         try:
-            _score_all(paths, stems, out, mpp, t, stains, workers, quiet, results.add)
+            _score_all(paths, stems, out, mpp, t, stains, workers, quiet, results.add, marker, nt)
         except KeyboardInterrupt:
             results.flush()
             raise BatchInterrupted(len(results.rows), len(paths), results.path) from None
@@ -138,8 +153,10 @@ class BatchInterrupted(KeyboardInterrupt):
 class _ResultsFile:
     """The rows finished so far, rewritten atomically to ``results.csv`` now and then."""
 
-    def __init__(self, path: Path, total: int, on_row: Callable[[dict[str, Any]], None] | None) -> None:
-        self.path, self.total, self.on_row = path, total, on_row
+    def __init__(
+        self, path: Path, total: int, on_row: Callable[[dict[str, Any]], None] | None, marker: str = "her2"
+    ) -> None:
+        self.path, self.total, self.on_row, self.marker = path, total, on_row, marker
         self.rows: list[dict[str, Any]] = []
         self.written, self.last = 0, time.monotonic()
 
@@ -151,7 +168,7 @@ class _ResultsFile:
             self.flush()
 
     def frame(self) -> Any:
-        return results_frame(self.rows)
+        return results_frame(self.rows, self.marker)
 
     def flush(self) -> None:
         from her2score.io import write_csv
@@ -170,6 +187,8 @@ def _score_all(
     workers: int,
     quiet: bool,
     add: Callable[[dict[str, Any]], None],
+    marker: str = "her2",
+    nuclear_thresholds: Any = None,
 ) -> None:
     from her2score.progress import progress_bar
 
@@ -179,7 +198,7 @@ def _score_all(
             # Several files: one file per process (a slide's tiles then run in its process).
             pool = worker_pool(workers)
             futures = [
-                pool.submit(score_one, path, stem, out, mpp, t, stains)
+                pool.submit(score_one, path, stem, out, mpp, t, stains, 0, None, marker, nuclear_thresholds)
                 for path, stem in zip(paths, stems, strict=True)
             ]
             try:
@@ -194,7 +213,7 @@ def _score_all(
             pool.shutdown()
         else:
             for path, stem in zip(paths, stems, strict=True):
-                add(score_one(path, stem, out, mpp, t, stains, workers, progress))
+                add(score_one(path, stem, out, mpp, t, stains, workers, progress, marker, nuclear_thresholds))
                 progress.advance(task)
 
 
@@ -207,6 +226,8 @@ def score_one(
     stains: str = "auto",
     workers: int = 0,
     progress: Any = None,
+    marker: str = "her2",
+    nuclear_thresholds: Any = None,
 ) -> dict[str, Any]:
     """One input's results row; a failure gives status ``failed`` and the cause instead of raising.
 
@@ -216,9 +237,14 @@ def score_one(
     from her2score.errors import Her2ScoreError, NoTissueError
 
     failed = {"status": "failed", "category": "", "scorable": False}
+    if marker != "her2":
+        failed["marker"] = marker
+        nuclear = {"marker": marker, "nuclear_thresholds": nuclear_thresholds}
+    else:
+        nuclear = {}  # the HER2 call stays exactly as it was
     try:
         result = quantify_file(
-            path, out, mpp, t, stains=stains, workers=workers, progress=progress, stem=stem
+            path, out, mpp, t, stains=stains, workers=workers, progress=progress, stem=stem, **nuclear
         )
         return result.row
     except NoTissueError as exc:
@@ -229,13 +255,19 @@ def score_one(
         return {"image": str(path), **failed, "error": f"{type(exc).__name__}: {exc}", "reason": "failed"}
 
 
-def results_frame(rows: list[dict[str, Any]]) -> Any:
-    """Rows as a DataFrame with :data:`RESULT_COLUMNS` first (present even when every input failed)."""
+def results_frame(rows: list[dict[str, Any]], marker: str = "her2") -> Any:
+    """Rows as a DataFrame with :data:`RESULT_COLUMNS` first (nuclear markers:
+    :data:`~her2score.quantify.nuclear.NUCLEAR_RESULT_COLUMNS`), present even when every input failed."""
     import pandas as pd
 
+    columns, text = RESULT_COLUMNS, _TEXT_COLUMNS
+    if marker != "her2":
+        from her2score.quantify.nuclear import NUCLEAR_RESULT_COLUMNS
+
+        columns, text = NUCLEAR_RESULT_COLUMNS, ("error", "marker", "category", "reason", "receptor_status")
     frame = pd.DataFrame(rows)
-    for col in RESULT_COLUMNS:
+    for col in columns:
         if col not in frame:
-            frame[col] = "" if col in _TEXT_COLUMNS else None
-    rest = [c for c in frame.columns if c not in RESULT_COLUMNS]
-    return frame[[*RESULT_COLUMNS, *rest]]
+            frame[col] = "" if col in text else None
+    rest = [c for c in frame.columns if c not in columns]
+    return frame[[*columns, *rest]]

@@ -1,8 +1,9 @@
 """Overlay PNG for a pathologist: each cell outlined in its membrane-class colour, with a legend.
 
-Patches and cores: the cell outline (where the membrane is measured) is drawn over the image in the
+HER2 patches and cores: the cell outline (where the membrane is measured) is drawn over the image in the
 class colour; non-tumour cells get a thin grey nucleus outline. Whole slides: a downsampled overview
 with one dot per tumour cell. A legend strip below gives the colours, the counts and the score.
+Nuclear markers (ER, PR, Ki-67): each nucleus outlined in its intensity colour (:func:`nuclear_overlay`).
 """
 
 from __future__ import annotations
@@ -132,4 +133,111 @@ def add_legend(image: np.ndarray, cells: Any, summary: dict[str, Any] | None) ->
             + f"   HER2 index {summary['her2_index']:.1f}   tumour cells {summary['n_tumour_cells']}"
         )
         draw.text((6 * scale, h + strip_h - line), text, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+#: Nuclear intensity colours (negative, weak, moderate, strong), visible over brown and blue.
+NUCLEAR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "negative": (40, 110, 255),
+    "weak": (255, 230, 0),
+    "moderate": (255, 140, 0),
+    "strong": (235, 20, 20),
+}
+
+
+def nuclear_overlay(
+    rgb: np.ndarray, nuclei: Any, labels: np.ndarray, summary: dict[str, Any] | None = None
+) -> np.ndarray:
+    """Image with each tumour nucleus outlined in its intensity colour (non-tumour nuclei grey), and a
+    legend strip with the counts and the score (ER/PR/Ki-67)."""
+    from her2score.quantify.nuclear import NUCLEAR_INTENSITIES
+
+    out = np.array(rgb[..., :3], dtype=np.uint8, copy=True)
+    palette = np.array([NUCLEAR_COLOURS[c] for c in NUCLEAR_INTENSITIES], dtype=np.uint8)
+    lut = np.zeros((int(labels.max()) + 1, 3), dtype=np.uint8)
+    if len(nuclei):
+        ids = nuclei["cell_id"].to_numpy()
+        tumour = nuclei["is_tumour"].to_numpy(dtype=bool)
+        colours = palette[nuclei["intensity"].to_numpy(dtype=np.int64)]
+        lut[ids] = np.where(tumour[:, None], colours, np.array(NON_TUMOUR, dtype=np.uint8))
+    edge = _boundaries(labels)
+    if max(out.shape[:2]) >= 1500:
+        from scipy import ndimage as ndi
+
+        grown = ndi.grey_dilation(labels * edge, size=2)
+        edge = grown > 0
+        out[edge] = lut[grown[edge]]
+    else:
+        out[edge] = lut[labels[edge]]
+    return nuclear_legend(out, summary)
+
+
+def nuclear_dot_overlay(
+    overview: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    intensity: np.ndarray,
+    summary: dict[str, Any] | None,
+    overview_mpp: float | None = None,
+) -> np.ndarray:
+    """Slide overview with one dot per tumour nucleus in its intensity colour (strongest on top)."""
+    from her2score.quantify.nuclear import NUCLEAR_INTENSITIES
+
+    out = np.array(overview[..., :3], dtype=np.uint8, copy=True)
+    h, w = out.shape[:2]
+    palette = np.array([NUCLEAR_COLOURS[c] for c in NUCLEAR_INTENSITIES], dtype=np.uint8)
+    radius = 0 if overview_mpp is None else int(min(5, max(0, round(3.0 / overview_mpp))))
+    order = np.argsort(intensity, kind="stable")
+    xi = np.round(xs[order]).astype(np.int64)
+    yi = np.round(ys[order]).astype(np.int64)
+    colours = palette[intensity[order]]
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dx * dx + dy * dy <= radius * radius + radius:
+                out[np.clip(yi + dy, 0, h - 1), np.clip(xi + dx, 0, w - 1)] = colours
+    return nuclear_legend(out, summary)
+
+
+def nuclear_legend(image: np.ndarray, summary: dict[str, Any] | None) -> np.ndarray:
+    """Append a white strip under the image with the nuclear classes, counts and the score."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from her2score.quantify.nuclear import NUCLEAR_INTENSITIES
+
+    h, w = image.shape[:2]
+    scale = max(1, round(w / 1000))
+    try:
+        font = ImageFont.load_default(size=13 * scale)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    line = 18 * scale
+    strip_h = line * 3 + 8 * scale
+    canvas = Image.new("RGB", (w, h + strip_h), "white")
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x, y, box = 6 * scale, h + 4 * scale, 12 * scale
+    summary = summary or {}
+    entries = [
+        (f"{name} ({summary.get(f'n_{name}', 0)})", NUCLEAR_COLOURS[name]) for name in NUCLEAR_INTENSITIES
+    ]
+    entries.append(("non-tumour nucleus", NON_TUMOUR))
+    for label, colour in entries:
+        draw.rectangle([x, y + 2, x + box, y + 2 + box], fill=colour, outline="black")
+        draw.text((x + box + 4 * scale, y), label, fill="black", font=font)
+        x += box + 12 * scale + int(draw.textlength(label, font=font))
+        if x > w - 180 * scale:
+            x, y = 6 * scale, y + line
+    marker = str(summary.get("marker", "")).upper().replace("KI67", "Ki-67")
+    if summary.get("scorable") is False:
+        text = (
+            f"{marker} not scorable: {summary.get('reason', '')}   tumour nuclei {summary.get('n_nuclei', 0)}"
+        )
+    elif summary:
+        text = f"{marker} {summary['pct_positive']:.1f}% positive   H-score {summary['h_score']:.0f}"
+        if summary.get("receptor_status"):
+            text += f"   Allred {summary['allred']}   status {summary['receptor_status']}"
+        text += f"   tumour nuclei {summary['n_nuclei']}"
+    else:
+        text = ""
+    draw.text((6 * scale, h + strip_h - line), text, fill="black", font=font)
     return np.asarray(canvas)

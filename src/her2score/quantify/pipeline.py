@@ -161,8 +161,13 @@ def quantify_file(
     progress: Any = None,
     stem: str | None = None,
     whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
+    marker: str = "her2",
+    nuclear_thresholds: Any = None,
 ) -> FileResult:
     """Score one image or slide and write ``<stem>.cells.parquet`` and ``<stem>.overlay.png``.
+
+    ``marker``: ``her2`` (membranes, the default) or a nuclear marker (``er``, ``pr``, ``ki67``:
+    :func:`her2score.quantify.nuclear.quantify_nuclear_file`, with ``nuclear_thresholds``).
 
     Small images (patches, TMA cores) are scored in one piece; whole slides tile by tile over the
     tissue, streaming (memory stays flat), over ``workers`` processes. ``progress`` is an optional
@@ -172,6 +177,22 @@ def quantify_file(
     """
     from her2score.slide import open_slide
 
+    if marker != "her2":
+        from her2score.quantify.nuclear import quantify_nuclear_file
+
+        return quantify_nuclear_file(
+            path,
+            out_dir,
+            marker,
+            mpp,
+            thresholds,
+            nuclear_thresholds,
+            cell_params,
+            stains,
+            progress,
+            stem,
+            whole_image_pixels,
+        )
     t = thresholds or Thresholds()
     p = cell_params or CellParams()
     path = Path(path)

@@ -1,0 +1,492 @@
+"""Nuclear markers (ER, PR, Ki-67): per tumour nucleus DAB, positive / negative and intensity; per image
+the percent positive, H-score, Allred score, ER/PR status (ASCO/CAP 2020) and the Ki-67 index.
+
+Per image (patch, core or tile):
+
+1. stains separated as for HER2 (per-image Macenko H-DAB vectors when plausible, else the defaults;
+   :mod:`her2score.stain.detect`);
+2. nuclei segmented by :func:`her2score.quantify.cells.segment_nuclei` on the *nuclear* optical
+   density, hematoxylin plus DAB: a strongly positive nucleus is brown with little blue left, and
+   would be missed on hematoxylin alone. No DAB membrane cut (the stain is nuclear);
+3. tumour nuclei chosen as the membrane quantifier chooses tumour cells (nuclear size and shape,
+   lymphocytes small and dark, in a nest; :class:`~her2score.quantify.thresholds.Thresholds`);
+4. each nucleus's mean DAB OD graded 0 / 1+ weak / 2+ moderate / 3+ strong by
+   :class:`NuclearThresholds`; positive is 1+ or more;
+5. scores by :mod:`her2score.rules`: ``pct_positive``, H-score (0-300), Allred (ER/PR), the
+   ER/PR reporting group (``negative`` < 1 %, ``low`` 1-10 %, ``positive`` > 10 %) and the Ki-67
+   index (percent positive, whatever the intensity). Fewer tumour nuclei than
+   ``Thresholds.min_tumour_cells``: not scorable, with the reason.
+
+Files (:func:`quantify_nuclear_file`): patches and cores in one piece; whole slides tile by tile over
+the tissue with the tiles and cores of the HER2 path (:func:`~her2score.quantify.pipeline.tile_cores`),
+in this process (the per-nucleus table of a slide is held in memory: ~100 bytes a nucleus).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2score import rules
+from her2score.errors import ConfigError, NoTissueError, StainError
+from her2score.quantify.cells import CellParams, segment_nuclei
+from her2score.quantify.membrane import in_nest, nucleus_shapes
+from her2score.quantify.scoring import NOT_SCORABLE, not_scorable_reason
+from her2score.quantify.thresholds import Thresholds
+from her2score.stain.deconvolution import StainMatrix
+
+#: Markers scored on nuclei; ``her2`` is scored on membranes (:mod:`her2score.quantify.membrane`).
+NUCLEAR_MARKERS = ("er", "pr", "ki67")
+#: Every marker ``quantify`` scores, the default first.
+MARKERS = ("her2", *NUCLEAR_MARKERS)
+#: Nuclear intensity names, 0..3.
+NUCLEAR_INTENSITIES = ("negative", "weak", "moderate", "strong")
+#: Leading columns of a nuclear results row (``results.csv``); per-intensity counts follow.
+NUCLEAR_RESULT_COLUMNS = (
+    "image",
+    "status",
+    "error",
+    "marker",
+    "category",
+    "scorable",
+    "reason",
+    "n_nuclei",
+    "pct_positive",
+    "h_score",
+    "allred",
+    "allred_proportion",
+    "allred_intensity",
+    "receptor_status",
+    "ki67_index",
+)
+
+
+@dataclass(frozen=True)
+class NuclearThresholds:
+    """Nuclear DAB thresholds: mean DAB optical density over a nucleus (default H-DAB vectors).
+
+    Defaults 0.20 / 0.40 / 0.60 OD: the three "DAB OD mean" thresholds of QuPath's positive cell
+    detection for nuclear markers (its scoring compartment "Nucleus: DAB OD mean"), widely used for
+    ER, PR and Ki-67. They were taken as they are, then checked on synthetic ER/PR patches, whose
+    positive nuclei the renderer stains 0.22 / 0.50 / 0.90 OD at the peak before stain-gain and
+    per-cell variation: the measured percent positive stays within a few points of the truth
+    (benchmarks/bench_nuclear.py). No real ER/PR/Ki-67 image was available to check them on; a
+    lab should confirm them on its own controls.
+    """
+
+    weak: float = 0.12
+    moderate: float = 0.30
+    strong: float = 0.50
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number (got {value!r})")
+        if not 0 < self.weak < self.moderate < self.strong < 5:
+            raise ConfigError(
+                "nuclear thresholds must satisfy 0 < weak < moderate < strong < 5 "
+                f"(got {self.weak}, {self.moderate}, {self.strong})"
+            )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def check_marker(marker: str) -> str:
+    """``marker`` lower-cased when it is one of :data:`MARKERS`, else :class:`ConfigError`."""
+    name = str(marker).strip().lower()
+    if name not in MARKERS:
+        raise ConfigError(f"marker must be one of {', '.join(MARKERS)} (got {marker!r})")
+    return name
+
+
+def empty_nuclei() -> Any:
+    """An empty per-nucleus table with the columns and dtypes of :func:`measure_nuclei`."""
+    return _nuclei_frame(
+        np.zeros(0, np.int64), *(np.zeros(0, np.float32) for _ in range(6)), np.zeros(0, bool), 0.5
+    )
+
+
+def _nuclei_frame(
+    ids: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    area_um2: np.ndarray,
+    elongation: np.ndarray,
+    hema: np.ndarray,
+    dab: np.ndarray,
+    is_tumour: np.ndarray,
+    mpp: float,
+    t: NuclearThresholds | None = None,
+) -> Any:
+    import pandas as pd
+
+    t = t or NuclearThresholds()
+    intensity = np.digitize(dab, [t.weak, t.moderate, t.strong]).astype(np.int8)
+    return pd.DataFrame(
+        {
+            "cell_id": ids.astype(np.int64),
+            "x": cx.astype(np.float32),
+            "y": cy.astype(np.float32),
+            "x_um": (cx * mpp).astype(np.float32),
+            "y_um": (cy * mpp).astype(np.float32),
+            "nucleus_area_um2": area_um2.astype(np.float32),
+            "nucleus_elongation": elongation.astype(np.float32),
+            "nucleus_hematoxylin": hema.astype(np.float32),
+            "nuclear_dab": dab.astype(np.float32),
+            "is_tumour": is_tumour.astype(bool),
+            "intensity": intensity,
+            "intensity_class": pd.Categorical(
+                np.asarray(NUCLEAR_INTENSITIES, dtype=object)[intensity], categories=NUCLEAR_INTENSITIES
+            ),
+            "positive": intensity > 0,
+        }
+    )
+
+
+def tumour_nuclei(
+    props: dict[str, np.ndarray], mpp: float, t: Thresholds, unstained: np.ndarray | None = None
+) -> np.ndarray:
+    """Which nuclei are invasive tumour nuclei: the membrane quantifier's filter (nuclear size and
+    shape, not a small dark lymphocyte, in a nest; see :class:`Thresholds`), without its membrane-ring
+    condition. ``props`` from :func:`~her2score.quantify.membrane.nucleus_shapes`, its ``hematoxylin``
+    the mean hematoxylin OD of each nucleus.
+
+    Lymphocytes are small and dark against the image's larger *unstained* nuclei (``unstained``, when
+    some are large): a positive nucleus has given most of its blue to the brown, so a mostly positive
+    image would otherwise set the reference so low that every negative nucleus looks dark, or, on
+    the nuclear density, so high that lymphocytes pass as tumour.
+    """
+    area_um2 = props["area"] * mpp**2
+    elongation = props["major"] / np.maximum(props["minor"], 1.0)
+    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
+    shaped = (
+        (area_um2 >= t.tumour_nucleus_min_um2)
+        & (area_um2 <= t.tumour_nucleus_max_um2)
+        & (elongation <= t.tumour_max_elongation)
+        & (fill >= t.tumour_min_ellipse_fill)
+    )
+    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
+    if unstained is not None and (large & unstained).any():
+        large &= unstained
+    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
+    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
+    lymphocyte = (area_um2 < t.lymphocyte_max_um2) & (darkness > t.lymphocyte_darkness)
+    return shaped & ~lymphocyte & in_nest(props["y"] * mpp, props["x"] * mpp, t)
+
+
+def measure_nuclei(
+    nuclei: np.ndarray,
+    hematoxylin: np.ndarray,
+    dab: np.ndarray,
+    mpp: float,
+    thresholds: Thresholds | None = None,
+    nuclear_thresholds: NuclearThresholds | None = None,
+) -> Any:
+    """Per-nucleus table: position (px and µm), size and shape, mean hematoxylin and DAB OD, tumour
+    or not, intensity 0-3 (``intensity``, ``intensity_class``) and ``positive`` (intensity ≥ 1)."""
+    t = thresholds or Thresholds()
+    nt = nuclear_thresholds or NuclearThresholds()
+    n = int(nuclei.max())
+    if n == 0:
+        return empty_nuclei()
+    props = nucleus_shapes(nuclei, hematoxylin)
+    hema = props["hematoxylin"]
+    yy, xx = np.nonzero(nuclei)
+    ids = nuclei[yy, xx] - 1
+    count = np.maximum(np.bincount(ids, minlength=n), 1)
+    mean_dab = np.bincount(ids, weights=dab[yy, xx], minlength=n) / count
+    return _nuclei_frame(
+        np.arange(1, n + 1),
+        props["x"],
+        props["y"],
+        props["area"] * mpp**2,
+        props["major"] / np.maximum(props["minor"], 1.0),
+        hema,
+        np.maximum(mean_dab, 0.0),
+        tumour_nuclei(props, mpp, t, unstained=mean_dab < nt.weak),
+        mpp,
+        nt,
+    )
+
+
+class NuclearAccumulator:
+    """Running counts of tumour nuclei per intensity (tile by tile); memory stays flat."""
+
+    def __init__(self) -> None:
+        self.n_nuclei_all = 0
+        self.intensity_counts = [0, 0, 0, 0]
+
+    def add_nuclei(self, nuclei: Any) -> None:
+        self.n_nuclei_all += len(nuclei)
+        tumour = nuclei[nuclei["is_tumour"].to_numpy(dtype=bool)]
+        counts = np.bincount(tumour["intensity"].to_numpy(dtype=np.int64), minlength=4)
+        for i in range(4):
+            self.intensity_counts[i] += int(counts[i])
+
+    def merge(self, part: NuclearAccumulator) -> None:
+        self.n_nuclei_all += part.n_nuclei_all
+        for i in range(4):
+            self.intensity_counts[i] += part.intensity_counts[i]
+
+    def summary(self, marker: str, thresholds: Thresholds) -> dict[str, Any]:
+        return score_nuclear_counts(marker, self.intensity_counts, self.n_nuclei_all, thresholds)
+
+
+def score_nuclear_counts(
+    marker: str, intensity_counts: list[int], n_nuclei_all: int, thresholds: Thresholds | None = None
+) -> dict[str, Any]:
+    """The image or slide row from tumour-nucleus counts per intensity (0..3).
+
+    ``category``: the ER/PR reporting group (:func:`~her2score.rules.receptor_group`), also in
+    ``receptor_status``; for Ki-67 the index rounded, e.g. ``"23%"``. Fewer tumour nuclei than
+    ``thresholds.min_tumour_cells``: category ``not scorable`` and the ``reason``, scores left empty.
+    """
+    marker = check_marker(marker)
+    t = thresholds or Thresholds()
+    counts = [int(c) for c in intensity_counts]
+    n = sum(counts)
+    reason = not_scorable_reason(n, t).replace("tumour cells", "tumour nuclei")
+    row: dict[str, Any] = {
+        "marker": marker,
+        "category": NOT_SCORABLE if reason else "",
+        "scorable": not reason,
+        "reason": reason,
+        "n_nuclei": n,
+        "n_nuclei_all": int(n_nuclei_all),
+    }
+    pct = [100.0 * c / max(n, 1) for c in counts]
+    pct_positive = 100.0 - pct[0] if n else 0.0
+    receptor = marker in ("er", "pr")
+    positives = np.repeat(np.arange(4), counts)
+    row |= {
+        "pct_positive": pct_positive if not reason else None,
+        "h_score": sum(level * p for level, p in enumerate(pct)) if not reason else None,
+        "allred": rules.allred_score(pct_positive, positives) if receptor and not reason else None,
+        "allred_proportion": rules.allred_proportion_score(pct_positive) if receptor and not reason else None,
+        "allred_intensity": rules.allred_intensity_score(positives) if receptor and not reason else None,
+        "receptor_status": rules.receptor_group(pct_positive) if receptor and not reason else "",
+        "ki67_index": pct_positive if marker == "ki67" and not reason else None,
+    }
+    if not reason:
+        row["category"] = row["receptor_status"] if receptor else f"{pct_positive:.0f}%"
+    for name, c, p in zip(NUCLEAR_INTENSITIES, counts, pct, strict=True):
+        row[f"n_{name}"] = c
+        row[f"pct_{name}"] = p
+    return row
+
+
+#: DAB counts towards the nuclear density up to this OD (about a tumour nucleus's hematoxylin).
+NUCLEAR_DAB_CAP_OD = 0.3
+
+
+def nuclear_density(hematoxylin: np.ndarray, dab: np.ndarray, cap: float = NUCLEAR_DAB_CAP_OD) -> np.ndarray:
+    """The map nuclei are segmented on: hematoxylin plus DAB capped at ``cap`` OD.
+
+    A positive nucleus has lost most of its blue to the brown, so hematoxylin alone misses it; but
+    with DAB uncapped, strongly positive nuclei are so much denser than negative ones that Otsu's
+    threshold falls between the two and the negative nuclei are lost (on synthetic ER slides half
+    of them were). Capped, a positive nucleus is about as dense as a negative one.
+    """
+    return hematoxylin + np.minimum(dab, np.float32(cap))
+
+
+@dataclass
+class NuclearQuantification:
+    """Everything measured on one in-memory image for a nuclear marker."""
+
+    nuclei: Any  #: per-nucleus table (:func:`measure_nuclei`)
+    labels: np.ndarray  #: nucleus label image (ids = ``cell_id``)
+    tissue: np.ndarray
+    dab: np.ndarray
+    stain_source: str
+    accumulator: NuclearAccumulator
+
+
+def quantify_nuclear_image(
+    rgb: np.ndarray,
+    mpp: float,
+    thresholds: Thresholds | None = None,
+    nuclear_thresholds: NuclearThresholds | None = None,
+    cell_params: CellParams | None = None,
+    stains: str | StainMatrix = "auto",
+    path: str | Path | None = None,
+    check_stain: bool = True,
+    require_tissue: bool = True,
+) -> NuclearQuantification:
+    """Segment the nuclei of one RGB image at ``mpp`` µm/px and grade their DAB.
+
+    Raises :class:`NoTissueError` (no tissue), :class:`StainError` (H&E image, or no nuclei).
+    """
+    from her2score.quantify.pipeline import tissue_mask_for
+    from her2score.stain.deconvolution import separate_stains
+    from her2score.stain.detect import choose_stain_vectors, looks_like_he, macenko
+
+    p = cell_params or CellParams()
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    tissue = tissue_mask_for(rgb, mpp)
+    if require_tissue and tissue.sum() * mpp**2 < 500.0:
+        raise NoTissueError("no tissue found in the image", path)
+    estimate = macenko(rgb) if check_stain or stains == "auto" else None
+    if check_stain and looks_like_he(rgb, tissue, estimate):
+        raise StainError("looks like H&E (eosin-pink, no DAB): pass an IHC image", path)
+    if isinstance(stains, StainMatrix):
+        matrix, source = stains, "given"
+    else:
+        matrix, source = choose_stain_vectors(rgb, stains, estimate)
+    conc = separate_stains(rgb, matrix)
+    hema = conc["hematoxylin"]
+    dab = np.maximum(conc[matrix.names[1]], 0.0)
+    labels, _ = segment_nuclei(nuclear_density(hema, dab), mpp, tissue, p, dab=None)
+    if require_tissue and labels.max() == 0:
+        raise StainError("no nuclei found (no counterstain, or blank tissue)", path)
+    nuclei = measure_nuclei(labels, hema, dab, mpp, thresholds, nuclear_thresholds)
+    acc = NuclearAccumulator()
+    acc.add_nuclei(nuclei)
+    return NuclearQuantification(nuclei, labels, tissue, dab, source, acc)
+
+
+def quantify_nuclear_file(
+    path: str | Path,
+    out_dir: str | Path,
+    marker: str,
+    mpp: float | None = None,
+    thresholds: Thresholds | None = None,
+    nuclear_thresholds: NuclearThresholds | None = None,
+    cell_params: CellParams | None = None,
+    stains: str = "auto",
+    progress: Any = None,
+    stem: str | None = None,
+    whole_image_pixels: int | None = None,
+) -> Any:
+    """Score one image or slide for a nuclear marker; write ``<stem>.cells.parquet`` (one row per
+    nucleus, level-0 px) and ``<stem>.overlay.png``; return a
+    :class:`~her2score.quantify.pipeline.FileResult`.
+
+    Patches and cores in one piece; whole slides tile by tile over the tissue with the HER2 path's
+    tiles and cores (a nucleus belongs to the tile whose core holds its centre), in this process.
+    """
+    from her2score.quantify import pipeline
+    from her2score.slide import open_slide
+
+    marker = check_marker(marker)
+    if marker not in NUCLEAR_MARKERS:
+        raise ConfigError(f"{marker} is not a nuclear marker ({', '.join(NUCLEAR_MARKERS)})")
+    t = thresholds or Thresholds()
+    nt = nuclear_thresholds or NuclearThresholds()
+    p = cell_params or CellParams()
+    path, out_dir = Path(path), Path(out_dir)
+    limit = pipeline.WHOLE_IMAGE_PIXELS if whole_image_pixels is None else whole_image_pixels
+    with open_slide(path, mpp=mpp) as slide:
+        level0 = slide.require_mpp()
+        work = pipeline.work_mpp_for(level0, path)
+        scale = level0 / work
+        stem = stem or path.stem
+        args = (slide, path, stem, out_dir, marker, work, t, nt, p, stains)
+        if slide.width * slide.height * scale * scale <= limit:
+            return _nuclear_whole(*args)
+        return _nuclear_tiled(*args, progress)
+
+
+def _nuclear_whole(
+    slide: Any,
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    marker: str,
+    work: float,
+    t: Thresholds,
+    nt: NuclearThresholds,
+    p: CellParams,
+    stains: str,
+) -> Any:
+    from her2score.io import atomic_path, write_png
+    from her2score.quantify.overlay import nuclear_overlay
+    from her2score.quantify.pipeline import FileResult, _cells_to_level0, _row_head
+
+    rgb = slide.read_bounds((0, 0, slide.width, slide.height), work)
+    result = quantify_nuclear_image(rgb, work, t, nt, p, stains=stains, path=path)
+    row = _row_head(path, slide, work, "image", result.stain_source) | result.accumulator.summary(marker, t)
+    nuclei = _cells_to_level0(result.nuclei, work / slide.require_mpp())
+    cells_path = out_dir / f"{stem}.cells.parquet"
+    with atomic_path(cells_path) as tmp:
+        nuclei.to_parquet(tmp, index=False)
+    overlay = nuclear_overlay(rgb, result.nuclei, result.labels, row)
+    return FileResult(row, cells_path, write_png(out_dir / f"{stem}.overlay.png", overlay))
+
+
+def _nuclear_tiled(
+    slide: Any,
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    marker: str,
+    work: float,
+    t: Thresholds,
+    nt: NuclearThresholds,
+    p: CellParams,
+    stains: str,
+    progress: Any,
+) -> Any:
+    import pandas as pd
+
+    from her2score.io import atomic_path, write_png
+    from her2score.quantify import pipeline
+    from her2score.quantify.overlay import nuclear_dot_overlay
+    from her2score.slide.tissue import tile_grid
+    from her2score.stain.detect import choose_stain_vectors, looks_like_he
+
+    overview, overview_mpp = slide.read_overview(max_size=pipeline.OVERVIEW_MAX_SIZE)
+    tissue = pipeline.tissue_mask_for(overview, overview_mpp, mask_mpp=overview_mpp)
+    if tissue.sum() * overview_mpp**2 < 500.0:
+        raise NoTissueError("no tissue found on the slide", path)
+    if looks_like_he(overview, tissue):
+        raise StainError("looks like H&E (eosin-pink, no DAB): pass an IHC slide", path)
+    matrix, source = choose_stain_vectors(overview, stains)  # one set for the whole slide
+    tiles = tile_grid(slide, pipeline.TILE_SIZE, work, overlap=pipeline.TILE_OVERLAP, min_tissue=0.02)
+    if not tiles:
+        raise NoTissueError("no tile holds enough tissue", path)
+    level0 = slide.require_mpp()
+    factor = work / level0
+    total = NuclearAccumulator()
+    parts = []
+    task = progress.add_task(f"{path.name}: tiles", total=len(tiles)) if progress is not None else None
+    for tile, (x0, y0, x1, y1) in zip(tiles, pipeline.tile_cores(tiles), strict=True):
+        rgb = slide.read_region((tile.x, tile.y), (tile.size, tile.size), work)
+        result = quantify_nuclear_image(
+            rgb, work, t, nt, p, stains=matrix, path=path, check_stain=False, require_tissue=False
+        )
+        nuclei = pipeline._cells_to_level0(result.nuclei, factor, tile.x, tile.y)
+        keep = (nuclei["x"] >= x0) & (nuclei["x"] < x1) & (nuclei["y"] >= y0) & (nuclei["y"] < y1)
+        nuclei = nuclei[keep.to_numpy()].reset_index(drop=True)
+        nuclei["x_um"] = (nuclei["x"] * level0).astype(np.float32)
+        nuclei["y_um"] = (nuclei["y"] * level0).astype(np.float32)
+        total.add_nuclei(nuclei)
+        parts.append(nuclei)
+        if task is not None:
+            progress.advance(task)
+    if task is not None:
+        progress.remove_task(task)
+    nuclei = pd.concat(parts, ignore_index=True) if parts else empty_nuclei()
+    nuclei["cell_id"] = np.arange(1, len(nuclei) + 1, dtype=np.int64)
+    cells_path = out_dir / f"{stem}.cells.parquet"
+    with atomic_path(cells_path) as tmp:
+        nuclei.to_parquet(tmp, index=False)
+    row = pipeline._row_head(path, slide, work, f"slide ({len(tiles)} tiles)", source) | total.summary(
+        marker, t
+    )
+    tumour = nuclei[nuclei["is_tumour"].to_numpy(dtype=bool)]
+    overlay = nuclear_dot_overlay(
+        overview,
+        (tumour["x"].to_numpy() * level0 / overview_mpp).astype(np.float32),
+        (tumour["y"].to_numpy() * level0 / overview_mpp).astype(np.float32),
+        tumour["intensity"].to_numpy(dtype=np.int64),
+        row,
+        overview_mpp,
+    )
+    return pipeline.FileResult(row, cells_path, write_png(out_dir / f"{stem}.overlay.png", overlay))
