@@ -90,24 +90,8 @@ def measure_cells(
 
     area_um2 = props["area"] * mpp**2
     elongation = props["major"] / np.maximum(props["minor"], 1.0)
-    # Nuclei are convex ellipses: a blob filling < ``tumour_min_ellipse_fill`` of its fitted ellipse
-    # is stroma or a merged clump, not a nucleus.
-    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
-    shaped = (
-        (area_um2 >= t.tumour_nucleus_min_um2)
-        & (area_um2 <= t.tumour_nucleus_max_um2)
-        & (elongation <= t.tumour_max_elongation)
-        & (fill >= t.tumour_min_ellipse_fill)
-    )
-    # Darkness relative to the image's larger well-shaped nuclei: lymphocytes are denser.
-    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
-    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
-    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
-    lymphocyte = (area_um2 < t.lymphocyte_max_um2) & (darkness > t.lymphocyte_darkness)
     is_tumour = (
-        shaped
-        & ~lymphocyte
-        & in_nest(cy * mpp, cx * mpp, t)
+        tumour_nuclei(props, mpp, t, cy, cx)
         & (n_present >= s // 2)  # a ring cut mostly away (image edge, crowding) cannot be scored
     )
     return pd.DataFrame(
@@ -382,3 +366,39 @@ def classify_membrane(
         complete &= np.asarray(gap) <= thresholds.max_gap_fraction
     idx = np.where(intensity == 0, 0, np.where(complete, 1 + np.asarray(intensity), 1))
     return classes[idx]
+
+
+def tumour_nuclei(
+    props: dict[str, np.ndarray],
+    mpp: float,
+    t: Thresholds,
+    y_px: np.ndarray,
+    x_px: np.ndarray,
+    unstained: np.ndarray | None = None,
+) -> np.ndarray:
+    """Which nuclei are invasive tumour nuclei: nuclear size and shape, not a small dark lymphocyte, in
+    a nest (see :class:`Thresholds`). ``props`` from :func:`nucleus_shapes`, whose ``hematoxylin`` is
+    each nucleus's mean hematoxylin OD; ``y_px``, ``x_px`` their positions.
+
+    Lymphocytes are small and dark against the image's larger well-shaped nuclei; with ``unstained``
+    (nuclear markers), against the larger *unstained* ones only: a positive nucleus has given most of
+    its blue to the brown, so a mostly positive image would otherwise set the reference too low.
+    """
+    area_um2 = props["area"] * mpp**2
+    elongation = props["major"] / np.maximum(props["minor"], 1.0)
+    # Nuclei are convex ellipses: a blob filling < ``tumour_min_ellipse_fill`` of its fitted ellipse
+    # is stroma or a merged clump, not a nucleus.
+    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
+    shaped = (
+        (area_um2 >= t.tumour_nucleus_min_um2)
+        & (area_um2 <= t.tumour_nucleus_max_um2)
+        & (elongation <= t.tumour_max_elongation)
+        & (fill >= t.tumour_min_ellipse_fill)
+    )
+    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
+    if unstained is not None and (large & unstained).any():
+        large &= unstained
+    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
+    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
+    lymphocyte = (area_um2 < t.lymphocyte_max_um2) & (darkness > t.lymphocyte_darkness)
+    return shaped & ~lymphocyte & in_nest(y_px * mpp, x_px * mpp, t)

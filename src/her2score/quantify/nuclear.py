@@ -34,7 +34,7 @@ import numpy as np
 from her2score import rules
 from her2score.errors import ConfigError, NoTissueError, StainError
 from her2score.quantify.cells import CellParams, segment_nuclei
-from her2score.quantify.membrane import in_nest, nucleus_shapes
+from her2score.quantify.membrane import nucleus_shapes, tumour_nuclei
 from her2score.quantify.scoring import NOT_SCORABLE, not_scorable_reason
 from her2score.quantify.thresholds import Thresholds
 from her2score.stain.deconvolution import StainMatrix
@@ -149,37 +149,6 @@ def _nuclei_frame(
     )
 
 
-def tumour_nuclei(
-    props: dict[str, np.ndarray], mpp: float, t: Thresholds, unstained: np.ndarray | None = None
-) -> np.ndarray:
-    """Which nuclei are invasive tumour nuclei: the membrane quantifier's filter (nuclear size and
-    shape, not a small dark lymphocyte, in a nest; see :class:`Thresholds`), without its membrane-ring
-    condition. ``props`` from :func:`~her2score.quantify.membrane.nucleus_shapes`, its ``hematoxylin``
-    the mean hematoxylin OD of each nucleus.
-
-    Lymphocytes are small and dark against the image's larger *unstained* nuclei (``unstained``, when
-    some are large): a positive nucleus has given most of its blue to the brown, so a mostly positive
-    image would otherwise set the reference so low that every negative nucleus looks dark, or, on
-    the nuclear density, so high that lymphocytes pass as tumour.
-    """
-    area_um2 = props["area"] * mpp**2
-    elongation = props["major"] / np.maximum(props["minor"], 1.0)
-    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
-    shaped = (
-        (area_um2 >= t.tumour_nucleus_min_um2)
-        & (area_um2 <= t.tumour_nucleus_max_um2)
-        & (elongation <= t.tumour_max_elongation)
-        & (fill >= t.tumour_min_ellipse_fill)
-    )
-    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
-    if unstained is not None and (large & unstained).any():
-        large &= unstained
-    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
-    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
-    lymphocyte = (area_um2 < t.lymphocyte_max_um2) & (darkness > t.lymphocyte_darkness)
-    return shaped & ~lymphocyte & in_nest(props["y"] * mpp, props["x"] * mpp, t)
-
-
 def measure_nuclei(
     nuclei: np.ndarray,
     hematoxylin: np.ndarray,
@@ -209,7 +178,7 @@ def measure_nuclei(
         props["major"] / np.maximum(props["minor"], 1.0),
         hema,
         np.maximum(mean_dab, 0.0),
-        tumour_nuclei(props, mpp, t, unstained=mean_dab < nt.weak),
+        tumour_nuclei(props, mpp, t, props["y"], props["x"], unstained=mean_dab < nt.weak),
         mpp,
         nt,
     )
