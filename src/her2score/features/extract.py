@@ -194,7 +194,7 @@ def write_bag_manifest(manifest: str | Path, extracted: Any, out_path: str | Pat
     by_slide = {
         _resolved(r.slide): r.features for r in extracted.itertuples() if r.status in ("extracted", "cached")
     }
-    files = [by_slide.get(_resolved(_from(manifest, s))) for s in raw["slide"].str.strip()]
+    files = [by_slide.get(_resolved(slide_path_in(manifest, s))) for s in raw["slide"].str.strip()]
     keep = [f is not None for f in files]
     frame = raw[keep].copy()
     frame["slide"] = [os.path.relpath(f, out_path.parent.resolve()) for f in files if f is not None]
@@ -202,7 +202,8 @@ def write_bag_manifest(manifest: str | Path, extracted: Any, out_path: str | Pat
     return frame
 
 
-def _from(manifest: Path, slide: str) -> Path:
+def slide_path_in(manifest: Path, slide: str) -> Path:
+    """A manifest's slide path, relative ones taken from the manifest's folder."""
     path = Path(slide).expanduser()
     return path if path.is_absolute() else manifest.parent / path
 
