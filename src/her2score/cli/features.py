@@ -47,7 +47,8 @@ def features(
     """Tile every slide over tissue, encode the tiles and write one feature file per slide.
 
     Writes OUT/<slide>.<key>.safetensors (features, coords), OUT/features.csv (one row per slide with its
-    status) and OUT/manifest.csv (the manifest's rows, 'slide' pointing at feature files). Files already
+    status), OUT/manifest.csv (the manifest's rows, 'slide' pointing at feature files) and
+    OUT/bag_config.json (the feature size, in_dim, for 'her2score train --config'). Files already
     there for the same slide content, encoder and tiling are reused, so a killed run resumes.
 
     Exit status 1 when any slide could not be read (it is listed and left out of manifest.csv).
@@ -58,7 +59,7 @@ def features(
     from her2score.errors import CheckpointError, ManifestError
     from her2score.features.encoders import make_encoder
     from her2score.features.extract import extract_features, slide_path_in, write_bag_manifest
-    from her2score.io import write_csv
+    from her2score.io import write_csv, write_json
 
     check_input_file(manifest, "manifest", ManifestError)
     check_input_file(weights, "weights", CheckpointError)
@@ -79,10 +80,14 @@ def features(
     )  # fmt: skip
     write_csv(out / "features.csv", result)
     frame = write_bag_manifest(manifest, result, out / "manifest.csv")
+    # the aggregators' feature size (their in_dim), for 'her2score train --config'
+    write_json(out / "bag_config.json", {"model_args": {"in_dim": tile_encoder.dim}})
     counts = result["status"].value_counts().to_dict()
     console.print(
         f"{counts.get('extracted', 0)} extracted, {counts.get('cached', 0)} reused, "
-        f"{int(result['n_tiles'].sum())} tiles -> {out / 'manifest.csv'} ({len(frame)} rows)"
+        f"{int(result['n_tiles'].sum())} tiles -> {out / 'manifest.csv'} ({len(frame)} rows)\n"
+        f"train with: her2score train --manifest {out / 'manifest.csv'} --model abmil "
+        f"--config {out / 'bag_config.json'} --out RUN"
     )
     failed = result[result["status"] == "failed"]
     if len(failed):
