@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,27 @@ def test_a_read_error_reaches_the_caller_and_leaving_early_stops_the_reader() ->
     next(stream)
     stream.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("tiles:")]
+
+
+class _CountingSlide:
+    path = Path("counting.tiff")
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read_region(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
+        self.reads += 1
+        return np.zeros((*size, 3), np.uint8)
+
+
+def test_the_reader_stays_a_few_batches_ahead_of_a_slow_encoder() -> None:
+    """Memory stays flat on a large slide: the reader never holds more than the bounded queue."""
+    slide = _CountingSlide()
+    stream = read_tiles(slide, [Tile(0, 0, 8, 8, 8, 1.0, 1.0)] * 1000, batch_size=10, prefetch=2)
+    next(stream)
+    time.sleep(0.3)  # an encoder busy with the first batch
+    assert slide.reads <= 10 * (1 + 2 + 1)  # the batch in hand, the queue, the one being put
+    stream.close()
 
 
 def test_stain_encoder_tells_dab_from_hematoxylin_and_glass() -> None:

@@ -74,6 +74,7 @@ def clam_sb(
     data={"max_instances": 2048},
     maps=("attention",),
     description="TransMIL (Shao et al. 2021), simplified: class token, 2 transformer layers, square PPEG.",
+    exportable=False,  # PPEG lays each bag out by its own tile count: a traced graph would fix one count
 )
 def transmil(
     num_classes: int,
