@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "her2score.cli.predict",
     "her2score.cli.demo",
     "her2score.cli.quantify",
+    "her2score.cli.features",
 )
 
 

@@ -1,0 +1,97 @@
+"""``her2score features``: tile features of every slide of a manifest, cached per slide, and a bag
+manifest (``OUT/manifest.csv``) that trains multiple-instance models (``her2score train --model abmil``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from her2score.cli.options import EXIT_CODES_BATCH, Device, Mpp, Out, Quiet
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``features`` to the CLI."""
+    app.command("features", epilog=EXIT_CODES_BATCH)(features)
+
+
+def features(
+    manifest: Annotated[
+        Path, typer.Option("--manifest", help="Manifest CSV whose 'slide' column names slides.")
+    ],
+    out: Out,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder", help="stain (OD statistics, 29 numbers) or timm:ARCH (e.g. timm:resnet18)."
+        ),
+    ] = "stain",
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Local weights for a timm encoder (never downloaded).")
+    ] = None,
+    tile_mpp: Annotated[
+        float, typer.Option("--tile-mpp", min=0.05, help="µm/px the tiles are read at.")
+    ] = 1.0,
+    tile: Annotated[
+        int, typer.Option("--tile", min=16, help="Tile size in pixels (224 or 256 usually).")
+    ] = 224,
+    min_tissue: Annotated[
+        float, typer.Option("--min-tissue", min=0.0, max=1.0, help="Least tissue fraction of a kept tile.")
+    ] = 0.25,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per encoder call.")] = 32,
+    mpp: Mpp = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Tile every slide over tissue, encode the tiles and write one feature file per slide.
+
+    Writes OUT/<slide>.<key>.safetensors (features, coords), OUT/features.csv (one row per slide with its
+    status), OUT/manifest.csv (the manifest's rows, 'slide' pointing at feature files) and
+    OUT/bag_config.json (the feature size, in_dim, for 'her2score train --config'). Files already
+    there for the same slide content, encoder and tiling are reused, so a killed run resumes.
+
+    Exit status 1 when any slide could not be read (it is listed and left out of manifest.csv).
+    """
+    import pandas as pd
+
+    from her2score.cli.checks import check_input_file, check_output_dir, make_console
+    from her2score.errors import CheckpointError, ManifestError
+    from her2score.features.encoders import make_encoder
+    from her2score.features.extract import extract_features, slide_path_in, write_bag_manifest
+    from her2score.io import write_csv, write_json
+
+    check_input_file(manifest, "manifest", ManifestError)
+    check_input_file(weights, "weights", CheckpointError)
+    check_output_dir(out)
+    raw = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True)
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    if "slide" not in raw.columns:
+        raise ManifestError("no 'slide' column", manifest)
+    slides = [slide_path_in(manifest, s.strip()) for s in raw["slide"]]
+    console = make_console()
+    tile_encoder = make_encoder(encoder, weights=weights, device=device)
+    console.print(
+        f"encoder {tile_encoder.name} ({tile_encoder.dim} features), {tile} px tiles at {tile_mpp:g} µm/px"
+    )
+    result = extract_features(
+        slides, out, tile_encoder, mpp=tile_mpp, tile_size=tile, min_tissue=min_tissue,
+        batch_size=batch_size, slide_mpp=mpp, quiet=quiet,
+    )  # fmt: skip
+    write_csv(out / "features.csv", result)
+    frame = write_bag_manifest(manifest, result, out / "manifest.csv")
+    # the aggregators' feature size (their in_dim), for 'her2score train --config'
+    write_json(out / "bag_config.json", {"model_args": {"in_dim": tile_encoder.dim}})
+    counts = result["status"].value_counts().to_dict()
+    console.print(
+        f"{counts.get('extracted', 0)} extracted, {counts.get('cached', 0)} reused, "
+        f"{int(result['n_tiles'].sum())} tiles -> {out / 'manifest.csv'} ({len(frame)} rows)\n"
+        f"train with: her2score train --manifest {out / 'manifest.csv'} --model abmil "
+        f"--config {out / 'bag_config.json'} --out RUN"
+    )
+    failed = result[result["status"] == "failed"]
+    if len(failed):
+        console.print(f"{len(failed)} slide(s) skipped:", style="yellow")
+        for row in failed.itertuples():
+            console.print(f"  {row.slide}: {row.cause}")
+        raise typer.Exit(1)
