@@ -55,13 +55,13 @@ def _bag_cohort(folder: Path, n: int = 24, dim: int = 16, seed: int = 0) -> Path
 def test_bag_model_trains_saves_reloads_and_predicts_through_the_engine(tmp_path: Path) -> None:
     manifest = _bag_cohort(tmp_path / "bags")
     cfg = load_config(
-        None, model="abmil", model_args={"in_dim": 16, "hidden": 16, "dropout": 0.0}, epochs=40, batch_size=4,
+        None, model="abmil", model_args={"hidden": 16, "dropout": 0.0}, epochs=40, batch_size=4,
         lr=1e-2, n_boot=20, device="cpu", test_fraction=0.25, val_fraction=0.2, patience=0, select="last",
     )  # fmt: skip
     result = train_run(load_manifest(manifest), cfg, tmp_path / "run", quiet=True, log=lambda s: None)
     meta = read_metadata(result.model_paths[0])
     assert (meta["model"], meta["input_kind"]) == ("abmil", "bag")
-    assert meta["model_kwargs"] == {"in_dim": 16, "hidden": 16, "dropout": 0.0}
+    assert meta["model_kwargs"] == {"in_dim": 16, "hidden": 16, "dropout": 0.0}  # in_dim from the bags
     assert result.metrics["accuracy"] >= 0.8  # 6 held-out bags; chance is 1/3
     # reload and predict from the checkpoint alone: the same probabilities as at the end of training
     held_out = pd.read_csv(tmp_path / "run" / "predictions.csv")

@@ -470,6 +470,10 @@ def _train_run(
     if prepared.failures:
         write_csv(run / "skipped_slides.csv", pd.DataFrame([f.__dict__ for f in prepared.failures]))
         log(f"{len(prepared.failures)} slide(s) cannot be used and are skipped (see skipped_slides.csv)")
+    known = spec.options()
+    for key, value in kind.model_options(prepared).items():
+        if key in known and key not in cfg.model_args:
+            options[key] = value  # decided by the data (e.g. the feature size of the bags)
     readable = cohort.subset(prepared.positions)
     if len(readable) < 4:
         raise ManifestError(f"only {len(readable)} readable slide(s); training needs at least 4", cohort.path)

@@ -78,6 +78,9 @@ class FeatureBags(InputKind):
             )
         return Prepared(self.name, items, np.array(positions, dtype=np.int64), failures)
 
+    def model_options(self, prepared: Prepared) -> dict[str, Any]:
+        return {"in_dim": int(prepared.items[0][0].shape[1])} if len(prepared) else {}
+
     def batch(
         self,
         prepared: Prepared,

@@ -101,6 +101,11 @@ class InputKind:
         """``(kind, data config, statistics)`` of the input the saved (inference) model reads."""
         return self.inference_kind or self.name, self.config(), stats
 
+    def model_options(self, prepared: Prepared) -> dict[str, Any]:
+        """Model options the data decides (e.g. the feature size of tile-feature bags, ``in_dim``),
+        passed to a model whose factory takes them unless the configuration sets them."""
+        return {}
+
     def images(self, prepared: Prepared) -> Any:
         """The prepared uint8 images (N, 3, H, W) the model reads, or None for inputs without images."""
         return None
