@@ -99,6 +99,13 @@ def summarise(result: object, console: object, seconds: float) -> None:
             low, high = ci.get(key, [float("nan"), float("nan")])
             parts.append(f"{key} {value:.3f} [{low:.3f}, {high:.3f}]")
         console.print("held-out: " + " · ".join(parts))  # type: ignore[attr-defined]
+        for name, base in (metrics.get("baselines") or {}).items():
+            shown = " · ".join(
+                f"{key} {base[key]:.3f}"
+                for key in ("auc_macro", "f1_macro", "accuracy")
+                if base.get(key) is not None
+            )
+            console.print(f"  same slides, {name}: {shown}")  # type: ignore[attr-defined]
     for warning in (metrics or {}).get("warnings", []) or getattr(result, "warnings", []):
         console.print(f"WARNING: {warning}", style="bold yellow", markup=False, highlight=False)  # type: ignore[attr-defined]
     for note in getattr(result, "notes", []):
