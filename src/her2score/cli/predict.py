@@ -16,7 +16,13 @@ def register(app: typer.Typer) -> None:
 
 
 def predict(
-    model: Annotated[Path, typer.Option("--model", help="A model.safetensors written by 'her2score train'.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            help="A model.safetensors written by 'her2score train' (an .onnx with --backend onnxruntime).",
+        ),
+    ],
     slides: Annotated[list[Path], typer.Argument(help="Slide files, or folders of slides.")],
     out: OutFile,
     heatmaps: Annotated[
@@ -27,6 +33,12 @@ def predict(
     workers: Workers = 0,
     cache: Cache = None,
     quiet: Quiet = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="torch (model.safetensors) or onnxruntime (a 'her2score export' file)."
+        ),
+    ] = "torch",
 ) -> None:
     """Predict each slide's class; unreadable slides are listed at the end and in --out with their cause.
 
@@ -45,10 +57,15 @@ def predict(
     check_output_dir(heatmaps, "--heatmaps")
     check_output_dir(cache, "--cache")
     console = make_console()
-    console.print(describe(read_metadata(model)))
+    if backend == "onnxruntime":
+        from her2score.export.onnx import OnnxModel
+
+        console.print(describe(OnnxModel(model).meta) + " · ONNX Runtime")
+    else:
+        console.print(describe(read_metadata(model)))
     frame, failures = predict_slides(
         model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp, cache_dir=cache,
-        workers=workers, quiet=quiet,
+        workers=workers, quiet=quiet, backend=backend,
     )  # fmt: skip
     warned = frame[frame["status"].str.startswith("warning")]
     done = int((frame["status"] == "ok").sum()) + len(warned)

@@ -20,8 +20,12 @@ def predict_slides(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     quiet: bool = False,
+    backend: str = "torch",
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``out_csv``: ``slide, predicted, prob_<class>..., status``; unreadable slides get their cause.
+
+    ``backend``: ``torch`` for a ``model.safetensors``, ``onnxruntime`` for an ONNX file written by
+    :func:`her2score.export.onnx.export_onnx`.
 
     Folders among ``slides`` are expanded to the slide and image files in them, by content. Two runs
     writing the same ``out_csv`` do not overlap: the second is refused (:func:`her2score.io.output_lock`).
@@ -31,7 +35,7 @@ def predict_slides(
     out_csv = Path(out_csv)
     with output_lock(out_csv.parent, name=f".{out_csv.name}.lock"):  # two runs writing one CSV
         return _predict_locked(
-            model_path, slides, out_csv, heatmap_dir, device, mpp, cache_dir, workers, quiet
+            model_path, slides, out_csv, heatmap_dir, device, mpp, cache_dir, workers, quiet, backend
         )
 
 
@@ -45,13 +49,14 @@ def _predict_locked(
     cache_dir: str | Path | None,
     workers: int,
     quiet: bool,
+    backend: str,
 ) -> tuple[pd.DataFrame, list[Failure]]:
     from her2score.engine.predictor import Predictor, prediction_frame
     from her2score.io import write_csv
     from her2score.paths import cache_dir as default_cache
     from her2score.slide.discover import expand_inputs
 
-    predictor, meta = Predictor.from_checkpoint(model_path, device)
+    predictor, meta = Predictor.from_checkpoint(model_path, device, backend)
     files = expand_inputs(slides)
     rows = [{"slide": str(f), "mpp": mpp} for f in files]
     prepared = predictor.kind.prepare(rows, cache_dir or default_cache("lowres"), workers, quiet)

@@ -55,13 +55,26 @@ class Predictor:
         self.device, self.tta, self.batch_size = device, tta, batch_size
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> tuple[Predictor, dict[str, Any]]:
-        """A predictor for a saved ``model.safetensors`` and the checkpoint's metadata."""
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", backend: str = "torch"
+    ) -> tuple[Predictor, dict[str, Any]]:
+        """A predictor for a saved ``model.safetensors`` (``backend="torch"``) or an ONNX file exported
+        by ``her2score export`` (``backend="onnxruntime"``), and the model's metadata."""
         from her2score.data.inputs import create_input_kind
         from her2score.engine.checkpoint import load_model
+        from her2score.errors import ConfigError
 
-        dev = resolve_device(device)
-        model, meta = load_model(path, dev)
+        if backend == "onnxruntime":
+            from her2score.export.onnx import OnnxModel
+
+            dev = resolve_device("cpu")
+            model: Any = OnnxModel(path)
+            meta = model.meta
+        elif backend == "torch":
+            dev = resolve_device(device)
+            model, meta = load_model(path, dev)
+        else:
+            raise ConfigError(f"unknown backend {backend!r} (torch or onnxruntime)")
         kind = create_input_kind(meta["input_kind"], **meta["data"])
         return cls(model, kind, meta["stats"], dev, tta=bool(meta.get("tta", False))), meta
 
