@@ -62,9 +62,8 @@ def main() -> None:
             diff = float(
                 (model.predict_step({"image": x}) - onnx_model.predict_step({"image": x})).abs().max()
             )
-    print(
-        f"{args.model} + stain head, {args.size} px, batch {args.batch}, CPU ({torch.get_num_threads()} threads)"
-    )
+    threads = torch.get_num_threads()
+    print(f"{args.model} + stain head, {args.size} px, batch {args.batch}, CPU ({threads} threads)")
     print(f"  export (with its check)        {export_s:8.1f} s   (check diff {check['max_abs_diff']:.1e})")
     print(f"  torch, ms per image            {torch_ms:8.2f}")
     print(f"  ONNX Runtime, ms per image     {ort_ms:8.2f}")
