@@ -39,6 +39,10 @@ def predict_slides(
         )
 
 
+#: Slides prepared and predicted per step; the journal grows by this much at a time.
+CHUNK = 32
+
+
 def _predict_locked(
     model_path: str | Path,
     slides: list[str | Path],
@@ -51,30 +55,127 @@ def _predict_locked(
     quiet: bool,
     backend: str,
 ) -> tuple[pd.DataFrame, list[Failure]]:
+    """Predict in chunks, journalling each slide's row (keyed by the slide's content and the model's)
+    in ``<out>.jsonl`` as it is done, so that a killed or repeated run does only what is left."""
+    from her2score.data.lowres import content_hash
     from her2score.engine.predictor import Predictor, prediction_frame
     from her2score.io import write_csv
     from her2score.paths import cache_dir as default_cache
     from her2score.slide.discover import expand_inputs
 
     predictor, meta = Predictor.from_checkpoint(model_path, device, backend)
+    model_key = f"{content_hash(model_path)}:{backend}"
     files = expand_inputs(slides)
-    rows = [{"slide": str(f), "mpp": mpp} for f in files]
-    prepared = predictor.kind.prepare(rows, cache_dir or default_cache("lowres"), workers, quiet)
-    names = [str(files[i]) for i in prepared.positions]
-    probs = predictor.predict(prepared)
-    frame = prediction_frame(names, probs, meta["classes"])
+    journal_path = out_csv.with_suffix(".jsonl")
+    done = _read_journal(journal_path, model_key)
+    keys = {str(f): _slide_key(f, mpp) for f in files}
+    todo = [f for f in files if done.get(str(f), {}).get("key") != keys[str(f)] or keys[str(f)] is None]
+    kept = {str(f): done[str(f)] for f in files if str(f) in done and f not in todo}
     expected = meta.get("input_stain", "ihc")
-    frame["status"] = [stain_status(predictor.kind.picture(prepared, i), expected) for i in range(len(names))]
-    if prepared.failures:
-        failed = pd.DataFrame({"slide": [f.slide for f in prepared.failures]})
-        failed["status"] = [f"skipped: {f.cause}" for f in prepared.failures]
-        frame = pd.concat([frame, failed], ignore_index=True)
+    with _Journal(journal_path, list(kept.values())) as journal:
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            rows = [{"slide": str(f), "mpp": mpp} for f in chunk]
+            prepared = predictor.kind.prepare(rows, cache_dir or default_cache("lowres"), workers, quiet)
+            names = [str(chunk[i]) for i in prepared.positions]
+            frame = prediction_frame(names, predictor.predict(prepared), meta["classes"])
+            frame["status"] = [
+                stain_status(predictor.kind.picture(prepared, i), expected) for i in range(len(names))
+            ]
+            for record in frame.to_dict("records"):
+                journal.add({**record, "key": keys[record["slide"]], "model_key": model_key})
+            for f in prepared.failures:
+                journal.add({"slide": f.slide, "status": f"skipped: {f.cause}", "key": keys.get(f.slide),
+                             "model_key": model_key})  # fmt: skip
+            if heatmap_dir is not None and names:
+                predictor.heatmaps(prepared, names, heatmap_dir, classes=meta["classes"])
+        records = journal.records
     order = {str(f): i for i, f in enumerate(files)}
-    frame = frame.sort_values("slide", key=lambda s: s.map(order)).reset_index(drop=True)
+    by_slide = {r["slide"]: r for r in records if r["slide"] in order}
+    frame = pd.DataFrame([by_slide[str(f)] for f in files if str(f) in by_slide])
+    if frame.empty:
+        frame = pd.DataFrame(
+            columns=["slide", "predicted", *[f"prob_{c}" for c in meta["classes"]], "status"]
+        )
+    frame = frame.drop(columns=[c for c in ("key", "model_key") if c in frame.columns])
+    columns = ["slide", "predicted", *[f"prob_{c}" for c in meta["classes"]], "status"]
+    frame = frame.reindex(columns=columns)
     write_csv(out_csv, frame, float_format="%.6f")
-    if heatmap_dir is not None and len(names):
-        predictor.heatmaps(prepared, names, heatmap_dir, classes=meta["classes"])
-    return frame, prepared.failures
+    failures = [
+        Failure(r["slide"], str(r["status"])[len("skipped: ") :])
+        for r in frame.to_dict("records")
+        if str(r["status"]).startswith("skipped")
+    ]
+    failures_csv = out_csv.with_name(f"{out_csv.stem}.failures.csv")
+    if failures:
+        write_csv(failures_csv, pd.DataFrame([f.__dict__ for f in failures]))
+    elif failures_csv.exists():
+        failures_csv.unlink()  # an earlier run's failures, all fixed now
+    return frame, failures
+
+
+def _slide_key(path: Path, mpp: float | None) -> str | None:
+    """The slide's content (size, modification time, sampled bytes) and the µm/px it was read with."""
+    from her2score.data.lowres import content_hash
+
+    try:
+        st = path.stat()
+        if not path.is_file():
+            return None
+        return f"{content_hash(path)}:{st.st_size}:{st.st_mtime_ns}:{mpp}"
+    except OSError:
+        return None  # missing or unreadable: never taken from the journal, always tried (and reported)
+
+
+def _read_journal(path: Path, model_key: str) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier run with the same model, by slide; a torn last line (a kill) is ignored."""
+    import json
+
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("model_key") == model_key and "slide" in row:
+            out[row["slide"]] = row
+    return out
+
+
+class _Journal:
+    """Append-only JSON lines, flushed to disk per chunk; rewritten whole (atomically) at the start with
+    the rows kept from an earlier run, so rows of another model or of slides no longer asked for go."""
+
+    def __init__(self, path: Path, kept: list[dict[str, Any]]) -> None:
+        self.path, self.records = path, list(kept)
+
+    def __enter__(self) -> _Journal:
+        from her2score.io import write_text
+
+        write_text(self.path, "".join(_json_line(r) for r in self.records))
+        self.fh = self.path.open("a", encoding="utf-8")
+        return self
+
+    def add(self, record: dict[str, Any]) -> None:
+        import os
+
+        self.records.append(record)
+        self.fh.write(_json_line(record))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    from her2score.io import to_json_safe
+
+    return json.dumps(to_json_safe(record), allow_nan=False) + "\n"
 
 
 def stain_status(picture: Any, expected: str = "ihc") -> str:

@@ -1,0 +1,97 @@
+"""Batch prediction at scale: one row per slide, a broken slide listed (failures.csv) without stopping
+the rest, a journal keyed by slide content and model so that a re-run does no work and a killed run
+resumes where it stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from her2score.data.manifest import load_manifest
+from her2score.engine import predict as predict_module
+from her2score.engine.config import load_config
+from her2score.engine.predict import predict_slides
+from her2score.engine.train import train_run
+
+
+@pytest.fixture(scope="module")
+def model_and_slides(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("batch")
+    cfg = load_config(None, epochs=1, input_size=32, batch_size=4, n_boot=10, cache_dir=str(tmp / "cache"))
+    run = train_run(
+        load_manifest(tiny_manifest), cfg, tmp / "run", quiet=True, log=lambda s: None, heatmaps=0
+    )
+    folder = tmp / "slides"
+    shutil.copytree(tiny_manifest.parent / "slides", folder)
+    (folder / "case_005b.tiff").write_bytes(b"II*\x00" + b"\x01" * 300)  # broken, in the middle by name
+    return run.model_paths[0], folder
+
+
+def _count_prepares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from her2score.data.inputs.lowres import LowResImages
+
+    calls: list[int] = []
+    original = LowResImages.prepare
+
+    def counted(self, rows, *args, **kwargs):
+        calls.append(len(rows))
+        return original(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(LowResImages, "prepare", counted)
+    return calls
+
+
+def test_a_rerun_does_no_work_and_a_changed_slide_is_redone(
+    model_and_slides: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, folder = model_and_slides
+    out = tmp_path / "preds.csv"
+    frame, failures = predict_slides(model, [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    n = len(list(folder.glob("*.tiff")))
+    assert len(frame) == n
+    assert [Path(f.slide).name for f in failures] == ["case_005b.tiff"]
+    assert list(pd.read_csv(out.with_name("preds.failures.csv"))["slide"].map(lambda s: Path(s).name)) == [
+        "case_005b.tiff"
+    ]
+    calls = _count_prepares(monkeypatch)
+    again, _ = predict_slides(model, [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    assert calls == []  # nothing read again, the broken slide included
+    pd.testing.assert_frame_equal(again, frame)
+    changed = sorted(folder.glob("case_00*.tiff"))[0]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    predict_slides(model, [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    assert calls == [1]
+
+
+def test_a_killed_run_resumes_with_what_is_left(
+    model_and_slides: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, folder = model_and_slides
+    out = tmp_path / "preds.csv"
+    monkeypatch.setattr(predict_module, "CHUNK", 4)
+    calls = _count_prepares(monkeypatch)
+    from her2score.engine.predictor import Predictor
+
+    original = Predictor.predict
+    seen = {"n": 0}
+
+    def dies_on_third(self, prepared, index=None):
+        seen["n"] += 1
+        if seen["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, prepared, index)
+
+    monkeypatch.setattr(Predictor, "predict", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slides(model, [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    assert not out.exists()
+    assert len(out.with_suffix(".jsonl").read_text().splitlines()) >= 8  # two chunks journalled
+    calls.clear()
+    frame, _ = predict_slides(model, [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    n = len(list(folder.glob("*.tiff")))
+    assert len(frame) == n
+    assert sum(calls) == n - 8  # only what the killed run had not journalled
