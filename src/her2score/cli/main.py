@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "her2score.cli.quantify",
     "her2score.cli.features",
     "her2score.cli.export",
+    "her2score.cli.serve",
 )
 
 

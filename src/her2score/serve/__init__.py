@@ -1,0 +1,1 @@
+"""The web service: scoring over HTTP (``her2score serve``)."""
