@@ -52,6 +52,10 @@ def predict(
     from her2score.engine.predict import predict_slides
     from her2score.errors import CheckpointError
 
+    if backend not in ("torch", "onnxruntime"):
+        from her2score.errors import ConfigError
+
+        raise ConfigError(f"--backend must be torch or onnxruntime (got {backend!r})")
     check_input_file(model, "model", CheckpointError, "; pass the model.safetensors inside a run folder")
     check_output_file(out)
     check_output_dir(heatmaps, "--heatmaps")
