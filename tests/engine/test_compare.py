@@ -92,3 +92,25 @@ def test_compare_writes_a_row_per_method_on_identical_test_slides(tmp_path: Path
     features = pd.read_csv(next((out / "cache" / "features").glob("*/features.csv")))
     assert (features["status"] == "extracted").all()
     assert (features["seconds"] > 0).all()
+
+
+def test_cached_features_and_overviews_keep_their_first_preparation_time(tmp_path: Path) -> None:
+    from her2score.engine.compare import CompareOptions, lowres_costs, patch_features
+    from her2score.engine.config import load_config
+    from her2score.features.encoders import make_encoder
+
+    manifest = make_tiny_cohort(tmp_path / "cohort", n=2, size=768)
+    frame = pd.DataFrame({"slide": [str(p) for p in sorted((manifest.parent / "slides").glob("*.tiff"))]})
+    options, folder = CompareOptions(), tmp_path / "features"
+    first = patch_features(frame, options, 1.0, folder, make_encoder("stain"), quiet=True)
+    again = patch_features(frame, options, 1.0, folder, make_encoder("stain"), quiet=True)
+    assert list(again["status"]) == ["cached", "cached"]
+    assert list(again["seconds"]) == pytest.approx(list(first["seconds"]))
+
+    cfg = load_config(None, input_size=64)
+    read = lowres_costs(frame, cfg, tmp_path / "lowres")
+    reused = lowres_costs(frame, cfg, tmp_path / "lowres")
+    assert list(read["status"]) == ["read", "read"]
+    assert list(reused["status"]) == ["cached", "cached"]
+    assert list(reused["seconds"]) == pytest.approx(list(read["seconds"]))
+    assert (reused["cache_bytes"] > 0).all()
