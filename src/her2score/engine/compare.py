@@ -218,12 +218,15 @@ def patch_features(
 # ------------------------------------------------------------------------------------------ one method
 def _method_config(cfg: TrainConfig, model: str, **changes: Any) -> TrainConfig:
     """``cfg`` for ``model``: the options of the low-res network (backbone, stain head, ...) go back to
-    their defaults for a model that does not take them."""
+    their defaults for a model that does not take them, and ``model_args`` apply to the config's own
+    model only."""
     from her2score.models.registry import get_model_spec
 
     known = get_model_spec(model).options()
     defaults = TrainConfig()
     reset = {k: getattr(defaults, k) for k in SHARED_MODEL_KEYS if k not in known}
+    if model != cfg.model:
+        reset["model_args"] = {}  # the config's model_args are its own model's
     out = dataclasses.replace(cfg, model=model, **reset, **changes)
     out.augment = dataclasses.replace(cfg.augment)
     if out.augment.crop > out.input_size:
