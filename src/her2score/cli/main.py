@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "her2score.cli.features",
     "her2score.cli.export",
     "her2score.cli.serve",
+    "her2score.cli.compare",
 )
 
 

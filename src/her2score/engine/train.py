@@ -24,6 +24,8 @@ from her2score.errors import ConfigError, ManifestError
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.safetensors"
 EpochCallback = Callable[[int, dict[str, Any]], None]
+#: Splits of a readable cohort (a function, since which slides are readable depends on the input kind).
+SplitRule = Callable[["Cohort"], list["Split"]]
 
 
 @dataclass
@@ -407,6 +409,7 @@ def train_run(
     log: Callable[[str], None] = print,
     heatmaps: int = 6,
     overwrite: bool = False,
+    splits: SplitRule | None = None,
 ) -> RunResult:
     """Prepare inputs, split, train (one model or one per fold), evaluate held-out slides, report.
 
@@ -418,6 +421,9 @@ def train_run(
     folder that is not a run). A run that fails before its first epoch is saved removes what it wrote
     (no ``config.yaml`` or ``splits.csv`` posing as a run); once an epoch is saved, what it wrote stays
     so that ``--resume`` can continue it.
+
+    ``splits``, when given, makes the splits of the readable cohort instead of :func:`make_splits`
+    (``her2score compare`` hands every method the same patient-grouped splits this way).
     """
     from her2score.io import output_lock
 
@@ -428,7 +434,7 @@ def train_run(
         with output_lock(run):
             _check_run_dir(run, cfg, resume, overwrite)
             _warn_one_class(cohort, log)
-            return _train_run(cohort, cfg, run, resume, quiet, on_epoch_end, log, heatmaps)
+            return _train_run(cohort, cfg, run, resume, quiet, on_epoch_end, log, heatmaps, splits)
     except BaseException:
         _remove_partial_run(run, existed, before)
         raise
@@ -443,6 +449,7 @@ def _train_run(
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     heatmaps: int = 6,
+    split_rule: SplitRule | None = None,
 ) -> RunResult:
     import torch
 
@@ -477,7 +484,7 @@ def _train_run(
     readable = cohort.subset(prepared.positions)
     if len(readable) < 4:
         raise ManifestError(f"only {len(readable)} readable slide(s); training needs at least 4", cohort.path)
-    splits = make_splits(readable, cfg)
+    splits = split_rule(readable) if split_rule is not None else make_splits(readable, cfg)
     write_csv(run / "splits.csv", _splits_frame(readable, splits))
     device = resolve_device(cfg.device)
 

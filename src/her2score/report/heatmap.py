@@ -155,3 +155,38 @@ def save_map_overlay(rgb: np.ndarray, heat: np.ndarray, path: str | Path) -> Pat
     tissue = rgb.astype(np.int16).min(axis=-1) < 235  # colour only over tissue, not glass/padding
     overlay = overlay_heatmap(rgb, heat, alpha=0.45, mask=tissue if tissue.any() else None)
     return write_png(path, np.concatenate([rgb, overlay], axis=1))
+
+
+def tile_map(
+    coords: np.ndarray,
+    weights: np.ndarray,
+    tile_px: float,
+    overview_shape: tuple[int, int],
+    scale: float,
+) -> np.ndarray:
+    """Per-tile values (attention, tile probabilities) painted into an overview-sized map.
+
+    ``coords`` (N, 2) are the tiles' top-left corners in level-0 px (as feature files hold them),
+    ``tile_px`` a tile's side in level-0 px, ``scale`` overview px per level-0 px. Returns a float map
+    of ``overview_shape`` (height, width), NaN where no tile lies (left uncoloured by
+    :func:`overlay_heatmap`); where tiles overlap the larger value wins.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(coords) != len(weights):
+        raise ValueError(f"{len(coords)} tile positions but {len(weights)} values")
+    if tile_px <= 0 or scale <= 0:
+        raise ValueError(f"tile_px and scale must be positive, got {tile_px} and {scale}")
+    height, width = int(overview_shape[0]), int(overview_shape[1])
+    out = np.full((height, width), np.nan)
+    side = max(1, round(tile_px * scale))
+    for (x, y), value in zip(coords, weights, strict=True):
+        if not np.isfinite(value):
+            continue
+        x0, y0 = max(0, round(x * scale)), max(0, round(y * scale))
+        x1, y1 = min(width, x0 + side), min(height, y0 + side)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        region = out[y0:y1, x0:x1]
+        out[y0:y1, x0:x1] = np.where(np.isnan(region), value, np.fmax(region, value))
+    return out
