@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "her2score.cli.demo",
     "her2score.cli.quantify",
     "her2score.cli.features",
+    "her2score.cli.benchmark",
 )
 
 
