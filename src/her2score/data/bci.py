@@ -79,7 +79,7 @@ def find_bci_pairs(root: str | Path, check_sizes: bool = True) -> list[BCIPair]:
         have, missing = (he[name], ihc_dir / name) if name in he else (ihc[name], he_dir / name)
         raise ManifestError(f"has no partner: {missing} does not exist (BCI pairs share a file name)", have)
     pairs = []
-    for name in sorted(he):
+    for name in sorted(he, key=lambda n: (Path(n).name, n)):
         match = BCI_NAME.match(Path(name).name)
         if match is None:
             raise ManifestError(

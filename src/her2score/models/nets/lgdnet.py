@@ -306,7 +306,8 @@ class LGDNet(SlideModel):
                 optimizer.step()
         self._freeze_teacher()
         epochs = self.teacher_warmup_epochs
-        return f"IHC teacher trained alone for {epochs} epochs (last loss {float(loss):.3f}), then frozen"
+        last = float(loss.detach())
+        return f"IHC teacher trained alone for {epochs} epochs (last loss {last:.3f}), then frozen"
 
     # --------------------------------------------------------------------------------------- losses
     def training_step(self, batch: dict[str, Any], loss_fn: Any) -> tuple[torch.Tensor, dict[str, float]]:
