@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "her2score.cli.export",
     "her2score.cli.serve",
     "her2score.cli.compare",
+    "her2score.cli.benchmark",
 )
 
 

@@ -1,0 +1,247 @@
+"""``her2score benchmark bci``: the BCI protocol in one command.
+
+Reads a folder in the BCI layout (:mod:`her2score.data.bci`), writes the manifests with the official
+split, trains LGD-Net, its H&E-only and IHC-only baselines and its ablations through the one training
+engine (``train_run``), and writes ``OUT/results.csv`` (one row per model: held-out metrics with 95 %
+bootstrap CIs, CPU milliseconds and GFLOPs per patch at the trained size) and ``OUT/report.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from her2score.cli.options import Device, Quiet, Seed
+
+
+@dataclass(frozen=True)
+class BenchmarkModel:
+    """One row of the benchmark: which manifest, which registered model, with which options."""
+
+    name: str
+    manifest: str  # pairs, he or ihc
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    stain_head: bool = True  # the engine's default; off for the CNN baselines (a CNN against a CNN)
+    what: str = ""
+
+
+BENCHMARK_MODELS = (
+    BenchmarkModel("lgd-net", "pairs", "lgd-net", what="LGD-Net (all losses), predicts from H&E"),
+    BenchmarkModel("he-only", "he", "lowres-resnet", stain_head=False, what="ResNet-18 on H&E alone"),
+    BenchmarkModel(
+        "ihc-only", "ihc", "lowres-resnet", stain_head=False, what="ResNet-18 on IHC (upper bound)"
+    ),
+    BenchmarkModel("lgd-net-no-align", "pairs", "lgd-net", {"align_weight": 0.0}, what="without alignment"),
+    BenchmarkModel(
+        "lgd-net-no-aux",
+        "pairs",
+        "lgd-net",
+        {"nuclei_weight": 0.0, "membrane_weight": 0.0},
+        what="without auxiliary tasks",
+    ),
+    BenchmarkModel(
+        "lgd-net-nuclei-only", "pairs", "lgd-net", {"membrane_weight": 0.0}, what="nuclei task alone"
+    ),
+    BenchmarkModel(
+        "lgd-net-membrane-only", "pairs", "lgd-net", {"nuclei_weight": 0.0}, what="membrane task alone"
+    ),
+)
+METRICS = ("accuracy", "f1_macro", "auc_macro", "kappa_qw")
+TASK = "her2-4way"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``benchmark bci`` to the CLI."""
+    group = typer.Typer(help="Benchmark protocols (train and evaluate several models the same way).")
+    group.command("bci")(bci)
+    app.add_typer(group, name="benchmark")
+
+
+def bci(
+    root: Annotated[
+        Path, typer.Option("--root", help="BCI folder: HE/ and IHC/ (optionally train/, test/).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (results.csv, report.md, runs/).")],
+    size: Annotated[
+        int, typer.Option("--size", help="Model input side in px (images read to fill it).")
+    ] = 128,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per model.")] = 12,
+    device: Device = "cpu",
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models", help="Comma-separated subset of: " + ", ".join(m.name for m in BENCHMARK_MODELS)
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")] = 8,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Train and evaluate LGD-Net, its baselines and ablations on the official BCI split.
+
+    Virtual staining (pix2pix) is not part of this benchmark yet.
+    """
+    from her2score.cli.checks import make_console
+
+    console = make_console()
+    chosen = [m.strip() for m in models.split(",")] if models else None
+    frame = run_bci_benchmark(
+        root, out, size=size, epochs=epochs, device=device, models=chosen, batch_size=batch_size,
+        seed=seed, quiet=quiet, log=console.print,
+    )  # fmt: skip
+    console.print(frame.to_string(index=False))
+    console.print(f"results: {out / 'results.csv'} · report: {out / 'report.md'}")
+
+
+def read_mpp_for(side: int, size: int, patch_mpp: float) -> float:
+    """The µm/px at which a ``side`` px patch at ``patch_mpp`` fills ``size`` px (within 1-64 µm/px)."""
+    return float(min(64.0, max(1.0, patch_mpp * side / size)))
+
+
+def run_bci_benchmark(
+    root: str | Path,
+    out: str | Path,
+    size: int = 128,
+    epochs: int = 12,
+    device: str = "cpu",
+    models: list[str] | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    n_boot: int = 1000,
+    quiet: bool = True,
+    log: Any = print,
+) -> Any:
+    """Run the protocol (see the module docstring); returns the results table."""
+    import pandas as pd
+
+    from her2score.data.bci import BCI_MPP, LABEL_WARNING, _image_size, find_bci_pairs, write_bci_manifests
+    from her2score.data.manifest import load_manifest
+    from her2score.engine.config import load_config
+    from her2score.engine.train import train_run
+    from her2score.errors import ConfigError
+    from her2score.io import write_csv
+
+    known = {m.name: m for m in BENCHMARK_MODELS}
+    unknown = sorted(set(models or ()) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown benchmark model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    chosen = [known[n] for n in models] if models else list(BENCHMARK_MODELS)
+    out = Path(out)
+    pairs = find_bci_pairs(root)
+    log(f"WARNING: {LABEL_WARNING}")
+    side = max(_image_size(pairs[0].he))
+    mpp = read_mpp_for(side, size, BCI_MPP)
+    manifests = write_bci_manifests(pairs, out / "manifests", BCI_MPP)
+    n_train = sum(p.split == "train" for p in pairs)
+    log(
+        f"{len(pairs)} pairs ({n_train} train, {len(pairs) - n_train} test) of {side} px, "
+        f"read at {mpp:g} µm/px"
+    )
+    rows, confusions = [], {}
+    for spec in chosen:
+        start = time.perf_counter()
+        cfg = load_config(
+            None, model=spec.model, task=TASK, epochs=epochs, batch_size=batch_size, device=device,
+            mpp=mpp, input_size=size, seed=seed, n_boot=n_boot, stain_head=spec.stain_head,
+            model_args=dict(spec.model_args), cache_dir=str(out / "cache"),
+        )  # fmt: skip
+        cohort = load_manifest(manifests[spec.manifest], TASK, check_files=False)
+        result = train_run(
+            cohort, cfg, out / "runs" / spec.name, quiet=quiet, log=log, heatmaps=2, overwrite=True
+        )
+        minutes = (time.perf_counter() - start) / 60
+        metrics = result.metrics or {}
+        row: dict[str, Any] = {"model": spec.name, "n_test": metrics.get("n", 0)}
+        for name in METRICS:
+            row[name] = metrics.get(name)
+            low, high = (metrics.get("ci") or {}).get(name, [float("nan"), float("nan")])
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+        row.update(patch_cost(result.model_paths[0], size))
+        row["train_minutes"] = round(minutes, 2)
+        rows.append(row)
+        confusions[spec.name] = (metrics.get("confusion"), metrics.get("classes"))
+        log(f"{spec.name}: F1 {row['f1_macro']} in {minutes:.1f} min")
+    frame = pd.DataFrame(rows)
+    write_csv(out / "results.csv", frame)
+    write_report(out / "report.md", frame, confusions, chosen, root, len(pairs), side, mpp, size, epochs)
+    return frame
+
+
+def patch_cost(model_path: str | Path, size: int, repeats: int = 10) -> dict[str, float]:
+    """CPU milliseconds (median of ``repeats``, one patch, the saved H&E/IHC model alone) and GFLOPs
+    per ``size`` px patch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from her2score.engine.checkpoint import load_model
+
+    model, _ = load_model(model_path, "cpu")
+    x = torch.rand(1, 3, size, size)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model(x)
+            if i >= 2:  # the first calls warm the allocator
+                times.append(time.perf_counter() - start)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x)
+    times.sort()
+    return {
+        "ms_per_patch": round(1000 * times[len(times) // 2], 2),
+        "gflops_per_patch": round(counter.get_total_flops() / 1e9, 3),
+    }
+
+
+def write_report(
+    path: Path, frame: Any, confusions: dict[str, Any], chosen: list[BenchmarkModel], root: Any,
+    n_pairs: int, side: int, mpp: float, size: int, epochs: int,
+) -> None:  # fmt: skip
+    """A Markdown report: settings, the results table, the confusion matrices and the caveats."""
+    from her2score.data.bci import LABEL_WARNING
+    from her2score.io import atomic_path
+
+    def cell(row: Any, name: str) -> str:
+        value = row[name]
+        if value is None or value != value:
+            return "n/a"
+        return f"{value:.3f} [{row[name + '_ci_low']:.3f}, {row[name + '_ci_high']:.3f}]"
+
+    lines = [
+        "# BCI benchmark",
+        "",
+        f"{n_pairs} pairs from `{root}` ({side} px, read at {mpp:g} µm/px into {size} px), task {TASK}, "
+        f"{epochs} epochs per model, official split (validation carved from train).",
+        "",
+        f"> {LABEL_WARNING}.",
+        "",
+        "| model | what | accuracy | F1 macro | AUC macro | kappa (quadratic) | ms/patch (CPU) "
+        "| GFLOPs/patch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    what = {m.name: m.what for m in chosen}
+    for _, row in frame.iterrows():
+        lines.append(
+            f"| {row['model']} | {what.get(row['model'], '')} | {cell(row, 'accuracy')} "
+            f"| {cell(row, 'f1_macro')} | {cell(row, 'auc_macro')} | {cell(row, 'kappa_qw')} "
+            f"| {row['ms_per_patch']} | {row['gflops_per_patch']} |"
+        )
+    lines += ["", "Virtual staining (pix2pix H&E → IHC, then the IHC classifier): not implemented.", ""]
+    for name, (confusion, classes) in confusions.items():
+        if not confusion:
+            continue
+        lines += [f"## {name}: confusion matrix (rows: true, columns: predicted)", ""]
+        lines += ["| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        lines += [
+            f"| {c} | " + " | ".join(str(v) for v in r) + " |"
+            for c, r in zip(classes, confusion, strict=True)
+        ]
+        lines += ["", f"Full report: `runs/{name}/report.md`.", ""]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")

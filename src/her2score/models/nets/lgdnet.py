@@ -1,0 +1,370 @@
+"""LGD-Net: HER2 from H&E by hallucinating the latent features of an IHC teacher (Zhu et al., 2026).
+
+Only the abstract is public; where it is silent the choices below are ours (and measured in
+``her2score benchmark bci``):
+
+* **Two encoders of the same kind** (a timm backbone, ``resnet18`` by default, from scratch or a local
+  weights file): one reads the H&E image, the teacher reads the paired IHC image.
+* **Hallucination**: a 1x1-convolution stack (conv, BatchNorm, ReLU, conv) maps the H&E feature map
+  into the teacher's latent space, position by position, so that the spatial membrane head can read it.
+* **Classifiers**: one on the pooled hallucinated features, one on the fused features (pooled H&E
+  concatenated with pooled hallucinated); the fused one is what predicts. The teacher has its own.
+* **Losses** (every weight a factory option): cross-entropy on the hallucinated, fused and teacher
+  logits (the engine's class-weighted loss), latent alignment of the pooled hallucinated features to
+  the pooled, *detached* teacher features (``cosine``: 1 - cos, scale-free so the teacher cannot
+  shrink it by shrinking its features, or ``mse``), and two auxiliary regressions on standardised
+  targets (see :func:`auxiliary_targets`): the nuclei-density map of the H&E image from the H&E
+  features, and the membrane DAB map and its tissue mean from the hallucinated features.
+* **Teacher schedule**: ``joint`` (default) trains the teacher beside the student from the first step;
+  ``frozen-after-warmup`` trains it alone on IHC for ``teacher_warmup_epochs`` epochs before the first
+  epoch (un-augmented batches) and then freezes it (BatchNorm in eval mode). Joint is the default: it
+  costs no extra epochs on a CPU budget and the alignment target is detached, so the student never
+  drags the teacher towards H&E.
+
+The auxiliary targets are computed from the batch tensors in each training step, after augmentation:
+a geometric augmentation (flip, rotation, affine) moves the coarse maps with the image, which targets
+cached per row before augmentation would not. They are cheap (one 3x3 matrix per pixel and a pooling).
+Before the first epoch they are computed once on the un-augmented training images, to standardise them
+(mean and std per target, kept as buffers, so a resumed run uses the same scale) and to log a summary.
+
+At inference only :class:`LGDNetHE` is saved: H&E encoder, hallucination and classifiers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from her2score.errors import ConfigError
+from her2score.models.base import FitContext, SlideModel
+from her2score.models.nets.lowres import build_backbone
+
+TEACHER_MODES = ("joint", "frozen-after-warmup")
+ALIGN_LOSSES = ("cosine", "mse")
+#: Hematoxylin concentration (OD) above which a pixel is nuclear: at least NUCLEI_MIN_OD, and at least
+#: NUCLEI_ABOVE_MEDIAN above the image's median over tissue (fixed stain vectors let eosin leak into
+#: the hematoxylin channel by a different amount in each lab, which the median absorbs).
+NUCLEI_MIN_OD = 0.3
+NUCLEI_ABOVE_MEDIAN = 0.15
+#: Summed optical density above which a pixel is tissue (below: glass or white padding).
+TISSUE_OD = 0.15
+TARGET_NAMES = ("nuclei_map", "membrane_map", "membrane_mean")
+
+
+def _concentrations(rgb: torch.Tensor, stains: str) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 3, H, W) stain concentrations (OD), by colour deconvolution."""
+    from her2score.stain.deconvolution import STAINS
+
+    inv = torch.as_tensor(np.linalg.inv(STAINS[stains].matrix()), dtype=torch.float32, device=rgb.device)
+    od = -torch.log10((rgb.float() * 255).clamp(1.0, 255.0) / 255.0)
+    return torch.einsum("bchw,cs->bshw", od, inv)
+
+
+@torch.no_grad()
+def auxiliary_targets(he: torch.Tensor, ihc: torch.Tensor, grid: int = 8) -> dict[str, torch.Tensor]:
+    """The domain-knowledge targets of a batch of paired images (RGB in [0, 1], (B, 3, H, W)).
+
+    * ``nuclei_map`` (B, grid, grid): the fraction of nuclear pixels in each cell of a coarse grid over
+      the H&E image. Nuclear pixels: hematoxylin concentration (H&E colour deconvolution, Ruifrok
+      vectors, :mod:`her2score.stain.deconvolution`) above ``max(NUCLEI_MIN_OD, median over tissue +
+      NUCLEI_ABOVE_MEDIAN)``.
+    * ``membrane_map`` (B, grid, grid): the mean DAB concentration (H-DAB deconvolution of the paired
+      IHC image) in each grid cell; at the model's 1-4 µm/px a membrane is under a pixel wide, so this
+      is membrane staining blurred with the cytoplasm around it.
+    * ``membrane_mean`` (B,): the mean DAB concentration over the IHC tissue pixels (summed OD above
+      ``TISSUE_OD``).
+
+    The full quantifier (:mod:`her2score.quantify`: cells, membrane rings, per-cell membrane classes)
+    could replace the two DAB targets with per-cell membrane completeness and intensity at 0.5 µm/px;
+    it costs seconds per patch instead of milliseconds per batch.
+    """
+    hema = _concentrations(he, "he")[:, 0]
+    tissue_he = -torch.log10((he.float() * 255).clamp(1.0, 255.0) / 255.0).sum(1) > TISSUE_OD
+    thresholds = []
+    for h, t in zip(hema, tissue_he, strict=True):
+        median = h[t].median() if t.any() else h.new_tensor(0.0)
+        thresholds.append(torch.clamp(median + NUCLEI_ABOVE_MEDIAN, min=NUCLEI_MIN_OD))
+    nuclei = (hema > torch.stack(thresholds).view(-1, 1, 1)).float()
+    dab = _concentrations(ihc, "hdab")[:, 1].clamp_min(0)
+    tissue = (-torch.log10((ihc.float() * 255).clamp(1.0, 255.0) / 255.0).sum(1) > TISSUE_OD).float()
+    return {
+        "nuclei_map": F.adaptive_avg_pool2d(nuclei[:, None], grid)[:, 0],
+        "membrane_map": F.adaptive_avg_pool2d(dab[:, None], grid)[:, 0],
+        "membrane_mean": (dab * tissue).sum((1, 2)) / tissue.sum((1, 2)).clamp_min(1.0),
+    }
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(2, 3))
+
+
+def feature_encoder(backbone: str, weights: str | Path | None, drop_rate: float, norm: str | None) -> Any:
+    """A timm network without its classifier (``num_classes=0``), never downloaded."""
+    return build_backbone(0, backbone, weights, drop_rate, norm)
+
+
+class LGDNetHE(SlideModel):
+    """The H&E path of LGD-Net, what is saved and predicts: H&E encoder, hallucination of the IHC
+    teacher's features, and the classifier on the fused (H&E + hallucinated) features."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet18",
+        weights: str | Path | None = None,
+        drop_rate: float = 0.0,
+        norm: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.backbone_name, self.norm, self.weights_note = feature_encoder(
+            backbone, weights, drop_rate, norm
+        )
+        self.drop_rate = drop_rate
+        dim = self.encoder.num_features
+        self.dim = dim
+        self.hallucinate = nn.Sequential(
+            nn.Conv2d(dim, dim, 1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, 1),
+        )
+        self.dropout = nn.Dropout(drop_rate)
+        self.hallucinated_classifier = nn.Linear(dim, num_classes)
+        self.fused_classifier = nn.Linear(2 * dim, num_classes)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        return {"backbone": self.backbone_name, "drop_rate": self.drop_rate, "norm": self.norm}
+
+    def streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """H&E feature map and hallucinated (teacher-space) feature map, both (B, C, h, w)."""
+        he = self.encoder.forward_features(x)
+        return he, self.hallucinate(he)
+
+    def fused_logits(self, he: torch.Tensor, hallucinated: torch.Tensor) -> torch.Tensor:
+        return self.fused_classifier(self.dropout(torch.cat([_pool(he), _pool(hallucinated)], 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused_logits(*self.streams(x))
+
+    def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """Grad-CAM on the H&E feature map for the predicted class of the fused classifier."""
+        x = batch["image"][:1]
+        self.eval()
+        with torch.no_grad():
+            target = int(self(x).argmax(1)[0])
+        with torch.enable_grad():
+            he = self.encoder.forward_features(x.detach())
+            he.retain_grad()
+            logits = self.fused_logits(he, self.hallucinate(he))
+            self.zero_grad(set_to_none=True)
+            logits[0, target].backward()
+        weights = he.grad[0].mean(dim=(1, 2))
+        cam = torch.relu((weights[:, None, None] * he[0]).sum(0)).detach().float().cpu().numpy()
+        peak = float(cam.max())
+        return (cam / peak if peak > 0 else cam), target
+
+
+class LGDNet(SlideModel):
+    """LGD-Net in training: the H&E path (:class:`LGDNetHE`), the IHC teacher and the auxiliary heads."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet18",
+        weights: str | Path | None = None,
+        drop_rate: float = 0.0,
+        norm: str | None = None,
+        hallucinated_weight: float = 1.0,
+        fused_weight: float = 1.0,
+        teacher_weight: float = 1.0,
+        align_weight: float = 1.0,
+        align_loss: str = "cosine",
+        nuclei_weight: float = 0.5,
+        membrane_weight: float = 0.5,
+        grid: int = 8,
+        teacher_mode: str = "joint",
+        teacher_warmup_epochs: int = 3,
+    ) -> None:
+        super().__init__()
+        from her2score.models.registry import create_model
+
+        if teacher_mode not in TEACHER_MODES:
+            raise ConfigError(f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, not {teacher_mode!r}")
+        if align_loss not in ALIGN_LOSSES:
+            raise ConfigError(f"align_loss must be one of {', '.join(ALIGN_LOSSES)}, not {align_loss!r}")
+        weights_ = (
+            hallucinated_weight,
+            fused_weight,
+            teacher_weight,
+            align_weight,
+            nuclei_weight,
+            membrane_weight,
+        )
+        if min(weights_) < 0:
+            raise ConfigError("loss weights must be >= 0")
+        if not 1 <= grid <= 64:
+            raise ConfigError(f"grid must be 1-64 cells per side, not {grid}")
+        self.student = create_model(
+            "lgd-net-he", num_classes, backbone=backbone, weights=weights, drop_rate=drop_rate, norm=norm
+        )
+        self.backbone_name = self.student.backbone_name
+        self.weights_note = f"H&E and IHC encoders: {self.student.weights_note}"
+        self.teacher, _, _, _ = feature_encoder(backbone, weights, drop_rate, norm)
+        dim = self.student.dim
+        self.teacher_classifier = nn.Linear(dim, num_classes)
+        self.nuclei_head = nn.Conv2d(dim, 1, 1)
+        self.membrane_map_head = nn.Conv2d(dim, 1, 1)
+        self.membrane_mean_head = nn.Linear(dim, 1)
+        self.loss_weights = {
+            "hallucinated_ce": hallucinated_weight,
+            "fused_ce": fused_weight,
+            "teacher_ce": teacher_weight,
+            "align": align_weight,
+            "nuclei": nuclei_weight,
+            "membrane": membrane_weight,
+        }
+        self.align_loss, self.grid = align_loss, grid
+        self.teacher_mode, self.teacher_warmup_epochs = teacher_mode, teacher_warmup_epochs
+        # buffers, so that a resumed run (no on_fit_start) keeps them: the mean and std of each auxiliary
+        # target over the training images, whether the teacher is frozen, and the normalisation of the
+        # H&E and IHC inputs (to recover RGB for the targets)
+        self.register_buffer("target_mean", torch.zeros(len(TARGET_NAMES)))
+        self.register_buffer("target_std", torch.ones(len(TARGET_NAMES)))
+        self.register_buffer("teacher_frozen_flag", torch.zeros((), dtype=torch.uint8))
+        self.register_buffer("input_mean", torch.zeros(2, 3))
+        self.register_buffer("input_std", torch.ones(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def inference_module(self) -> SlideModel:
+        return self.student
+
+    def train(self, mode: bool = True) -> LGDNet:
+        super().train(mode)
+        if self.teacher_frozen:
+            self.teacher.eval()  # a frozen teacher keeps its BatchNorm statistics
+        return self
+
+    # ------------------------------------------------------------------------------------ fit hooks
+    def _standardised(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            name: (targets[name] - self.target_mean[i]) / self.target_std[i]
+            for i, name in enumerate(TARGET_NAMES)
+        }
+
+    def on_fit_start(self, ctx: FitContext) -> str | None:
+        """Standardise the auxiliary targets on the un-augmented training images; with
+        ``teacher_mode="frozen-after-warmup"``, train the teacher on IHC alone and freeze it."""
+        items = ctx.prepared.items
+        for row, stats in enumerate((ctx.stats, ctx.stats["teacher"])):
+            self.input_mean[row] = torch.as_tensor(stats["mean"], dtype=torch.float32)
+            self.input_std[row] = torch.as_tensor(stats["std"], dtype=torch.float32)
+        he, ihc = items["image"][ctx.train], items["teacher_image"][ctx.train]
+        parts = [
+            auxiliary_targets(he[i : i + 32].float() / 255, ihc[i : i + 32].float() / 255, self.grid)
+            for i in range(0, len(he), 32)
+        ]
+        targets = {k: torch.cat([p[k] for p in parts]) for k in TARGET_NAMES}
+        for i, name in enumerate(TARGET_NAMES):
+            values = targets[name].flatten().double()
+            self.target_mean[i] = values.mean().float()
+            self.target_std[i] = values.std().clamp_min(1e-3).float() if values.numel() > 1 else 1.0
+        by_class = []
+        labels = ctx.labels[ctx.train]
+        for c in np.unique(labels):
+            mean = float(targets["membrane_mean"][torch.as_tensor(labels == c)].mean())
+            by_class.append(f"class {c}: {mean:.3f}")
+        note = (
+            f"auxiliary targets on {len(he)} training pairs: nuclear fraction "
+            f"{float(self.target_mean[0]):.3f}, "
+            f"mean membrane DAB OD by class ({', '.join(by_class)})"
+        )
+        if self.teacher_mode == "frozen-after-warmup":
+            note += "; " + self._warm_up_teacher(ctx)
+        return note
+
+    def _warm_up_teacher(self, ctx: FitContext) -> str:
+        params = [*self.teacher.parameters(), *self.teacher_classifier.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+        self.teacher.train()
+        loss = torch.tensor(math.nan)
+        for _ in range(self.teacher_warmup_epochs):
+            for batch, y in ctx.batches(batch_size=8):
+                if len(y) < 2:
+                    continue  # BatchNorm needs two images
+                logits = self.teacher_classifier(_pool(self.teacher.forward_features(batch["teacher_image"])))
+                loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        self._freeze_teacher()
+        epochs = self.teacher_warmup_epochs
+        last = float(loss.detach())
+        return f"IHC teacher trained alone for {epochs} epochs (last loss {last:.3f}), then frozen"
+
+    # --------------------------------------------------------------------------------------- losses
+    def training_step(self, batch: dict[str, Any], loss_fn: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.loss_weights
+        y = batch["label"]
+        he, hallucinated = self.student.streams(batch["image"])
+        teacher_map = self.teacher.forward_features(batch["teacher_image"])
+        h_vec, t_vec = _pool(hallucinated).float(), _pool(teacher_map).float()
+        terms = {
+            "hallucinated_ce": loss_fn(self.student.hallucinated_classifier(self.student.dropout(h_vec)), y),
+            "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated).float(), y),
+            "teacher_ce": loss_fn(self.teacher_classifier(t_vec), y),
+        }
+        target = t_vec.detach()
+        if self.align_loss == "cosine":
+            terms["align"] = (1 - F.cosine_similarity(h_vec, target, dim=1)).mean()
+        else:
+            terms["align"] = F.mse_loss(h_vec, target)
+        if w["nuclei"] or w["membrane"]:
+            he_rgb = _unnormalise(batch["image"], self.input_mean[0], self.input_std[0])
+            ihc_rgb = _unnormalise(batch["teacher_image"], self.input_mean[1], self.input_std[1])
+            raw = self._standardised(auxiliary_targets(he_rgb, ihc_rgb, self.grid))
+            size = (self.grid, self.grid)
+            nuclei = F.interpolate(
+                self.nuclei_head(he).float(), size=size, mode="bilinear", align_corners=False
+            )
+            terms["nuclei"] = F.mse_loss(nuclei[:, 0], raw["nuclei_map"])
+            membrane = F.interpolate(
+                self.membrane_map_head(hallucinated).float(), size=size, mode="bilinear", align_corners=False
+            )
+            membrane_mean = self.membrane_mean_head(h_vec)[:, 0]
+            terms["membrane"] = 0.5 * (
+                F.mse_loss(membrane[:, 0], raw["membrane_map"])
+                + F.mse_loss(membrane_mean, raw["membrane_mean"])
+            )
+        if self.teacher_frozen:
+            terms.pop("teacher_ce")
+        loss = sum(w[k] * v for k, v in terms.items() if w[k])
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A resumed run (``on_fit_start`` is not called again) gets its teacher frozen back."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if bool(self.teacher_frozen_flag):
+            self._freeze_teacher()
+
+    def _freeze_teacher(self) -> None:
+        for p in [*self.teacher.parameters(), *self.teacher_classifier.parameters()]:
+            p.requires_grad_(False)
+        self.teacher_frozen_flag.fill_(1)
+        self.teacher.eval()
+
+    @property
+    def teacher_frozen(self) -> bool:
+        return bool(self.teacher_frozen_flag)
+
+
+def _unnormalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A normalised model input back to RGB in [0, 1]."""
+    return (x.float() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
