@@ -23,16 +23,35 @@ def prior_log_loss(train_labels: np.ndarray, val_labels: np.ndarray, num_classes
 
 
 def learning_warnings(
-    history: list[dict[str, Any]], prior_loss: float, probs: np.ndarray, classes: list[str]
+    history: list[dict[str, Any]],
+    prior_loss: float,
+    probs: np.ndarray,
+    classes: list[str],
+    majority_share: float | None = None,
 ) -> list[str]:
-    """Warnings for a run that learned nothing (empty when none applies)."""
+    """Warnings for a run that learned nothing (empty when none applies).
+
+    Validation loss that never beats the class prior says "learned nothing" when validation accuracy
+    never beat always predicting the majority class (``majority_share``) either; when accuracy did,
+    the model ranks slides but its probabilities are poorly calibrated, which is said instead.
+    """
     out = []
     val_losses = [r["val_loss"] for r in history if "val_loss" in r]
     if val_losses and np.isfinite(prior_loss) and min(val_losses) >= prior_loss - 1e-6:
-        out.append(
-            f"the model learned nothing: its best validation loss ({min(val_losses):.3f}) never beat "
-            f"predicting the class frequencies ({prior_loss:.3f})"
-        )
+        best_acc = max(r.get("val_accuracy", 0.0) for r in history)
+        if majority_share is None or best_acc <= majority_share + 1e-9:
+            out.append(
+                f"the model learned nothing: its best validation loss ({min(val_losses):.3f}) never beat "
+                f"predicting the class frequencies ({prior_loss:.3f})"
+                + (f", nor its accuracy ({best_acc:.2f}) the majority class's ({majority_share:.2f})"
+                   if majority_share is not None else "")
+            )  # fmt: skip
+        else:
+            out.append(
+                f"poorly calibrated: the best validation loss ({min(val_losses):.3f}) never beat predicting "
+                f"the class frequencies ({prior_loss:.3f}), though validation accuracy ({best_acc:.2f}) beat "
+                f"the majority class's ({majority_share:.2f}); trust its ranking more than its probabilities"
+            )
     if len(probs) >= 4:
         predicted = probs.argmax(1)
         if len(set(predicted.tolist())) == 1:

@@ -526,7 +526,9 @@ def _train_run(
         base = baseline_probs(kind, prepared, readable.y, split.train, split.test, stats, len(classes))
         frame = add_baselines(frame, base, classes)
         prior = prior_log_loss(readable.y[split.train], readable.y[split.val], len(classes))
-        fold_warnings = learning_warnings(history, prior, probs, classes)
+        val_labels = readable.y[split.val]
+        majority = float(np.bincount(val_labels).max() / len(val_labels)) if len(val_labels) else None
+        fold_warnings = learning_warnings(history, prior, probs, classes, majority)
         for line in fold_warnings:
             log(f"WARNING ({split.name}): {line}")
         run_warnings += [line if split.name == "main" else f"{split.name}: {line}" for line in fold_warnings]
