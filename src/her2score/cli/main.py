@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> None:
             app(args=argv, prog_name="her2score")
         except SystemExit as exc:
             if _terminated and exc.code in (1, 130):
+                print("terminated; what was written is complete", file=sys.stderr)
                 sys.exit(143)
+            if exc.code == 130:  # typer turns Ctrl-C into exit 130 without a word
+                print("interrupted; what was written is complete", file=sys.stderr)
             raise
     except Her2ScoreError as exc:
         from rich.text import Text
