@@ -40,8 +40,11 @@ def compare(
         typer.Option("--patch-mpp", min=0.05, help="µm/px the tiles of the patch-based methods are read at."),
     ] = 1.0,
     encoder: Annotated[
-        str, typer.Option("--encoder", help="Tile encoder: stain (OD statistics) or timm:ARCH (random init).")
-    ] = "stain",
+        str,
+        typer.Option(
+            "--encoder", help="Tile encoder: timm:ARCH (a CNN; random unless --encoder-weights) or stain."
+        ),
+    ] = "timm:resnet18",
     encoder_weights: Annotated[
         Path | None,
         typer.Option("--encoder-weights", help="Local weights for a timm encoder (never downloaded)."),
