@@ -44,7 +44,7 @@ def compare(
         typer.Option(
             "--encoder", help="Tile encoder: timm:ARCH (a CNN; random unless --encoder-weights) or stain."
         ),
-    ] = "timm:resnet18",
+    ] = "timm:resnet50",
     encoder_weights: Annotated[
         Path | None,
         typer.Option("--encoder-weights", help="Local weights for a timm encoder (never downloaded)."),

@@ -60,7 +60,7 @@ class CompareOptions:
     methods: tuple[str, ...] = DEFAULT_METHODS
     lowres_mpps: tuple[float, ...] = (8.0,)
     patch_mpps: tuple[float, ...] = (1.0,)
-    encoder: str = "timm:resnet18"  # a CNN tile encoder, as patch pipelines use (random init unless weights)
+    encoder: str = "timm:resnet50"  # CLAM's usual tile encoder (random init unless weights)
     encoder_weights: str | None = None
     tile_size: int = 224
     min_tissue: float = 0.25
