@@ -54,7 +54,7 @@ def main() -> None:
             cohort = load_manifest(manifest, cfg.task, cfg.equivocal)
             start = time.perf_counter()
             run = root / f"run_{n}_{seed}_{recipe}"
-            result = train_run(cohort, cfg, run, quiet=True, log=lambda s: None, heatmaps=0)
+            result = train_run(cohort, cfg, run, quiet=True, log=lambda s: None, heatmaps=0, overwrite=True)
             seconds = time.perf_counter() - start
             m = result.metrics
             base = m.get("baselines", {})
