@@ -53,9 +53,9 @@ def features(
 
     Exit status 1 when any slide could not be read (it is listed and left out of manifest.csv).
     """
-    import pandas as pd
 
     from her2score.cli.checks import check_input_file, check_output_dir, make_console
+    from her2score.data.manifest import read_manifest_table
     from her2score.errors import CheckpointError, ManifestError
     from her2score.features.encoders import make_encoder
     from her2score.features.extract import extract_features, slide_path_in, write_bag_manifest
@@ -64,10 +64,7 @@ def features(
     check_input_file(manifest, "manifest", ManifestError)
     check_input_file(weights, "weights", CheckpointError)
     check_output_dir(out)
-    raw = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True)
-    raw.columns = [str(c).strip().lower() for c in raw.columns]
-    if "slide" not in raw.columns:
-        raise ManifestError("no 'slide' column", manifest)
+    raw = read_manifest_table(manifest, required=("slide",))
     slides = [slide_path_in(manifest, s.strip()) for s in raw["slide"]]
     console = make_console()
     tile_encoder = make_encoder(encoder, weights=weights, device=device)

@@ -4,6 +4,7 @@ one readable line and a non-zero exit code (never a bare traceback)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -101,6 +102,16 @@ def main(argv: list[str] | None = None) -> None:
         # The message holds file names: text, never markup ("[/]" in a name must not crash this).
         make_console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", one_line(str(exc))))
         sys.exit(2)
+    except Exception as exc:  # a bug or an unforeseen input: one line, the traceback only when asked
+        if os.environ.get("HER2SCORE_DEBUG"):
+            raise
+        message = one_line(f"{type(exc).__name__}: {exc}")
+        print(
+            f"error: unexpected failure ({message}); set HER2SCORE_DEBUG=1 for the traceback and please "
+            "report it",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(143 if _terminated else 130)

@@ -122,13 +122,7 @@ def load_manifest(
             more than one split; the message names the file, the row (CSV line) and the cause.
     """
     path = Path(path)
-    if not path.is_file():  # checked without opening: a named pipe would block
-        raise ManifestError(_not_a_file(path), path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:
-        raise ManifestError(f"cannot be read as CSV ({type(exc).__name__}: {exc})", path) from exc
-    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    raw = read_manifest_table(path)
     spec = get_task(task or "her2-3way", equivocal)
     for column in ("slide", spec.label_column):
         if column not in raw.columns:
@@ -150,6 +144,25 @@ def load_manifest(
     frame = pd.DataFrame(rows)
     _check_split_leak(frame, path)
     return Cohort(path, spec, frame, notes)
+
+
+def read_manifest_table(path: str | Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The manifest CSV as text columns with lower-case names; ``ManifestError`` naming the file when it
+    is not a readable CSV or lacks a ``required`` column (with a hint for ';'- or tab-separated files)."""
+    path = Path(path)
+    if not path.is_file():  # checked without opening: a named pipe would block
+        raise ManifestError(_not_a_file(path), path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:
+        raise ManifestError(f"cannot be read as CSV ({type(exc).__name__}: {exc})", path) from exc
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    for column in required:
+        if column not in raw.columns:
+            raise ManifestError(
+                f"no '{column}' column (columns: {', '.join(raw.columns)}){_separator_hint(raw)}", path
+            )
+    return raw
 
 
 def _not_a_file(path: Path) -> str:
