@@ -544,7 +544,8 @@ def _train_run(
         result.metrics = write_evaluation(
             out, frame, readable.classes, f"{cfg.model} · {cohort.task.name} · held-out test slides",
             ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=prepared.failures,
-            figures=figures, notes=[note, cohort.task.description], warnings=run_warnings,
+            figures=figures, notes=[note, _validation_note(split, cfg), cohort.task.description],
+            warnings=run_warnings,
         )  # fmt: skip
     if cfg.folds and fold_frames:
         pooled = pd.concat(fold_frames, ignore_index=True)
@@ -556,6 +557,17 @@ def _train_run(
         )  # fmt: skip
     result.warnings = run_warnings
     return result
+
+
+def _validation_note(split: Split, cfg: TrainConfig) -> str:
+    """Which slides made which choice, so a reader can judge how much to trust them."""
+    if not len(split.val):
+        return f"no validation slides: the last epoch's weights were kept; {len(split.test)} test slides"
+    return (
+        f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test slides, split "
+        f"by patient; the validation slides chose the kept epoch (by {cfg.select}) and any choice the model "
+        "makes after training (the fusion weight of a stain head); with few of them these choices are noisy"
+    )
 
 
 def _check_run_dir(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool = False) -> None:
