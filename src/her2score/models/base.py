@@ -110,3 +110,31 @@ class SlideModel(nn.Module):
         kwargs = dict(getattr(self, "init_kwargs", {}))
         kwargs.pop("weights", None)
         return kwargs
+
+
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    features: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[np.ndarray, int]:
+    """Grad-CAM (0..1, one value per feature cell) of the first image of ``x`` for the class ``model``
+    predicts, on the feature map ``features(x)`` whose logits are ``head(feature map)``.
+
+    The target is the whole model's prediction (with a fused head, not the CNN's alone), explained on
+    the part of it that has a spatial map.
+    """
+    x = x[:1].detach()
+    model.eval()
+    with torch.no_grad():
+        target = int(model(x).argmax(1)[0])
+    with torch.enable_grad():
+        feats = features(x)
+        feats.retain_grad()
+        logits = head(feats)
+        model.zero_grad(set_to_none=True)
+        logits[0, target].backward()
+    weights = feats.grad[0].mean(dim=(1, 2))  # one weight per channel
+    cam = torch.relu((weights[:, None, None] * feats[0]).sum(0)).detach().float().cpu().numpy()
+    peak = float(cam.max())
+    return (cam / peak if peak > 0 else cam), target

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from her2score.errors import ConfigError
-from her2score.models.base import FitContext, SlideModel
+from her2score.models.base import FitContext, SlideModel, grad_cam
 from her2score.models.nets.lowres import build_backbone
 
 TEACHER_MODES = ("joint", "frozen-after-warmup")
@@ -154,20 +154,12 @@ class LGDNetHE(SlideModel):
 
     def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Grad-CAM on the H&E feature map for the predicted class of the fused classifier."""
-        x = batch["image"][:1]
-        self.eval()
-        with torch.no_grad():
-            target = int(self(x).argmax(1)[0])
-        with torch.enable_grad():
-            he = self.encoder.forward_features(x.detach())
-            he.retain_grad()
-            logits = self.fused_logits(he, self.hallucinate(he))
-            self.zero_grad(set_to_none=True)
-            logits[0, target].backward()
-        weights = he.grad[0].mean(dim=(1, 2))
-        cam = torch.relu((weights[:, None, None] * he[0]).sum(0)).detach().float().cpu().numpy()
-        peak = float(cam.max())
-        return (cam / peak if peak > 0 else cam), target
+        return grad_cam(
+            self,
+            batch["image"],
+            self.encoder.forward_features,
+            lambda he: self.fused_logits(he, self.hallucinate(he)),
+        )
 
 
 class LGDNet(SlideModel):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from her2score.errors import CheckpointError, ConfigError
-from her2score.models.base import FitContext, SlideModel
+from her2score.models.base import FitContext, SlideModel, grad_cam
 from her2score.models.nets.stain_stats import StainStatistics
 
 CPU_BACKBONE = "convnext_atto"
@@ -195,22 +195,7 @@ class LowResClassifier(SlideModel):
 
     def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Grad-CAM on the last convolutional stage for the fused model's predicted class."""
-        import torch
-
-        x = batch["image"][:1]
-        self.eval()
-        with torch.no_grad():
-            target = int(self(x).argmax(1)[0])  # the model's prediction (with a stain head, not the CNN's)
-        with torch.enable_grad():
-            feats = self.features(x.detach())
-            feats.retain_grad()
-            logits = self.head(feats)
-            self.zero_grad(set_to_none=True)
-            logits[0, target].backward()
-        weights = feats.grad[0].mean(dim=(1, 2))  # C
-        cam = torch.relu((weights[:, None, None] * feats[0]).sum(0)).detach().float().cpu().numpy()
-        peak = float(cam.max())
-        return (cam / peak if peak > 0 else cam), target
+        return grad_cam(self, batch["image"], self.features, self.head)
 
 
 def load_backbone_weights(net: Any, path: str | Path) -> str:
