@@ -70,21 +70,33 @@ def dot_overlay(
 
     Dots are ~8 µm across (a cell's core) when the overview is fine enough, at least one pixel.
     """
+    palette = np.array([CLASS_COLOURS[c] for c in MEMBRANE_CLASSES], dtype=np.uint8)
+    return add_legend(draw_dots(overview, xs, ys, classes, palette, 4.0, overview_mpp), None, summary)
+
+
+def draw_dots(
+    overview: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    classes: np.ndarray,
+    palette: np.ndarray,
+    radius_um: float,
+    overview_mpp: float | None,
+) -> np.ndarray:
+    """A copy of ``overview`` with a dot of ``radius_um`` (at least one pixel) per point, coloured by its
+    class index; the weaker classes are drawn first so that strong staining stays on top."""
     out = np.array(overview[..., :3], dtype=np.uint8, copy=True)
     h, w = out.shape[:2]
-    palette = np.array([CLASS_COLOURS[c] for c in MEMBRANE_CLASSES], dtype=np.uint8)
-    radius = 0 if overview_mpp is None else int(min(5, max(0, round(4.0 / overview_mpp))))
-    # Draw the weaker classes first so that strong staining stays on top where dots overlap.
+    radius = 0 if overview_mpp is None else int(min(5, max(0, round(radius_um / overview_mpp))))
     order = np.argsort(classes, kind="stable")
     xi = np.round(xs[order]).astype(np.int64)
     yi = np.round(ys[order]).astype(np.int64)
     colours = palette[classes[order]]
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
-            if dx * dx + dy * dy > radius * radius + radius:
-                continue
-            out[np.clip(yi + dy, 0, h - 1), np.clip(xi + dx, 0, w - 1)] = colours
-    return add_legend(out, None, summary)
+            if dx * dx + dy * dy <= radius * radius + radius:
+                out[np.clip(yi + dy, 0, h - 1), np.clip(xi + dx, 0, w - 1)] = colours
+    return out
 
 
 def add_legend(image: np.ndarray, cells: Any, summary: dict[str, Any] | None) -> np.ndarray:
@@ -183,19 +195,8 @@ def nuclear_dot_overlay(
     """Slide overview with one dot per tumour nucleus in its intensity colour (strongest on top)."""
     from her2score.quantify.nuclear import NUCLEAR_INTENSITIES
 
-    out = np.array(overview[..., :3], dtype=np.uint8, copy=True)
-    h, w = out.shape[:2]
     palette = np.array([NUCLEAR_COLOURS[c] for c in NUCLEAR_INTENSITIES], dtype=np.uint8)
-    radius = 0 if overview_mpp is None else int(min(5, max(0, round(3.0 / overview_mpp))))
-    order = np.argsort(intensity, kind="stable")
-    xi = np.round(xs[order]).astype(np.int64)
-    yi = np.round(ys[order]).astype(np.int64)
-    colours = palette[intensity[order]]
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dx * dx + dy * dy <= radius * radius + radius:
-                out[np.clip(yi + dy, 0, h - 1), np.clip(xi + dx, 0, w - 1)] = colours
-    return nuclear_legend(out, summary)
+    return nuclear_legend(draw_dots(overview, xs, ys, intensity, palette, 3.0, overview_mpp), summary)
 
 
 def nuclear_legend(image: np.ndarray, summary: dict[str, Any] | None) -> np.ndarray:
