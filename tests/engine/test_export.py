@@ -62,3 +62,16 @@ def test_a_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"not onnx at all")
     with pytest.raises(CheckpointError, match=r"x\.onnx.*not a readable ONNX"):
         OnnxModel(bad)
+
+
+def test_the_onnx_backend_survives_a_folder_where_every_slide_fails(tmp_path: Path) -> None:
+    """No row reaches the model: the empty result still has one column per class (no torch module)."""
+    from her2score.engine.predictor import Predictor
+    from her2score.export.onnx import OnnxModel
+
+    class Empty:
+        def __len__(self) -> int:
+            return 0
+
+    predictor = Predictor(object.__new__(OnnxModel), None, {}, "cpu", num_classes=3)
+    assert predictor.predict(Empty()).shape == (0, 3)

@@ -50,9 +50,11 @@ class Predictor:
         device: Any,
         tta: bool = True,
         batch_size: int = 16,
+        num_classes: int = 0,
     ) -> None:
         self.model, self.kind, self.stats = model, kind, stats
         self.device, self.tta, self.batch_size = device, tta, batch_size
+        self.num_classes = num_classes  # the width of an empty result
 
     @classmethod
     def from_checkpoint(
@@ -76,7 +78,8 @@ class Predictor:
         else:
             raise ConfigError(f"unknown backend {backend!r} (torch or onnxruntime)")
         kind = create_input_kind(meta["input_kind"], **meta["data"])
-        return cls(model, kind, meta["stats"], dev, tta=bool(meta.get("tta", False))), meta
+        tta = bool(meta.get("tta", False))
+        return cls(model, kind, meta["stats"], dev, tta=tta, num_classes=len(meta["classes"])), meta
 
     def predict(self, prepared: Any, index: np.ndarray | None = None) -> np.ndarray:
         """Probabilities (N, K) for rows ``index`` of ``prepared`` (all by default), without gradients.
@@ -98,7 +101,7 @@ class Predictor:
                 probs = sum(self.model.predict_step(v) for v in views) / len(views)
                 out.append(probs.float().cpu().numpy())
         if not out:
-            return np.zeros((0, self._num_classes()), dtype=np.float32)
+            return np.zeros((0, self.num_classes), dtype=np.float32)
         probs = np.concatenate(out)
         bad = ~np.isfinite(probs).all(axis=1)
         if bad.any():
@@ -118,10 +121,6 @@ class Predictor:
                 for name, probs in self.model.baselines(batch).items():
                     out.setdefault(name, []).append(probs.float().cpu().numpy())
         return {name: np.concatenate(parts) for name, parts in out.items()}
-
-    def _num_classes(self) -> int:
-        head = [m for m in self.model.modules() if hasattr(m, "out_features")]
-        return int(head[-1].out_features) if head else 0
 
     def explain(self, prepared: Any, i: int) -> tuple[np.ndarray, int] | None:
         """The model's map for item ``i`` (Grad-CAM, attention) and the class it explains, if any."""

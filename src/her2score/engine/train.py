@@ -202,7 +202,7 @@ def fit(
     # a few hundred small-batch steps on a few dozen slides leave the raw weights noisy.
     ema = _ema(model, cfg.ema) if cfg.ema > 0 else None
     judged = ema.module if ema is not None else model
-    predictor = Predictor(judged, data.kind, data.stats, device, tta=False)
+    predictor = Predictor(judged, data.kind, data.stats, device, tta=False, num_classes=data.num_classes)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"f1": -1.0, "loss": math.inf, "epoch": -1, "weights": None}
     bad_epochs, start = 0, 0
@@ -515,7 +515,7 @@ def _train_run(
             result.notes.append(f"{split.name}: no test slides, so no held-out metrics")
             continue
         rows = readable.frame.iloc[split.test]
-        predictor = Predictor(judged, kind, stats, device, tta=cfg.tta)
+        predictor = Predictor(judged, kind, stats, device, tta=cfg.tta, num_classes=data.num_classes)
         probs = predictor.predict(prepared, split.test)
         frame = prediction_frame(
             list(rows["slide"]), probs, readable.classes,
