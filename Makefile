@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install viewer demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +15,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install her2score with its dev tools
 
-demo: $(STAMP) ## the main job on the embedded default: synthetic cohort -> train -> evaluate -> report
+# The slide viewer's OpenSeadragon comes from the npm registry (web/package-lock.json pins it) and is
+# copied into a git-ignored folder that `her2score serve` serves; no CDN is ever used.
+VENDOR := src/her2score/serve/static/vendor/openseadragon
+OSD    := web/node_modules/openseadragon
+
+$(VENDOR)/openseadragon.min.js: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --ignore-scripts
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)
+	cp $(OSD)/build/openseadragon/openseadragon.min.js $(OSD)/LICENSE.txt $(VENDOR)/
+	cp -r $(OSD)/build/openseadragon/images $(VENDOR)/images
+
+viewer: $(VENDOR)/openseadragon.min.js ## vendor OpenSeadragon for the viewer of `her2score serve` (npm ci)
+
+demo: $(STAMP) viewer ## the main job on the embedded default: synthetic cohort -> train -> evaluate -> report
 	$(BIN)/her2score demo --out $(DEMO_OUT)
 
-test: $(STAMP) ## lint and run the test suite
+test: $(STAMP) viewer ## lint and run the test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) ## the inner loop: lint and every test not marked slow (about a minute)
+test-fast: $(STAMP) viewer ## the inner loop: lint and every test not marked slow (about a minute)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -38,4 +51,4 @@ bench: $(STAMP) ## the benchmark scripts (minutes; figures go to the README)
 	for s in benchmarks/bench_*.py; do $(BIN)/python $$s || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) web/node_modules src/her2score/serve/static/vendor .pytest_cache .ruff_cache
