@@ -27,7 +27,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ VENDOR_SCRIPT = STATIC / "vendor" / "openseadragon" / "openseadragon.min.js"
 TILE_NAME = re.compile(r"(\d{1,6})_(\d{1,6})\.jpeg")
 
 
-class Collection(str, Enum):
+class Collection(StrEnum):
     """Where a viewed file comes from: the data folder, or the upload store."""
 
     slides = "slides"
@@ -94,7 +94,9 @@ def create_app(
         if collection is Collection.uploads:
             path = uploads.path(name)
             if path is None:
-                raise HTTPException(404, "no such upload (uploads are named by their SHA-256; old ones expire)")
+                raise HTTPException(
+                    404, "no such upload (uploads are named by their SHA-256; old ones expire)"
+                )
             return path
         if root is None:
             raise HTTPException(404, "no --data-dir was given to this server")
@@ -204,7 +206,7 @@ _VENDOR_MISSING = (
     '<div id="vendor-missing" class="error">The viewer\'s OpenSeadragon files are not built. '
     "Run <code>make viewer</code> (it runs <code>npm ci</code> in <code>web/</code> and copies "
     "OpenSeadragon into <code>src/her2score/serve/static/vendor/</code>), then reload this page. "
-    "The API (<a href=\"/docs\">/docs</a>) works without them.</div>"
+    'The API (<a href="/docs">/docs</a>) works without them.</div>'
 )
 
 

@@ -76,14 +76,19 @@ async function openSource(base) {
   const viewer = makeViewer();
   viewer.loadTilesWithAjax = Boolean(state.token);
   viewer.ajaxHeaders = headers();
-  viewer.open({
-    width: info.width,
-    height: info.height,
-    tileSize: info.tile_size,
-    tileOverlap: 0,
-    minLevel: 0,
-    maxLevel: info.levels.length - 1,
-    getTileUrl: (level, x, y) => base + "/slide_files/" + level + "/" + x + "_" + y + ".jpeg",
+  // resolved once the slide is in the world, so that overlays added next are drawn above it
+  await new Promise((resolve, reject) => {
+    viewer.addOnceHandler("open", resolve);
+    viewer.addOnceHandler("open-failed", (e) => reject(new Error("cannot open: " + e.message)));
+    viewer.open({
+      width: info.width,
+      height: info.height,
+      tileSize: info.tile_size,
+      tileOverlap: 0,
+      minLevel: 0,
+      maxLevel: info.levels.length - 1,
+      getTileUrl: (level, x, y) => base + "/slide_files/" + level + "/" + x + "_" + y + ".jpeg",
+    });
   });
   const mpp = info.mpp ? info.mpp.toPrecision(3) + " µm/px" : "µm/px unknown: give it before scoring";
   setStatus(info.name + ": " + info.width + " × " + info.height + " px, " + mpp);
