@@ -129,8 +129,9 @@ def _wait(what: str, check: Callable[[], object], timeout: float = 90.0, driver:
     seen = ""
     if driver is not None:  # what the page shows, to say why
         seen = driver.execute_script(
-            "const s = window.her2view, v = s.viewer; return JSON.stringify({base: s.base, loading: s.loading,"
-            " items: v ? v.world.getItemCount() : null, status: document.getElementById('status').textContent})"
+            "const s = window.her2view, v = s.viewer; return JSON.stringify({base: s.base,"
+            " loading: s.loading, items: v ? v.world.getItemCount() : null,"
+            " status: document.getElementById('status').textContent})"
         )
     raise AssertionError(f"timed out waiting for {what} {seen}")
 
