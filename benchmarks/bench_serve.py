@@ -1,7 +1,8 @@
 """A bounded loopback load test of ``her2score serve``, and the traversal attempts it refuses.
 
 Starts the service on 127.0.0.1 (a free port) in this process, sends ``--requests`` scoring requests
-from ``--clients`` threads (half uploads, half data-folder slides, plus health checks), then the
+from ``--clients`` threads (half uploads, half data-folder slides, plus health checks; each at its own
+µm/px, so that every request is scored rather than answered from the result cache), then the
 traversal attempts; prints answers, errors, latency and memory before/after. Nothing leaves this machine.
 
     .venv/bin/python benchmarks/bench_serve.py [--requests 200] [--clients 20]
@@ -76,10 +77,12 @@ def main() -> None:
     def one(i: int) -> tuple[int, float]:
         t = time.perf_counter()
         with httpx.Client(base_url=base, timeout=120) as client:
+            mpp = 0.5 + 1e-4 * i  # a new µm/px each time: the service's result cache must not answer
             if i % 2:
-                reply = client.post("/api/score?mpp=0.5", files={"file": ("case.png", payload, "image/png")})
+                upload = {"file": ("case.png", payload, "image/png")}
+                reply = client.post(f"/api/score?mpp={mpp}", files=upload)
             else:
-                reply = client.get("/api/slides/case.png/score?mpp=0.5")
+                reply = client.get(f"/api/slides/case.png/score?mpp={mpp}")
             client.get("/health")
         return reply.status_code, time.perf_counter() - t
 

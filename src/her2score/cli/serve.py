@@ -28,8 +28,9 @@ def serve(
     ] = 200.0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Serve GET /health, POST /api/score (multipart 'file'), GET /api/slides, GET /api/slides/NAME/score
-    and OpenAPI docs at /docs. A token in $HER2SCORE_TOKEN guards the /api routes (Bearer).
+    """Serve GET /health, POST /api/score (multipart 'file'), GET /api/slides, GET /api/slides/NAME/score,
+    deep-zoom tiles and overlay layers, the slide viewer at / (after `make viewer`) and OpenAPI docs at
+    /docs. A token in $HER2SCORE_TOKEN guards the /api routes (Bearer).
 
     Exit status: 0 stopped; 2 bad options or a missing web dependency.
     """
