@@ -260,3 +260,29 @@ def test_the_page_and_its_message_when_openseadragon_is_not_built(
     assert "//cdn" not in page
     assert "https://" not in page
     assert client.get("/static/viewer.js").status_code == 200
+
+
+REAL_SVS = Path(__file__).parents[2] / ".." / "shared" / "data" / "real" / "slides" / "CMU-1-Small-Region.svs"
+
+
+@pytest.mark.realdata
+def test_tiles_of_a_real_aperio_slide(tmp_path: Path) -> None:
+    if not REAL_SVS.is_file():
+        pytest.skip("../shared/data/real is absent")
+    (tmp_path / "cmu.svs").symlink_to(REAL_SVS.resolve())
+    client = TestClient(create_app(data_dir=tmp_path.resolve()))
+    # the link leads out of the data folder: refused like any other way out
+    assert client.get("/api/slides/cmu.svs/info").status_code == 400
+    (tmp_path / "cmu.svs").unlink()
+    (tmp_path / "cmu.svs").write_bytes(REAL_SVS.read_bytes())
+    info = client.get("/api/slides/cmu.svs/info").json()
+    assert (info["width"], info["height"]) == (2220, 2967)
+    assert info["mpp"] == pytest.approx(0.499, abs=0.001)  # from the Aperio metadata
+    top = info["levels"][-1]
+    assert top["mpp"] == info["mpp"]
+    assert top["size"] == [2220, 2967]
+    tile = _image(client.get(f"/api/slides/cmu.svs/slide_files/{top['level']}/4_5.jpeg").content)
+    assert tile.shape == (256, 256, 3)
+    assert tile.std() > 10  # tissue, not a blank tile
+    corner = _image(client.get(f"/api/slides/cmu.svs/slide_files/{top['level']}/8_11.jpeg").content)
+    assert corner.shape == (2967 - 11 * 256, 2220 - 8 * 256, 3)  # the partial last tile

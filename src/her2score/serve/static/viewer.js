@@ -240,7 +240,11 @@ function start() {
   $("score").addEventListener("click", () => scoreCurrent());
   $("layer-heatmap").addEventListener("change", () => toggle("heatmap"));
   $("layer-cells").addEventListener("change", () => toggle("cells"));
-  $("token-use").addEventListener("click", () => { state.token = $("token").value; loadSlides(); });
+  $("token-use").addEventListener("click", () => {
+    state.token = $("token").value;
+    setStatus("");
+    loadSlides();
+  });
   loadSlides();
 }
 
