@@ -174,10 +174,13 @@ def test_the_upload_store_keys_by_content_and_keeps_to_its_budget(tmp_path: Path
         assert store.path(bad) is None
 
 
-def test_an_upload_is_scored_then_viewable_with_its_cell_layer(folder: Path) -> None:
+def test_an_upload_is_scored_then_viewable_with_its_cell_layer(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = TestClient(create_app())
     data = (folder / "case.png").read_bytes()
-    body = client.post("/api/score?mpp=0.5", files={"file": ("case.png", data, "image/png")}).json()
+    mpp = "0.50000001"  # more digits than %g keeps: the layer's URL must still name this very score
+    body = client.post(f"/api/score?mpp={mpp}", files={"file": ("case.png", data, "image/png")}).json()
     digest = hashlib.sha256(data).hexdigest()
     assert body["upload"] == digest
     assert body["file"] == "case.png"
@@ -195,6 +198,12 @@ def test_an_upload_is_scored_then_viewable_with_its_cell_layer(folder: Path) -> 
     assert client.get(f"/api/uploads/{digest}/slide_files/9/0_0.jpeg").status_code == 200
     cells = body["layers"]["cells"]
     assert (cells["x"], cells["y"], cells["width"], cells["height"]) == (0, 0, 384, 384)
+    assert cells["url"] == f"/api/uploads/{digest}/layers/cells.png?mpp={mpp}"
+
+    def never(*args: object) -> None:
+        raise AssertionError("scored again: the layer was not taken from the result cache")
+
+    monkeypatch.setattr(app_module._Scorer, "score", never)
     rgba = _image(client.get(cells["url"]).content)
     assert rgba.shape == (384, 384, 4)
     opaque = rgba[..., 3] > 0
@@ -203,7 +212,7 @@ def test_an_upload_is_scored_then_viewable_with_its_cell_layer(folder: Path) -> 
     assert colours <= {tuple(v) for v in cells["legend"].values()}
     assert "heatmap" not in body["layers"]
     assert "--model" in body["layers_missing"]["heatmap"]
-    missing = client.get(f"/api/uploads/{digest}/layers/heatmap.png?mpp=0.5")
+    missing = client.get(f"/api/uploads/{digest}/layers/heatmap.png?mpp={mpp}")
     assert missing.status_code == 404
     assert "--model" in missing.json()["detail"]
 

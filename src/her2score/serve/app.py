@@ -109,7 +109,7 @@ def create_app(
             with tempfile.TemporaryDirectory(prefix="her2score-serve-") as tmp:
                 body, images = scorer.score(path, Path(tmp), name, mpp, _zoom(tiles, path, name))
             base = f"/api/{collection.value}/{name}"
-            query = "" if mpp is None else f"?mpp={mpp:g}"
+            query = "" if mpp is None else f"?mpp={mpp!r}"  # repr: the layer's request finds this entry
             for layer in body["layers"].values():
                 layer["url"] = f"{base}/layers/{layer['name']}.png{query}"
             body["source"] = base

@@ -95,11 +95,15 @@ async function openSource(base) {
   $("score").disabled = false;
 }
 
-function clearResult() {
+function clearLayers() {
   if (state.viewer) {
     for (const name of Object.keys(state.layers)) state.viewer.world.removeItem(state.layers[name]);
   }
   state.layers = {};
+}
+
+function clearResult() {
+  clearLayers();
   $("result").hidden = true;
   $("category").textContent = "";
   $("legend").innerHTML = "";
@@ -197,6 +201,7 @@ async function scoreCurrent(body) {
   $("score").disabled = true;
   try {
     if (!body) body = await (await api(state.base + "/score" + mppQuery())).json();
+    clearLayers(); // scoring again (another µm/px) replaces the layers, never stacks them
     showScore(body);
     showLegend(body);
     for (const name of ["heatmap", "cells"]) {
