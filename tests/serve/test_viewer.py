@@ -111,24 +111,31 @@ def test_a_broken_slide_is_a_clear_4xx_and_others_still_answer(folder: Path) -> 
 
 
 def test_a_slow_slide_does_not_hold_up_another(folder: Path) -> None:
-    tiles = TileServer()
+    tiles = TileServer(max_open=1)
     slow = folder / "case.png"
-    tiles.zoom(slow)
     entry = tiles._get(slow)[1]
     real = entry.slide.read_region
 
     def crawl(*args: object, **kwargs: object) -> np.ndarray:
-        time.sleep(2.0)
+        time.sleep(1.5)
         return real(*args, **kwargs)
 
     entry.slide.read_region = crawl
-    worker = threading.Thread(target=tiles.tile, args=(slow, 9, 0, 0))
-    worker.start()
-    time.sleep(0.1)
     start = time.perf_counter()
+    workers = [threading.Thread(target=tiles.tile, args=(slow, 9, col, 0)) for col in (0, 1)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.1)
+    quick = time.perf_counter()
+    # another slide: answered at once, and it evicts the slow one (max_open=1) without waiting for it
     assert tiles.tile(folder / "corner.png", 10, 0, 0) is not None
-    assert time.perf_counter() - start < 1.5, "another slide's tile waited for the slow one"
-    worker.join()
+    assert time.perf_counter() - quick < 1.0, "another slide's tile waited for the slow one"
+    assert entry.closed
+    for worker in workers:
+        worker.join()
+    assert time.perf_counter() - start < 2.8, "two reads of one slide ran one after the other"
+    assert tiles.cached_bytes() > 0
+    assert entry.read((0, 0), (4, 4), 1.0) is None  # closed once its reads had ended
     tiles.close()
 
 

@@ -6,9 +6,11 @@ resolution and each level below halves it. Here a DZI level is only an index int
 the file carries; the reader picks the nearest finer level of the file itself.
 
 Open slides and encoded tiles are kept in small least-recently-used caches (a count of open files, a
-byte budget of JPEG tiles), so memory stays bounded however long the server runs. Each open slide has
-its own lock: reads of one slide are serialised (not every backend is thread-safe), reads of different
-slides run side by side in the server's thread pool, so a slow or broken slide blocks only itself.
+byte budget of JPEG tiles), so memory stays bounded however long the server runs. Tiles are read in the
+server's thread pool, side by side, of one slide or of several (the reader's backends are thread-safe:
+OpenSlide is, the TIFF reader locks its file position, a plain image is decoded once when opened), and
+no lock is held while a file is read, so a slow or broken slide holds up only the requests for it. A
+slide evicted from the cache is closed when the last read in progress on it ends.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class DeepZoom:
 
 
 class _OpenSlide:
-    """One open slide, its geometry and the lock its reads take."""
+    """One open slide and its geometry; closed only when no read is in progress on it."""
 
     def __init__(self, path: Path) -> None:
         from her2score.slide import open_slide
@@ -105,12 +107,33 @@ class _OpenSlide:
             slide = open_slide(path, mpp=DISPLAY_MPP)
         self.slide = slide
         self.zoom = DeepZoom(slide.width, slide.height, float(slide.mpp), known)
-        self.lock = threading.Lock()
+        self._state = threading.Lock()
+        self._readers = 0
         self.closed = False
+        if slide.format in ("png", "jpeg", "bmp", "gif", "webp"):
+            slide.read_region((0, 0), (1, 1), slide.mpp)  # decode a plain image now, not in two threads
+
+    def read(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray | None:
+        """``Slide.read_region``, or None when the slide was closed meanwhile."""
+        with self._state:
+            if self.closed:
+                return None
+            self._readers += 1
+        try:
+            return self.slide.read_region(location, size, mpp=mpp)
+        finally:
+            with self._state:
+                self._readers -= 1
+                last = self.closed and self._readers == 0
+            if last:
+                self.slide.close()
 
     def close(self) -> None:
-        with self.lock:  # waits for a read in progress
+        """Close now, or when the last read in progress ends (never waits: the slide may be slow)."""
+        with self._state:
             self.closed = True
+            idle = self._readers == 0
+        if idle:
             self.slide.close()
 
 
@@ -172,13 +195,10 @@ class TileServer:
         region = entry.zoom.tile_region(level, col, row)
         if region is None:
             return None
-        rgb = None
-        for _ in range(2):  # an entry closed by eviction between lookup and read is opened again
-            with entry.lock:
-                if not entry.closed:
-                    rgb = entry.slide.read_region(region[0], region[1], mpp=entry.zoom.level_mpp(level))
-                    break
+        rgb = entry.read(region[0], region[1], entry.zoom.level_mpp(level))
+        if rgb is None:  # closed by eviction between lookup and read: open it again
             key, entry = self._get(path)
+            rgb = entry.read(region[0], region[1], entry.zoom.level_mpp(level))
         if rgb is None:
             return None
         data = encode_jpeg(rgb)
