@@ -28,7 +28,7 @@ $(VENDOR)/openseadragon.min.js: web/package.json web/package-lock.json
 
 viewer: $(VENDOR)/openseadragon.min.js ## vendor OpenSeadragon for the viewer of `her2score serve` (npm ci)
 
-demo: $(STAMP) viewer ## the main job on the embedded default: synthetic cohort -> train -> evaluate -> report
+demo: $(STAMP) ## the main job on the embedded default: synthetic cohort -> train -> evaluate -> report
 	$(BIN)/her2score demo --out $(DEMO_OUT)
 
 test: $(STAMP) viewer ## lint and run the test suite
