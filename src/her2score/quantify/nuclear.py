@@ -332,6 +332,7 @@ def quantify_nuclear_file(
     progress: Any = None,
     stem: str | None = None,
     whole_image_pixels: int | None = None,
+    workers: int = 0,
 ) -> Any:
     """Score one image or slide for a nuclear marker; write ``<stem>.cells.parquet`` (one row per
     nucleus, level-0 px) and ``<stem>.overlay.png``; return a
@@ -356,10 +357,11 @@ def quantify_nuclear_file(
         work = pipeline.work_mpp_for(level0, path)
         scale = level0 / work
         stem = stem or path.stem
-        args = (slide, path, stem, out_dir, marker, work, t, nt, p, stains)
         if slide.width * slide.height * scale * scale <= limit:
-            return _nuclear_whole(*args)
-        return _nuclear_tiled(*args, progress)
+            return _nuclear_whole(slide, path, stem, out_dir, marker, work, t, nt, p, stains)
+        return pipeline.quantify_tiled_file(
+            slide, path, stem, out_dir, mpp, work, marker, t, p, stains, workers, progress, nuclear_thresholds=nt
+        )
 
 
 def _nuclear_whole(
@@ -387,75 +389,3 @@ def _nuclear_whole(
         nuclei.to_parquet(tmp, index=False)
     overlay = nuclear_overlay(rgb, result.nuclei, result.labels, row)
     return FileResult(row, cells_path, write_png(out_dir / f"{stem}.overlay.png", overlay))
-
-
-def _nuclear_tiled(
-    slide: Any,
-    path: Path,
-    stem: str,
-    out_dir: Path,
-    marker: str,
-    work: float,
-    t: Thresholds,
-    nt: NuclearThresholds,
-    p: CellParams,
-    stains: str,
-    progress: Any,
-) -> Any:
-    import pandas as pd
-
-    from her2score.io import atomic_path, write_png
-    from her2score.quantify import pipeline
-    from her2score.quantify.overlay import nuclear_dot_overlay
-    from her2score.slide.tissue import tile_grid
-    from her2score.stain.detect import choose_stain_vectors, looks_like_he
-
-    overview, overview_mpp = slide.read_overview(max_size=pipeline.OVERVIEW_MAX_SIZE)
-    tissue = pipeline.tissue_mask_for(overview, overview_mpp, mask_mpp=overview_mpp)
-    if tissue.sum() * overview_mpp**2 < 500.0:
-        raise NoTissueError("no tissue found on the slide", path)
-    if looks_like_he(overview, tissue):
-        raise StainError("looks like H&E (eosin-pink, no DAB): pass an IHC slide", path)
-    matrix, source = choose_stain_vectors(overview, stains)  # one set for the whole slide
-    tiles = tile_grid(slide, pipeline.TILE_SIZE, work, overlap=pipeline.TILE_OVERLAP, min_tissue=0.02)
-    if not tiles:
-        raise NoTissueError("no tile holds enough tissue", path)
-    level0 = slide.require_mpp()
-    factor = work / level0
-    total = NuclearAccumulator()
-    parts = []
-    task = progress.add_task(f"{path.name}: tiles", total=len(tiles)) if progress is not None else None
-    for tile, (x0, y0, x1, y1) in zip(tiles, pipeline.tile_cores(tiles), strict=True):
-        rgb = slide.read_region((tile.x, tile.y), (tile.size, tile.size), work)
-        result = quantify_nuclear_image(
-            rgb, work, t, nt, p, stains=matrix, path=path, check_stain=False, require_tissue=False
-        )
-        nuclei = pipeline._cells_to_level0(result.nuclei, factor, tile.x, tile.y)
-        keep = (nuclei["x"] >= x0) & (nuclei["x"] < x1) & (nuclei["y"] >= y0) & (nuclei["y"] < y1)
-        nuclei = nuclei[keep.to_numpy()].reset_index(drop=True)
-        nuclei["x_um"] = (nuclei["x"] * level0).astype(np.float32)
-        nuclei["y_um"] = (nuclei["y"] * level0).astype(np.float32)
-        total.add_nuclei(nuclei)
-        parts.append(nuclei)
-        if task is not None:
-            progress.advance(task)
-    if task is not None:
-        progress.remove_task(task)
-    nuclei = pd.concat(parts, ignore_index=True) if parts else empty_nuclei()
-    nuclei["cell_id"] = np.arange(1, len(nuclei) + 1, dtype=np.int64)
-    cells_path = out_dir / f"{stem}.cells.parquet"
-    with atomic_path(cells_path) as tmp:
-        nuclei.to_parquet(tmp, index=False)
-    row = pipeline._row_head(path, slide, work, f"slide ({len(tiles)} tiles)", source) | total.summary(
-        marker, t
-    )
-    tumour = nuclei[nuclei["is_tumour"].to_numpy(dtype=bool)]
-    overlay = nuclear_dot_overlay(
-        overview,
-        (tumour["x"].to_numpy() * level0 / overview_mpp).astype(np.float32),
-        (tumour["y"].to_numpy() * level0 / overview_mpp).astype(np.float32),
-        tumour["intensity"].to_numpy(dtype=np.int64),
-        row,
-        overview_mpp,
-    )
-    return pipeline.FileResult(row, cells_path, write_png(out_dir / f"{stem}.overlay.png", overlay))
