@@ -360,7 +360,19 @@ def quantify_nuclear_file(
         if slide.width * slide.height * scale * scale <= limit:
             return _nuclear_whole(slide, path, stem, out_dir, marker, work, t, nt, p, stains)
         return pipeline.quantify_tiled_file(
-            slide, path, stem, out_dir, mpp, work, marker, t, p, stains, workers, progress, nuclear_thresholds=nt
+            slide,
+            path,
+            stem,
+            out_dir,
+            mpp,
+            work,
+            marker,
+            t,
+            p,
+            stains,
+            workers,
+            progress,
+            nuclear_thresholds=nt,
         )
 
 

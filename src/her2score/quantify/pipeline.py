@@ -202,7 +202,9 @@ def quantify_file(
         stem = stem or path.stem
         if slide.width * slide.height * scale * scale <= whole_image_pixels:
             return _quantify_whole(slide, path, stem, out_dir, work, t, p, stains)
-        return quantify_tiled_file(slide, path, stem, out_dir, mpp, work, "her2", t, p, stains, workers, progress)
+        return quantify_tiled_file(
+            slide, path, stem, out_dir, mpp, work, "her2", t, p, stains, workers, progress
+        )
 
 
 def quantify_tiled_file(*args: Any, **kwargs: Any) -> FileResult:

@@ -417,8 +417,9 @@ def region_map(
         x += box + 14 * scale + int(draw.textlength(label, font=font))
     draw.text(
         (6 * scale, y + line),
-        f"{marker.upper().replace('KI67', 'Ki-67')} regions {summary.get('region_um', REGION_UM):.0f} µm: "
-        f"{summary.get('n_regions_scorable', 0)} scorable of {summary.get('n_regions', 0)}; share of tumour area",
+        f"{marker.upper().replace('KI67', 'Ki-67')} regions {summary.get('region_um', REGION_UM):.0f} um: "
+        f"{summary.get('n_regions_scorable', 0)} scorable of {summary.get('n_regions', 0)}; "
+        "share of tumour area",
         fill="black",
         font=font,
     )
