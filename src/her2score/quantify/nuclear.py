@@ -232,11 +232,15 @@ def nucleus_kinds(
 
 
 class NuclearAccumulator:
-    """Running counts of tumour nuclei per intensity (tile by tile); memory stays flat."""
+    """Running counts of tumour nuclei per intensity, and of nuclei per kind (tile by tile); memory
+    stays flat. The excluded positive lymphocytes are counted too (``n_lymphocytes_positive``): they
+    are what an all-nuclei Ki-67 count would have leaked into the index."""
 
     def __init__(self) -> None:
         self.n_nuclei_all = 0
         self.intensity_counts = [0, 0, 0, 0]
+        self.kind_counts = dict.fromkeys(NUCLEUS_KINDS, 0)
+        self.lymphocytes_positive = 0
 
     def add_nuclei(self, nuclei: Any) -> None:
         self.n_nuclei_all += len(nuclei)
@@ -244,14 +248,29 @@ class NuclearAccumulator:
         counts = np.bincount(tumour["intensity"].to_numpy(dtype=np.int64), minlength=4)
         for i in range(4):
             self.intensity_counts[i] += int(counts[i])
+        if "kind" in nuclei:
+            for name, count in nuclei["kind"].value_counts().items():
+                self.kind_counts[str(name)] += int(count)
+            lymph = nuclei["kind"].astype(str).to_numpy() == "lymphocyte"
+            self.lymphocytes_positive += int((lymph & nuclei["positive"].to_numpy(dtype=bool)).sum())
 
     def merge(self, part: NuclearAccumulator) -> None:
         self.n_nuclei_all += part.n_nuclei_all
         for i in range(4):
             self.intensity_counts[i] += part.intensity_counts[i]
+        for name in NUCLEUS_KINDS:
+            self.kind_counts[name] += part.kind_counts[name]
+        self.lymphocytes_positive += part.lymphocytes_positive
 
     def summary(self, marker: str, thresholds: Thresholds) -> dict[str, Any]:
-        return score_nuclear_counts(marker, self.intensity_counts, self.n_nuclei_all, thresholds)
+        row = score_nuclear_counts(marker, self.intensity_counts, self.n_nuclei_all, thresholds)
+        row |= {
+            "n_lymphocytes": self.kind_counts["lymphocyte"],
+            "n_lymphocytes_positive": self.lymphocytes_positive,
+            "n_stromal": self.kind_counts["stromal"],
+            "n_other": self.kind_counts["other"],
+        }
+        return row
 
 
 def score_nuclear_counts(
@@ -432,6 +451,75 @@ def _seeded_watershed(
     return watershed(elevation, markers, mask=mask).astype(np.int32)
 
 
+#: Nuclei used as the hematoxylin reference: the bluest half of the non-tumour nuclei when there are
+#: at least this many of them, else the bluest :data:`REFERENCE_BLUEST_ALL` of all nuclei.
+REFERENCE_MIN_NUCLEI = 20
+REFERENCE_BLUEST_ALL = 0.1
+#: The nuclear hematoxylin direction is used when within this angle (degrees) of the published one.
+REFERENCE_MAX_ANGLE_DEG = 35.0
+
+
+def nuclear_hematoxylin(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    matrix: StainMatrix,
+    mpp: float,
+    thresholds: Thresholds | None = None,
+    nuclear_thresholds: NuclearThresholds | None = None,
+) -> StainMatrix | None:
+    """H-DAB vectors whose hematoxylin is this image's own, read off its negative nuclei; None to keep
+    ``matrix``.
+
+    Why: on real IHC scans the counterstain is often greyer than the published hematoxylin vector
+    (on the BCI HER2 patches it lies ~20° from it, towards DAB), so a hematoxylin-only nucleus reads
+    0.08-0.2 OD of "DAB" and a DAB-negative slide would read mostly positive at any real-scale
+    threshold. A nuclear marker has an internal negative control: lymphocytes and stromal nuclei
+    are ER/PR-negative and, but for a few cycling lymphocytes, Ki-67-negative. Their mean OD
+    direction (the bluest half of them, so that a positive lymphocyte does not pull it towards DAB)
+    is the image's hematoxylin; the DAB vector is kept. With too few non-tumour nuclei, the bluest
+    tenth of all nuclei serves (in a nearly all-positive image this leans towards DAB and reads
+    weak positives lower). Used only when within :data:`REFERENCE_MAX_ANGLE_DEG` of the published
+    hematoxylin and clearly apart from DAB.
+    """
+    from her2score.optics import rgb_to_od
+    from her2score.stain.deconvolution import HEMATOXYLIN
+
+    t = thresholds or Thresholds()
+    nt = nuclear_thresholds or NuclearThresholds()
+    n = int(labels.max())
+    if n < REFERENCE_MIN_NUCLEI:
+        return None
+    flat = labels.ravel()
+    inside = flat > 0
+    ids = flat[inside] - 1
+    od = rgb_to_od(rgb).reshape(-1, 3)[inside]
+    count = np.maximum(np.bincount(ids, minlength=n), 1)
+    mean_od = np.stack([np.bincount(ids, weights=od[:, j], minlength=n) for j in range(3)], axis=1)
+    mean_od /= count[:, None]
+    norm = np.linalg.norm(mean_od, axis=1)
+    ok = norm > 0.1  # nuclei dense enough for a direction
+    directions = mean_od / np.maximum(norm, 1e-9)[:, None]
+    dab_dir = np.asarray(matrix.vectors[1], dtype=np.float64)
+    dab_dir /= np.linalg.norm(dab_dir)
+    away_from_dab = np.degrees(np.arccos(np.clip(directions @ dab_dir, -1.0, 1.0)))
+    props = nucleus_shapes(labels, np.zeros(labels.shape, np.float32))
+    non_tumour = ok & (nucleus_kinds(props, mpp, t, nt) != 0)
+    if non_tumour.sum() >= REFERENCE_MIN_NUCLEI:
+        chosen = non_tumour & (away_from_dab >= np.median(away_from_dab[non_tumour]))
+    elif ok.sum() >= REFERENCE_MIN_NUCLEI:
+        chosen = ok & (away_from_dab >= np.quantile(away_from_dab[ok], 1.0 - REFERENCE_BLUEST_ALL))
+    else:
+        return None
+    h = directions[chosen].mean(axis=0)
+    h /= np.linalg.norm(h)
+    ref = np.asarray(HEMATOXYLIN) / np.linalg.norm(HEMATOXYLIN)
+    to_ref = float(np.degrees(np.arccos(np.clip(h @ ref, -1.0, 1.0))))
+    to_dab = float(np.degrees(np.arccos(np.clip(h @ dab_dir, -1.0, 1.0))))
+    if to_ref > REFERENCE_MAX_ANGLE_DEG or to_dab < 8.0:
+        return None
+    return StainMatrix(matrix.names, (tuple(float(v) for v in h), tuple(float(v) for v in dab_dir)))
+
+
 @dataclass
 class NuclearQuantification:
     """Everything measured on one in-memory image for a nuclear marker."""
@@ -482,6 +570,12 @@ def quantify_nuclear_image(
     labels = detect_nuclei(hema, dab, mpp, tissue, nucleus_params)
     if require_tissue and labels.max() == 0:
         raise StainError("no nuclei found (no counterstain, or blank tissue)", path)
+    refined = nuclear_hematoxylin(rgb, labels, matrix, mpp, thresholds, nuclear_thresholds)
+    if refined is not None:
+        matrix, source = refined, f"{source}+nuclear-hematoxylin"
+        conc = separate_stains(rgb, matrix)
+        hema = conc["hematoxylin"]
+        dab = np.maximum(conc[matrix.names[1]], 0.0)
     nuclei = measure_nuclei(labels, hema, dab, mpp, thresholds, nuclear_thresholds)
     acc = NuclearAccumulator()
     acc.add_nuclei(nuclei)
