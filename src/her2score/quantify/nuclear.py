@@ -69,15 +69,25 @@ NUCLEAR_RESULT_COLUMNS = (
 
 @dataclass(frozen=True)
 class NuclearThresholds:
-    """Nuclear DAB thresholds: mean DAB optical density over a nucleus (default H-DAB vectors).
+    """Nuclear DAB thresholds: mean DAB optical density over a nucleus, and the lymphocyte filter.
 
-    Defaults 0.20 / 0.40 / 0.60 OD: the three "DAB OD mean" thresholds of QuPath's positive cell
-    detection for nuclear markers (its scoring compartment "Nucleus: DAB OD mean"), widely used for
-    ER, PR and Ki-67. They were taken as they are, then checked on synthetic ER/PR patches, whose
-    positive nuclei the renderer stains 0.22 / 0.50 / 0.90 OD at the peak before stain-gain and
-    per-cell variation: the measured percent positive stays within a few points of the truth
-    (benchmarks/bench_nuclear.py). No real ER/PR/Ki-67 image was available to check them on; a
-    lab should confirm them on its own controls.
+    Grades 0.12 / 0.30 / 0.50 OD (weak / moderate / strong; positive from weak). How derived:
+
+    * the scale is QuPath's "Nucleus: DAB OD mean" of its positive cell detection, the usual tool
+      for ER, PR and Ki-67, whose default grades are 0.2 / 0.4 / 0.6 and whose Ki-67 tutorials set
+      the single positive threshold at 0.1-0.2: real positive nuclei span ~0.15-1.0 OD on it;
+    * the floor must sit above what a DAB-negative nucleus reads. Measured on the 21 real IHC patches
+      of ``../shared/data/real`` (BCI and MIST HER2 stains: their nuclei carry no DAB): once the
+      image's own hematoxylin is used (:func:`nuclear_hematoxylin`), the per-nucleus mean reads
+      0.01-0.04 OD at the median and 0.03-0.11 OD at the 90th percentile on the 0 and 1+ patches;
+      0.12 clears that and stays under the faint positives (0.14-0.28 OD) of the synthetic Ki-67
+      tiles (:mod:`her2score.data.synth.ki67`) and the weakest ER/PR positives of the patch renderer;
+    * moderate and strong split the positives at 0.30 / 0.50, between QuPath's grades and the
+      synthetic renderers' class means; they change the H-score and the Allred intensity, not the
+      percent positive or the Ki-67 index.
+
+    No real ER/PR/Ki-67 image with known truth was available; a lab should confirm them on its own
+    controls (``--nuclear-thresholds`` / ``--positive-od``).
     """
 
     weak: float = 0.12
@@ -107,6 +117,40 @@ class NuclearThresholds:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def load_nuclear_thresholds(
+    path: str | Path | None = None, overrides: dict[str, float | None] | None = None
+) -> NuclearThresholds:
+    """Nuclear thresholds from a JSON file and/or overrides (None values ignored); defaults otherwise.
+
+    The file holds the fields of :class:`NuclearThresholds` at the top level, or under a
+    ``nuclear_thresholds`` key (the ``thresholds.json`` a nuclear ``quantify`` run writes). Unknown keys
+    and bad values raise :class:`ConfigError` naming the file.
+    """
+    import json
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read nuclear thresholds from {path}: {exc}") from exc
+        if isinstance(data, dict) and isinstance(data.get("nuclear_thresholds"), dict):
+            data = data["nuclear_thresholds"]
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object of nuclear thresholds")
+        values.update(data)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in fields(NuclearThresholds)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}unknown nuclear threshold(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return NuclearThresholds(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
 
 
 def check_marker(marker: str) -> str:
