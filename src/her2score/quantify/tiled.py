@@ -134,6 +134,7 @@ class TileResult:
     accumulator: Any
     regions: dict[tuple[int, int], Any] = field(default_factory=dict)  #: region -> accumulator
     region_tissue_um2: dict[tuple[int, int], float] = field(default_factory=dict)
+    cpu_s: float = 0.0  #: CPU seconds the tile took in the process that scored it
 
 
 class TileScorer:
@@ -157,8 +158,16 @@ class TileScorer:
 
     def score(self, tile: Any, core: tuple[float, float, float, float]) -> TileResult:
         """Score one tile; ``core`` is its level-0 ``(x0, y0, x1, y1)``."""
+        import time
+
+        started = time.process_time()
         job, slide = self.job, self.slide
-        rgb = slide.read_region((tile.x, tile.y), (tile.size, tile.size), job.work)
+        level0 = slide.require_mpp()
+        factor = job.work / level0
+        # A tile reaching past the image is read only up to its edge: no time spent on blank padding.
+        width = max(1, min(tile.size, math.ceil((slide.width - tile.x) / factor)))
+        height = max(1, min(tile.size, math.ceil((slide.height - tile.y) / factor)))
+        rgb = slide.read_region((tile.x, tile.y), (width, height), job.work)
         common = {"stains": job.matrix, "path": slide.path, "check_stain": False, "require_tissue": False}
         if job.marker == "her2":
             from her2score.quantify.pipeline import quantify_image
@@ -172,8 +181,6 @@ class TileScorer:
                 rgb, job.work, job.thresholds, job.nuclear_thresholds, job.cell_params, **common
             )
             cells = result.nuclei
-        level0 = slide.require_mpp()
-        factor = job.work / level0
         x0, y0, x1, y1 = core
         cx = cells["x"].to_numpy(dtype=np.float64) * factor + tile.x
         cy = cells["y"].to_numpy(dtype=np.float64) * factor + tile.y
@@ -194,6 +201,7 @@ class TileScorer:
             acc.add_tissue(result.dab, in_core, job.thresholds)
         out = TileResult(cells, acc)
         self._regions(out, cells, in_core, ys, xs, level0)
+        out.cpu_s = time.process_time() - started
         return out
 
     def _regions(
@@ -461,7 +469,7 @@ def quantify_tiled(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from her2score.io import atomic_path, write_csv, write_png
+    from her2score.io import atomic_path, write_csv
     from her2score.quantify.pipeline import _row_head, tissue_mask_for
     from her2score.slide.tissue import tile_grid
     from her2score.stain.detect import choose_stain_vectors, looks_like_he
@@ -483,6 +491,7 @@ def quantify_tiled(
     job = TileJob(str(path), mpp, work, marker, t, p, matrix, nuclear_thresholds, region_um)
     total = new_accumulator(marker)
     tally = RegionTally(marker, region_um)
+    tiles_cpu_s = 0.0
     dots_x, dots_y, dots_c = [], [], []
     cells_path = out_dir / f"{stem}.cells.parquet"
     task = progress.add_task(f"{path.name}: tiles", total=len(tiles)) if progress is not None else None
@@ -497,6 +506,7 @@ def quantify_tiled(
                     next_id += len(cells)
                     total.merge(part.accumulator)
                     tally.add(part)
+                    tiles_cpu_s += part.cpu_s
                     tumour = cells[cells["is_tumour"].to_numpy(dtype=bool)]
                     dots_x.append((tumour["x"].to_numpy() * level0 / overview_mpp).astype(np.float32))
                     dots_y.append((tumour["y"].to_numpy() * level0 / overview_mpp).astype(np.float32))
@@ -517,6 +527,7 @@ def quantify_tiled(
     regions = tally.frame(t)
     row = _row_head(path, slide, work, f"tiled ({len(tiles)} tiles)", source) | summarise(marker, total, t)
     row |= heterogeneity(regions, marker, region_um)
+    row["tiles_cpu_s"] = tiles_cpu_s  # CPU time of the tiles, whichever processes scored them
     regions_path = write_csv(out_dir / f"{stem}.regions.csv", regions)
     xs = np.concatenate(dots_x) if dots_x else np.zeros(0, np.float32)
     ys = np.concatenate(dots_y) if dots_y else np.zeros(0, np.float32)
@@ -525,11 +536,25 @@ def quantify_tiled(
         from her2score.quantify.overlay import dot_overlay as draw
     else:
         from her2score.quantify.overlay import nuclear_dot_overlay as draw
-    overlay_path = write_png(out_dir / f"{stem}.overlay.png", draw(overview, xs, ys, cs, row, overview_mpp))
-    map_path = write_png(
+    overlay_path = _write_png_fast(
+        out_dir / f"{stem}.overlay.png", draw(overview, xs, ys, cs, row, overview_mpp)
+    )
+    map_path = _write_png_fast(
         out_dir / f"{stem}.regions.png", region_map(overview, overview_mpp, tissue, regions, marker, row)
     )
     return TiledOutputs(row, cells_path, overlay_path, regions_path, map_path)
+
+
+def _write_png_fast(path: Path, image: np.ndarray) -> Path:
+    """Write a large overview PNG atomically with light compression: zlib level 1 writes a 4,000 px
+    overview about five times faster than the default level 6, for files ~20 % larger."""
+    from PIL import Image
+
+    from her2score.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
+    return Path(path)
 
 
 def _dot_classes(tumour: Any, marker: str) -> np.ndarray:
