@@ -5,21 +5,28 @@ Per image (patch, core or tile):
 
 1. stains separated as for HER2 (per-image Macenko H-DAB vectors when plausible, else the defaults;
    :mod:`her2score.stain.detect`);
-2. nuclei segmented by :func:`her2score.quantify.cells.segment_nuclei` on the *nuclear* optical
-   density, hematoxylin plus DAB: a strongly positive nucleus is brown with little blue left, and
-   would be missed on hematoxylin alone. No DAB membrane cut (the stain is nuclear);
-3. tumour nuclei chosen as the membrane quantifier chooses tumour cells (nuclear size and shape,
-   lymphocytes small and dark, in a nest; :class:`~her2score.quantify.thresholds.Thresholds`);
-4. each nucleus's mean DAB OD graded 0 / 1+ weak / 2+ moderate / 3+ strong by
-   :class:`NuclearThresholds`; positive is 1+ or more;
-5. scores by :mod:`her2score.rules`: ``pct_positive``, H-score (0-300), Allred (ER/PR), the
+2. nuclei detected by :func:`detect_nuclei` on hematoxylin *and* DAB (a strongly positive nucleus is
+   brown with little blue left): foreground from the nuclear density (hematoxylin plus capped DAB,
+   top-hat, Otsu with hysteresis) or from DAB itself; the brown and the blue foreground split apart,
+   so that a positive nucleus touching a negative one stays two nuclei; touching nuclei split by a
+   seeded watershed. Independent of the HER2 cell model (:mod:`her2score.quantify.cells`);
+3. each nucleus taken for tumour, lymphocyte, stromal or other by size and shape
+   (:func:`nucleus_kinds`): small round nuclei are lymphocytes *whatever their stain*, so that
+   cycling (Ki-67 positive) lymphocytes do not leak into the index; spindles are stromal;
+4. the image's own hematoxylin read off its non-tumour nuclei (:func:`nuclear_hematoxylin`) and the
+   stains separated again with it: real counterstains are greyer than the published vector and a
+   DAB-negative nucleus would otherwise read as weakly positive;
+5. each nucleus's mean DAB OD graded 0 / 1+ weak / 2+ moderate / 3+ strong by
+   :class:`NuclearThresholds` (how they were derived is in its docstring); positive is 1+ or more;
+6. scores by :mod:`her2score.rules`: ``pct_positive``, H-score (0-300), Allred (ER/PR), the
    ER/PR reporting group (``negative`` < 1 %, ``low`` 1-10 %, ``positive`` > 10 %) and the Ki-67
-   index (percent positive, whatever the intensity). Fewer tumour nuclei than
+   index (percent positive tumour nuclei, whatever the intensity), with the count of each kind of
+   nucleus and of the positive lymphocytes left out. Fewer tumour nuclei than
    ``Thresholds.min_tumour_cells``: not scorable, with the reason.
 
-Files (:func:`quantify_nuclear_file`): patches and cores in one piece; whole slides tile by tile over
-the tissue with the tiles and cores of the HER2 path (:func:`~her2score.quantify.pipeline.tile_cores`),
-in this process (the per-nucleus table of a slide is held in memory: ~100 bytes a nucleus).
+Files (:func:`quantify_nuclear_file`): patches in one piece; anything larger than about a tile
+(cores, fields, slides) tile by tile over all its tissue with regions for heterogeneity
+(:mod:`her2score.quantify.tiled`).
 """
 
 from __future__ import annotations
@@ -644,8 +651,9 @@ def quantify_nuclear_file(
     nucleus, level-0 px) and ``<stem>.overlay.png``; return a
     :class:`~her2score.quantify.pipeline.FileResult`.
 
-    Patches and cores in one piece; whole slides tile by tile over the tissue with the HER2 path's
-    tiles and cores (a nucleus belongs to the tile whose core holds its centre), in this process.
+    Patches up to ``whole_image_pixels`` in one piece; larger images (cores, fields, slides) tile by
+    tile over all their tissue over ``workers`` processes (:mod:`her2score.quantify.tiled`: a nucleus
+    belongs to the tile whose core holds its centre; regions and heterogeneity reported).
     """
     from her2score.quantify import pipeline
     from her2score.slide import open_slide
