@@ -497,8 +497,14 @@ def _seeded_watershed(
     components, n_comp = ndi.label(mask)
     unseeded = np.setdiff1d(np.arange(1, n_comp + 1), np.unique(components[markers > 0]))
     if unseeded.size and seed_all:
-        for i, c in enumerate(ndi.maximum_position(blobs, components, unseeded), start=len(inside) + 1):
-            markers[c] = i
+        # The highest point of each unseeded object, vectorised over just their pixels
+        # (``ndimage.maximum_position`` sorts the whole image per call: a third of the time).
+        flat = np.flatnonzero(np.isin(components, unseeded))
+        owner = components.ravel()[flat]
+        order = np.lexsort((blobs.ravel()[flat], owner))
+        last = np.r_[owner[order][1:] != owner[order][:-1], True]
+        top = flat[order[last]]
+        markers.ravel()[top] = np.arange(len(inside) + 1, len(inside) + 1 + len(top), dtype=np.int32)
     return watershed(elevation, markers, mask=mask).astype(np.int32)
 
 
