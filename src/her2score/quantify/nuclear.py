@@ -86,8 +86,8 @@ class NuclearThresholds:
     * the floor must sit above what a DAB-negative nucleus reads. Measured on the 21 real IHC patches
       of ``../shared/data/real`` (BCI and MIST HER2 stains: their nuclei carry no DAB): once the
       image's own hematoxylin is used (:func:`nuclear_hematoxylin`), the per-nucleus mean reads
-      0.01-0.04 OD at the median and 0.03-0.11 OD at the 90th percentile on the 0 and 1+ patches;
-      0.12 clears that and stays under the faint positives (0.14-0.28 OD) of the synthetic Ki-67
+      0.01-0.04 OD at the median and 0.03-0.12 OD at the 90th percentile on the 0 and 1+ patches;
+      0.12 sits at the top of that range and under the faint positives (0.14-0.28 OD) of the synthetic Ki-67
       tiles (:mod:`her2score.data.synth.ki67`) and the weakest ER/PR positives of the patch renderer;
     * moderate and strong split the positives at 0.30 / 0.50, between QuPath's grades and the
       synthetic renderers' class means; they change the H-score and the Allred intensity, not the
