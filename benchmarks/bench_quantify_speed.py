@@ -100,12 +100,15 @@ def main() -> None:
         wall, cpu, tissue_mp = time_stain_separation(image)
         size = args.tiles * 1024
         print(f"image {size} x {size} px at {MPP} µm/px, {tissue_mp:.1f} MP of tissue; {os.cpu_count()} CPUs")
-        print(f"{'step':<24}{'wall s':>8}{'CPU s':>8}{'MP/s wall':>11}{'MP/s CPU':>10}")
+        print(f"{'step':<24}{'wall s':>8}{'CPU s':>8}{'MP/s wall':>11}{'MP/s CPU':>10}{'tiles CPU s':>13}")
         print(f"{'stain separation':<24}{wall:8.1f}{cpu:8.1f}{tissue_mp / wall:11.2f}{tissue_mp / cpu:10.2f}")
         for w in (int(v) for v in args.workers.split(",")):
             wall, cpu, row = time_pipeline(image, Path(tmp) / f"out{w}", w, args.marker)
             name = f"pipeline, {w} workers"
-            print(f"{name:<24}{wall:8.1f}{cpu:8.1f}{tissue_mp / wall:11.2f}{tissue_mp / cpu:10.2f}")
+            tiles_cpu = row.get("tiles_cpu_s", float("nan"))
+            print(
+                f"{name:<24}{wall:8.1f}{cpu:8.1f}{tissue_mp / wall:11.2f}{tissue_mp / cpu:10.2f}{tiles_cpu:13.1f}"
+            )
         print(f"last result: {row['mode']}, {row['category']}, regions {row.get('heterogeneity')}")
     print("load average (1, 5, 15 min):", " ".join(f"{v:.2f}" for v in os.getloadavg()))
     print("command:", " ".join(["python", *sys.argv]))
