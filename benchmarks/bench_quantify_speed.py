@@ -106,9 +106,8 @@ def main() -> None:
             wall, cpu, row = time_pipeline(image, Path(tmp) / f"out{w}", w, args.marker)
             name = f"pipeline, {w} workers"
             tiles_cpu = row.get("tiles_cpu_s", float("nan"))
-            print(
-                f"{name:<24}{wall:8.1f}{cpu:8.1f}{tissue_mp / wall:11.2f}{tissue_mp / cpu:10.2f}{tiles_cpu:13.1f}"
-            )
+            rates = f"{tissue_mp / wall:11.2f}{tissue_mp / cpu:10.2f}"
+            print(f"{name:<24}{wall:8.1f}{cpu:8.1f}{rates}{tiles_cpu:13.1f}")
         print(f"last result: {row['mode']}, {row['category']}, regions {row.get('heterogeneity')}")
     print("load average (1, 5, 15 min):", " ".join(f"{v:.2f}" for v in os.getloadavg()))
     print("command:", " ".join(["python", *sys.argv]))
