@@ -531,6 +531,8 @@ def quantify_tiled(
     if task is not None:
         progress.remove_task(task)
     regions = tally.frame(t)
+    if marker != "her2":  # each tile reads its own hematoxylin off its non-tumour nuclei where it can
+        source += "+nuclear-hematoxylin per tile"
     row = _row_head(path, slide, work, f"tiled ({len(tiles)} tiles)", source) | summarise(marker, total, t)
     row |= heterogeneity(regions, marker, region_um)
     row["tiles_cpu_s"] = tiles_cpu_s  # CPU time of the tiles, whichever processes scored them
