@@ -212,7 +212,8 @@ def test_real_her2_stained_nuclei_read_negative_as_a_nuclear_marker() -> None:
     (with the published vector it read 85-100 % positive on four of them)."""
     from PIL import Image
 
-    for name in ("00000_train_1+.png", "00003_train_1+.png", "00640_test_1+.png", "00007_test_1+.png"):
+    names = ("00000_train_1+.png", "00003_train_1+.png", "00640_test_1+.png", "00007_test_1+.png")
+    for name in (*names, "00118_test_0.png"):  # the 0 patch: pale brown stroma is not taken for nuclei
         rgb = np.asarray(Image.open(REAL_IHC / "bci-her2-pairs" / "IHC" / name).convert("RGB"))
         result = quantify_nuclear_image(rgb, MPP)
         row = result.accumulator.summary("ki67", Thresholds())

@@ -242,14 +242,23 @@ def measure_nuclei(
         props["major"] / np.maximum(props["minor"], 1.0),
         hema,
         np.maximum(mean_dab, 0.0),
-        nucleus_kinds(props, mpp, t, nt),
+        nucleus_kinds(props, mpp, t, nt, np.maximum(mean_dab, 0.0)),
         mpp,
         nt,
     )
 
 
+#: An object with less hematoxylin than this fraction of the image's median nucleus and less than
+#: moderate DAB is not a nucleus (see :func:`nucleus_kinds`).
+PALE_HEMATOXYLIN_FRACTION = 0.3
+
+
 def nucleus_kinds(
-    props: dict[str, np.ndarray], mpp: float, t: Thresholds, nt: NuclearThresholds
+    props: dict[str, np.ndarray],
+    mpp: float,
+    t: Thresholds,
+    nt: NuclearThresholds,
+    mean_dab: np.ndarray | None = None,
 ) -> np.ndarray:
     """Index into :data:`NUCLEUS_KINDS` per nucleus: tumour, lymphocyte, stromal or other.
 
@@ -259,7 +268,9 @@ def nucleus_kinds(
       ``nt.lymphocyte_max_elongation``, *whatever its stain*: cycling lymphocytes are Ki-67 positive
       and would leak into the index (the known "lymphocyte leak" of automated Ki-67 counts), and a
       positive lymphocyte has lost its dark blue to the brown, so darkness cannot tell it;
-    * other: too small or too large for a tumour nucleus, or not convex (a merged clump);
+    * other: too small or too large for a tumour nucleus, or not convex (a merged clump), or (with
+      ``mean_dab``) weakly brown with hardly any hematoxylin (under
+      :data:`PALE_HEMATOXYLIN_FRACTION` of the median nucleus's): pale cytoplasm or stroma;
     * tumour: the rest, in a nest, cord or file (:func:`~her2score.quantify.membrane.in_nest`).
 
     Size tells a lymphocyte only roughly: a low-grade tumour with nuclei under ~7 µm across loses
@@ -275,6 +286,12 @@ def nucleus_kinds(
     stromal = elongation > t.tumour_max_elongation
     lymphocyte = (area < nt.lymphocyte_max_um2) & (elongation < nt.lymphocyte_max_elongation) & ~stromal
     tumour = sized & ~stromal & ~lymphocyte & (fill >= t.tumour_min_ellipse_fill)
+    if mean_dab is not None and len(area):
+        # Weakly brown and hardly blue: pale cytoplasm or stroma that passed the DAB foreground, not a
+        # nucleus (a weakly positive nucleus keeps its counterstain; only strong DAB masks it).
+        hema = props["hematoxylin"]
+        pale = (hema < PALE_HEMATOXYLIN_FRACTION * np.median(hema)) & (mean_dab < nt.moderate)
+        tumour &= ~pale
     tumour &= in_nest(props["y"] * mpp, props["x"] * mpp, t)
     kind[stromal] = 2
     kind[lymphocyte] = 1
