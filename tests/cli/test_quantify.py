@@ -159,7 +159,7 @@ def test_whole_slide_is_tiled_and_matches_the_single_piece_result(tmp_path: Path
     whole = quantify_file(slide, tmp_path / "whole", whole_image_pixels=1 << 30).row
     tiled = quantify_file(slide, tmp_path / "tiled", workers=2, whole_image_pixels=0).row
     assert whole["mode"] == "image"
-    assert tiled["mode"].startswith("slide")
+    assert tiled["mode"].startswith("tiled")
     assert tiled["n_cells"] == pytest.approx(whole["n_cells"], rel=0.1)
     # The same measurements (a category alone would flip on a case sitting at a 10 % cut).
     for key in ("pct_none", "pct_faint_incomplete", "pct_intense_complete"):

@@ -73,9 +73,9 @@ def test_thresholds_from_a_file(inputs: dict[str, Path], tmp_path: Path) -> None
 
 
 def test_pool_worker_state_is_never_set_in_the_main_process() -> None:
-    from her2score.quantify import pipeline
+    from her2score.quantify import pipeline, tiled
 
     assert pipeline.START_METHOD == "forkserver"
     with pytest.raises(RuntimeError, match="worker processes"):
-        pipeline._init_pool_worker("x.tiff", 0.5, 0.5, Thresholds(), None, None)
-    assert pipeline._POOL_SCORER is None
+        tiled._init_pool_worker(None)
+    assert tiled._POOL_SCORER is None

@@ -12,7 +12,7 @@ import pytest
 from her2score.errors import ConfigError, NoTissueError, StainError
 from her2score.quantify import Thresholds, calibrate_thresholds, quantify_image, score_counts
 from her2score.quantify.membrane import classify_membrane, in_nest, intensity_level
-from her2score.quantify.pipeline import tile_cores
+from her2score.quantify.tiled import tile_cores
 from her2score.rules import HER2_CATEGORIES as CATEGORIES
 from her2score.rules import MEMBRANE_CLASSES
 from her2score.stain.deconvolution import DAB, EOSIN, HEMATOXYLIN, od_to_rgb

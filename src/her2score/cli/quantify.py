@@ -41,6 +41,21 @@ def quantify(
             "H-score, Allred, ASCO/CAP 2020 status) or ki67 (Ki-67 index).",
         ),
     ] = "her2",
+    nuclear_thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            "--nuclear-thresholds",
+            help="JSON with nuclear thresholds (weak, moderate, strong mean nuclear DAB OD; "
+            "lymphocyte_max_um2, lymphocyte_max_elongation), or a thresholds.json of an earlier run.",
+        ),
+    ] = None,
+    positive_od: Annotated[
+        float | None,
+        typer.Option(
+            "--positive-od",
+            help="Nuclear markers: mean nuclear DAB OD from which a nucleus is positive (default 0.12).",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Score HER2 membrane staining cell by cell (ASCO/CAP 2018): category 0/1+/2+/3+, H-score, overlay;
@@ -58,9 +73,13 @@ def quantify(
     if stain_vectors not in ("auto", "default"):
         raise ConfigError(f"--stain-vectors must be auto or default (got {stain_vectors!r})")
     check_input_file(thresholds, "thresholds JSON", ConfigError)
-    from her2score.quantify.nuclear import check_marker
+    check_input_file(nuclear_thresholds, "nuclear thresholds JSON", ConfigError)
+    from her2score.quantify.nuclear import check_marker, load_nuclear_thresholds
 
     marker = check_marker(marker)
+    if marker == "her2" and (nuclear_thresholds is not None or positive_od is not None):
+        raise ConfigError("--nuclear-thresholds and --positive-od apply to --marker er, pr or ki67")
+    nuclear = load_nuclear_thresholds(nuclear_thresholds, {"weak": positive_od})
     check_output_dir(out)
     load_thresholds(thresholds)  # a bad thresholds file is refused before anything is written
     from her2score.quantify.batch import BatchInterrupted
@@ -70,7 +89,15 @@ def quantify(
             result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
         else:
             result = quantify_batch(
-                images, out, thresholds, mpp, workers, quiet, stains=stain_vectors, marker=marker
+                images,
+                out,
+                thresholds,
+                mpp,
+                workers,
+                quiet,
+                stains=stain_vectors,
+                marker=marker,
+                nuclear_thresholds=nuclear,
             )
     except BatchInterrupted as exc:
         typer.echo(str(exc), err=True)  # e.g. interrupted after 7/20 images; results.csv holds the 7 finished

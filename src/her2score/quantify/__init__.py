@@ -8,8 +8,10 @@ The pipeline, one module a step:
 * :mod:`~her2score.quantify.scoring`: image and slide scores from the cells by the rules of
   :mod:`her2score.rules` (category, HER2-0 subtype, 3-way group, H-score, HER2 index);
 * :mod:`~her2score.quantify.calibrate`: thresholds from a control of known category;
-* :mod:`~her2score.quantify.pipeline`: one image (:func:`quantify_image`) and one file or whole slide
-  (:func:`quantify_file`, tiled over worker processes);
+* :mod:`~her2score.quantify.pipeline`: one image (:func:`quantify_image`) and one file
+  (:func:`quantify_file`);
+* :mod:`~her2score.quantify.tiled`: cores, fields and slides tile by tile over all their tissue, over
+  worker processes, with per-region categories (heterogeneity);
 * :mod:`~her2score.quantify.overlay`: overlay PNGs for a pathologist;
 * :mod:`~her2score.quantify.batch`: many files and folders (:func:`quantify_batch`);
 * :mod:`~her2score.quantify.nuclear`: nuclear markers (ER, PR, Ki-67), nucleus by nucleus.

@@ -133,8 +133,8 @@ def quantify_batch(
     return BatchResult(results.frame(), results.path, thresholds_path, t)
 
 
-#: The files written per input, after its stem.
-OUTPUT_SUFFIXES = (".cells.parquet", ".overlay.png")
+#: The files written per input, after its stem (regions: only for images scored in tiles).
+OUTPUT_SUFFIXES = (".cells.parquet", ".overlay.png", ".regions.csv", ".regions.png")
 #: results.csv is rewritten after this many finished images, or this many seconds, whichever first.
 FLUSH_EVERY = 10
 FLUSH_SECONDS = 5.0
