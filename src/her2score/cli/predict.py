@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import EXIT_CODES_BATCH, Cache, Device, Mpp, OutFile, Quiet, Workers
+from her2score.cli.options import EXIT_CODES_BATCH, Cache, Device, Mpp, OutFile, Quiet, Scheduler, Workers
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,7 @@ def predict(
             "--backend", help="torch (model.safetensors) or onnxruntime (a 'her2score export' file)."
         ),
     ] = "torch",
+    scheduler: Scheduler = None,
 ) -> None:
     """Predict each slide's class; unreadable slides are listed at the end and in --out with their cause.
 
@@ -69,7 +70,7 @@ def predict(
         console.print(describe(read_metadata(model)))
     frame, failures = predict_slides(
         model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp, cache_dir=cache,
-        workers=workers, quiet=quiet, backend=backend,
+        workers=workers, quiet=quiet, backend=backend, scheduler=scheduler,
     )  # fmt: skip
     warned = frame[frame["status"].str.startswith("warning")]
     done = int((frame["status"] == "ok").sum()) + len(warned)

@@ -21,6 +21,7 @@ def predict_slides(
     workers: int = 0,
     quiet: bool = False,
     backend: str = "torch",
+    scheduler: str | None = None,
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``out_csv``: ``slide, predicted, prob_<class>..., status``; unreadable slides get their cause.
 
@@ -29,18 +30,34 @@ def predict_slides(
 
     Folders among ``slides`` are expanded to the slide and image files in them, by content. Two runs
     writing the same ``out_csv`` do not overlap: the second is refused (:func:`her2score.io.output_lock`).
+
+    ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:port``); the slides are then
+    predicted on its workers, :data:`DASK_CHUNK` per task, and this process journals the rows as they
+    come back (:mod:`her2score.cluster`): the same journal, CSV and failures as a local run.
     """
     from her2score.io import output_lock
 
     out_csv = Path(out_csv)
     with output_lock(out_csv.parent, name=f".{out_csv.name}.lock"):  # two runs writing one CSV
         return _predict_locked(
-            model_path, slides, out_csv, heatmap_dir, device, mpp, cache_dir, workers, quiet, backend
+            model_path,
+            slides,
+            out_csv,
+            heatmap_dir,
+            device,
+            mpp,
+            cache_dir,
+            workers,
+            quiet,
+            backend,
+            scheduler,
         )
 
 
 #: Slides prepared and predicted per step; the journal grows by this much at a time.
 CHUNK = 32
+#: Slides per task on a Dask cluster: small, so that the workers share the load and a lost task costs little.
+DASK_CHUNK = 4
 
 
 def _predict_locked(
@@ -54,13 +71,13 @@ def _predict_locked(
     workers: int,
     quiet: bool,
     backend: str,
+    scheduler: str | None = None,
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Predict in chunks, journalling each slide's row (keyed by the slide's content and the model's)
     in ``<out>.jsonl`` as it is done, so that a killed or repeated run does only what is left."""
     from her2score.data.lowres import content_hash
-    from her2score.engine.predictor import Predictor, prediction_frame
+    from her2score.engine.predictor import Predictor
     from her2score.io import write_csv
-    from her2score.paths import cache_dir as default_cache
     from her2score.slide.discover import expand_inputs
 
     predictor, meta = Predictor.from_checkpoint(model_path, device, backend)
@@ -71,24 +88,17 @@ def _predict_locked(
     keys = {str(f): _slide_key(f, mpp) for f in files}
     todo = [f for f in files if done.get(str(f), {}).get("key") != keys[str(f)] or keys[str(f)] is None]
     kept = {str(f): done[str(f)] for f in files if str(f) in done and f not in todo}
-    expected = meta.get("input_stain", "ihc")
     with _Journal(journal_path, list(kept.values())) as journal:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            rows = [{"slide": str(f), "mpp": mpp} for f in chunk]
-            prepared = predictor.kind.prepare(rows, cache_dir or default_cache("lowres"), workers, quiet)
-            names = [str(chunk[i]) for i in prepared.positions]
-            frame = prediction_frame(names, predictor.predict(prepared), meta["classes"])
-            frame["status"] = [
-                stain_status(predictor.kind.picture(prepared, i), expected) for i in range(len(names))
-            ]
-            for record in frame.to_dict("records"):
-                journal.add({**record, "key": keys[record["slide"]], "model_key": model_key})
-            for f in prepared.failures:
-                journal.add({"slide": f.slide, "status": f"skipped: {f.cause}", "key": keys.get(f.slide),
-                             "model_key": model_key})  # fmt: skip
-            if heatmap_dir is not None and names:
-                predictor.heatmaps(prepared, names, heatmap_dir, classes=meta["classes"])
+        if scheduler is None:
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start : start + CHUNK]
+                for record in score_chunk(
+                    predictor, meta, chunk, mpp, cache_dir, workers, quiet, heatmap_dir
+                ):
+                    journal.add({**record, "key": keys[record["slide"]], "model_key": model_key})
+        elif todo:  # nothing left to do needs no cluster
+            settings = (str(model_path), device, backend, mpp, cache_dir, heatmap_dir)
+            _predict_on_cluster(scheduler, todo, settings, journal, keys, model_key, quiet)
         records = journal.records
     order = {str(f): i for i, f in enumerate(files)}
     by_slide = {r["slide"]: r for r in records if r["slide"] in order}
@@ -112,6 +122,88 @@ def _predict_locked(
     elif failures_csv.exists():
         failures_csv.unlink()  # an earlier run's failures, all fixed now
     return frame, failures
+
+
+def score_chunk(
+    predictor: Any,
+    meta: dict[str, Any],
+    chunk: list[Path],
+    mpp: float | None,
+    cache_dir: str | Path | None,
+    workers: int = 0,
+    quiet: bool = True,
+    heatmap_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Read and predict ``chunk``: a row per slide (``slide, predicted, prob_<class>..., status``), an
+    unreadable slide's row with status ``skipped: <cause>``; Grad-CAM overlays into ``heatmap_dir``."""
+    from her2score.engine.predictor import prediction_frame
+    from her2score.paths import cache_dir as default_cache
+
+    rows = [{"slide": str(f), "mpp": mpp} for f in chunk]
+    prepared = predictor.kind.prepare(rows, cache_dir or default_cache("lowres"), workers, quiet)
+    names = [str(chunk[i]) for i in prepared.positions]
+    frame = prediction_frame(names, predictor.predict(prepared), meta["classes"])
+    expected = meta.get("input_stain", "ihc")
+    frame["status"] = [stain_status(predictor.kind.picture(prepared, i), expected) for i in range(len(names))]
+    records = frame.to_dict("records")
+    records += [{"slide": f.slide, "status": f"skipped: {f.cause}"} for f in prepared.failures]
+    if heatmap_dir is not None and names:
+        predictor.heatmaps(prepared, names, heatmap_dir, classes=meta["classes"])
+    return records
+
+
+def _predict_on_cluster(
+    scheduler: str,
+    todo: list[Path],
+    settings: tuple[Any, ...],
+    journal: _Journal,
+    keys: dict[str, str | None],
+    model_key: str,
+    quiet: bool,
+) -> None:
+    """:func:`score_chunk` on the workers of a Dask cluster, :data:`DASK_CHUNK` slides a task; each
+    finished task's rows are journalled here as they arrive. A task that fails as a whole (its worker
+    died, or an unexpected error) lists its slides as skipped with the cause, unkeyed: a re-run retries
+    them."""
+    from her2score.cluster import dask_client, map_as_completed
+    from her2score.progress import progress_bar
+
+    chunks = [todo[i : i + DASK_CHUNK] for i in range(0, len(todo), DASK_CHUNK)]
+    with dask_client(scheduler) as client, progress_bar(quiet) as bar:
+        task = bar.add_task(f"predict on {scheduler}", total=len(todo))
+        for position, records, error in map_as_completed(client, _score_on_worker, chunks, *settings):
+            if error is not None:
+                cause = f"skipped: task failed on the cluster ({type(error).__name__}: {error})"
+                records = [{"slide": str(f), "status": cause, "no_key": True} for f in chunks[position]]
+            for record in records:
+                key = None if record.pop("no_key", False) else keys[record["slide"]]
+                journal.add({**record, "key": key, "model_key": model_key})
+            bar.advance(task, len(chunks[position]))
+
+
+#: Models a Dask worker process has loaded, by (path, device, backend): loaded once, used for every task.
+_WORKER_MODELS: dict[tuple[str, str, str], tuple[Any, dict[str, Any]]] = {}
+
+
+def _score_on_worker(
+    chunk: list[Path],
+    model_path: str,
+    device: str,
+    backend: str,
+    mpp: float | None,
+    cache_dir: str | Path | None,
+    heatmap_dir: str | Path | None,
+) -> list[dict[str, Any]]:
+    """One Dask task: :func:`score_chunk` with the worker's copy of the model (rows only; writes no rows)."""
+    from her2score.engine.predictor import Predictor
+
+    loaded = _WORKER_MODELS.get((model_path, device, backend))
+    if loaded is None:
+        loaded = _WORKER_MODELS[(model_path, device, backend)] = Predictor.from_checkpoint(
+            model_path, device, backend
+        )
+    predictor, meta = loaded
+    return score_chunk(predictor, meta, chunk, mpp, cache_dir, heatmap_dir=heatmap_dir)
 
 
 def _slide_key(path: Path, mpp: float | None) -> str | None:
