@@ -74,7 +74,12 @@ def process_group(device: str = "auto") -> Iterator[int]:
 
     from her2score.errors import ConfigError
 
-    cuda = device != "cpu" and torch.cuda.is_available() and not device.startswith("cpu")
+    cuda = not device.startswith("cpu") and torch.cuda.is_available()
+    if cuda and device.startswith("cuda:"):
+        raise ConfigError(
+            f"device {device}: under torchrun each process takes the GPU of its LOCAL_RANK; use device "
+            "auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
