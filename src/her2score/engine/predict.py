@@ -75,6 +75,7 @@ class _Settings:
     cache_dir: str | Path | None
     heatmap_dir: str | Path | None
     quantify_dir: str | None
+    model_key: str = ""  #: the models' content: a long-lived Dask worker reloads a model whose file changed
 
 
 @dataclass
@@ -144,6 +145,7 @@ def _predict_locked(
     models = _load_models(settings)
     model_key = "|".join(f"{content_hash(p)}:{settings.backend}" for p in settings.model_paths)
     model_key += ":quantify" if settings.quantify_dir else ""
+    settings.model_key = model_key
     files = expand_inputs(slides)
     journal_path = out_csv.with_suffix(".jsonl")
     done = _read_journal(journal_path, model_key)
@@ -273,14 +275,15 @@ def _predict_on_cluster(
             bar.advance(task, len(chunks[position]))
 
 
-#: Models a Dask worker process has loaded, by (paths, device, backend): loaded once, used for every task.
-_WORKER_MODELS: dict[tuple[tuple[str, ...], str, str], list[_Model]] = {}
+#: Models a Dask worker process has loaded, by (paths, content, device, backend): loaded once, not per task.
+_WORKER_MODELS: dict[tuple[tuple[str, ...], str, str, str], list[_Model]] = {}
 
 
 def _score_on_worker(chunk: list[Path], settings: _Settings, stems: dict[str, str]) -> list[dict[str, Any]]:
     """One Dask task: :func:`score_chunk` with the worker's copy of the models (returns rows, writes none)."""
-    cached = (settings.model_paths, settings.device, settings.backend)
+    cached = (settings.model_paths, settings.model_key, settings.device, settings.backend)
     if cached not in _WORKER_MODELS:
+        _WORKER_MODELS.clear()  # one set of models at a time in a worker's memory
         _WORKER_MODELS[cached] = _load_models(settings)
     return score_chunk(_WORKER_MODELS[cached], settings, chunk, stems=stems)
 
