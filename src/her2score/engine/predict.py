@@ -140,6 +140,7 @@ def _predict_locked(
     """Score in chunks, locally or on a Dask cluster, journalling each slide's row as it is done."""
     from her2score.data.lowres import content_hash
     from her2score.io import unique_stems, write_csv
+    from her2score.progress import progress_bar
     from her2score.slide.discover import expand_inputs
 
     models = _load_models(settings)
@@ -155,10 +156,13 @@ def _predict_locked(
     stems = dict(zip(map(str, files), unique_stems(files), strict=True)) if settings.quantify_dir else {}
     with _Journal(journal_path, list(kept.values())) as journal:
         if scheduler is None:
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start : start + CHUNK]
-                for record in score_chunk(models, settings, chunk, workers, quiet, stems):
-                    journal.add({**record, "key": keys[record["slide"]], "model_key": model_key})
+            with progress_bar(quiet) as bar:  # one bar (count, elapsed, ETA) for the whole run
+                task = bar.add_task("predict", total=len(todo))
+                for start in range(0, len(todo), CHUNK):
+                    chunk = todo[start : start + CHUNK]
+                    for record in score_chunk(models, settings, chunk, workers, True, stems):
+                        journal.add({**record, "key": keys[record["slide"]], "model_key": model_key})
+                    bar.advance(task, len(chunk))
         elif todo:  # nothing left to do needs no cluster
             _predict_on_cluster(scheduler, todo, settings, journal, keys, model_key, quiet, stems)
         records = journal.records
