@@ -143,6 +143,7 @@ def test_quantify_adds_the_quantifier_figures_per_slide(
     )
     assert list(frame["slide"].map(lambda s: Path(s).name)) == ["a.png", "b.png", "c.png"]
     assert {"predicted", "prob_high", "quantify_category", "quantify_h_score"} <= set(frame.columns)
+    assert frame.columns.is_unique
     assert list(frame["quantify_status"]) == ["ok", "failed", "ok"]
     assert list(frame["quantify_category"].fillna("")) == ["3+", "", "0"]
     assert [Path(f.slide).name for f in failures] == ["b.png"]

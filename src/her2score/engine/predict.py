@@ -117,11 +117,8 @@ def _columns(models: list[_Model], quantify: bool) -> list[str]:
     columns = ["slide", "status"]
     for m in models:
         prefix = f"{m.label}_" if m.label else ""
-        columns += [
-            f"{prefix}predicted",
-            *[f"{prefix}prob_{c}" for c in m.meta["classes"]],
-            f"{prefix}status",
-        ]
+        columns += [f"{prefix}predicted", *[f"{prefix}prob_{c}" for c in m.meta["classes"]]]
+        columns += [f"{prefix}status"] if prefix else []  # one model: its status is the slide's
     return columns + ([f"quantify_{c}" for c in QUANTIFY_COLUMNS] if quantify else [])
 
 
