@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "her2score"
 #: Lower number, lower layer. A module may import its own layer and those below.
 LAYERS = {
     "errors": 0, "io": 0, "paths": 0, "progress": 0, "rules": 0, "optics": 0, "__init__": 0, "__main__": 9,
+    "cluster": 0,
     "slide": 1, "stain": 2, "quantify": 3, "data": 4, "models": 5, "features": 5, "report": 5, "engine": 6,
     "export": 6, "serve": 8, "cli": 9,
 }  # fmt: skip

@@ -95,3 +95,57 @@ def test_a_killed_run_resumes_with_what_is_left(
     n = len(list(folder.glob("*.tiff")))
     assert len(frame) == n
     assert sum(calls) == n - 8  # only what the killed run had not journalled
+
+
+def test_several_models_in_one_pass_read_each_slide_once(
+    model_and_slides: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, folder = model_and_slides
+    other = tmp_path / "other" / "model.safetensors"
+    other.parent.mkdir()
+    shutil.copy(model, other)  # the same input settings: one reading serves both
+    alone, _ = predict_slides(model, [folder], tmp_path / "alone.csv", quiet=True, cache_dir=tmp_path / "c")
+    calls = _count_prepares(monkeypatch)
+    out = tmp_path / "both.csv"
+    frame, failures = predict_slides([model, other], [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    n = len(list(folder.glob("*.tiff")))
+    assert calls == [n]  # one chunk, read once for the two models
+    label = model.parent.name
+    assert list(frame.columns[:4]) == ["slide", "status", f"{label}_predicted", f"{label}_prob_0"]
+    assert "other_prob_high" in frame.columns
+    assert len(frame) == n
+    assert [Path(f.slide).name for f in failures] == ["case_005b.tiff"]
+    for prefix in (label, "other"):
+        assert list(frame[f"{prefix}_predicted"].fillna("")) == list(alone["predicted"].fillna(""))
+        assert (frame[f"{prefix}_prob_high"].fillna(-1) - alone["prob_high"].fillna(-1)).abs().max() < 1e-6
+    calls.clear()
+    again, _ = predict_slides([model, other], [folder], out, quiet=True, cache_dir=tmp_path / "c")
+    assert calls == []
+    pd.testing.assert_frame_equal(again, frame)
+
+
+def test_quantify_adds_the_quantifier_figures_per_slide(
+    model_and_slides: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from her2score.data.synth.patches import render_ihc_patch
+
+    model, _ = model_and_slides
+    few = tmp_path / "few"
+    few.mkdir()
+    for name, category in (("a.png", "3+"), ("c.png", "0")):
+        Image.fromarray(render_ihc_patch(category, size=(256, 256), mpp=0.5)[0]).save(few / name)
+    (few / "b.png").write_bytes((few / "a.png").read_bytes()[:200])  # cut short
+    out = tmp_path / "q.csv"
+    frame, failures = predict_slides(
+        model, [few], out, quiet=True, cache_dir=tmp_path / "c", quantify=True, mpp=0.5
+    )
+    assert list(frame["slide"].map(lambda s: Path(s).name)) == ["a.png", "b.png", "c.png"]
+    assert {"predicted", "prob_high", "quantify_category", "quantify_h_score"} <= set(frame.columns)
+    assert frame.columns.is_unique
+    assert list(frame["quantify_status"]) == ["ok", "failed", "ok"]
+    assert list(frame["quantify_category"].fillna("")) == ["3+", "", "0"]
+    assert [Path(f.slide).name for f in failures] == ["b.png"]
+    overlays = sorted(p.name for p in out.with_name("q.quantify").glob("*.overlay.png"))
+    assert overlays == ["a.overlay.png", "c.overlay.png"]

@@ -29,6 +29,15 @@ Workers = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask distributed scheduler (tcp://host:port): the slides are scored on its workers, which "
+        "see the same paths; this process keeps the resume journal and the results. Needs "
+        "her2score[distributed].",
+    ),
+]
 Cache = Annotated[
     Path | None,
     typer.Option("--cache", help="Folder caching low-resolution images (default: the user cache)."),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import EXIT_CODES_BATCH, Cache, Device, Mpp, OutFile, Quiet, Workers
+from her2score.cli.options import EXIT_CODES_BATCH, Cache, Device, Mpp, OutFile, Quiet, Scheduler, Workers
 
 
 def register(app: typer.Typer) -> None:
@@ -17,10 +17,11 @@ def register(app: typer.Typer) -> None:
 
 def predict(
     model: Annotated[
-        Path,
+        list[Path],
         typer.Option(
             "--model",
-            help="A model.safetensors written by 'her2score train' (an .onnx with --backend onnxruntime).",
+            help="A model.safetensors written by 'her2score train' (an .onnx with --backend onnxruntime); "
+            "repeat for several models in one pass (columns prefixed by each model's run folder name).",
         ),
     ],
     slides: Annotated[list[Path], typer.Argument(help="Slide files, or folders of slides.")],
@@ -39,6 +40,15 @@ def predict(
             "--backend", help="torch (model.safetensors) or onnxruntime (a 'her2score export' file)."
         ),
     ] = "torch",
+    scheduler: Scheduler = None,
+    quantify: Annotated[
+        bool,
+        typer.Option(
+            "--quantify",
+            help="Add the ASCO/CAP membrane quantifier's figures per slide (quantify_* columns; cells "
+            "and overlays in <out stem>.quantify/).",
+        ),
+    ] = False,
 ) -> None:
     """Predict each slide's class; unreadable slides are listed at the end and in --out with their cause.
 
@@ -56,20 +66,23 @@ def predict(
         from her2score.errors import ConfigError
 
         raise ConfigError(f"--backend must be torch or onnxruntime (got {backend!r})")
-    check_input_file(model, "model", CheckpointError, "; pass the model.safetensors inside a run folder")
+    for path in model:
+        check_input_file(path, "model", CheckpointError, "; pass the model.safetensors inside a run folder")
     check_output_file(out)
     check_output_dir(heatmaps, "--heatmaps")
     check_output_dir(cache, "--cache")
     console = make_console()
-    if backend == "onnxruntime":
-        from her2score.export.onnx import OnnxModel
+    for path in model:
+        if backend == "onnxruntime":
+            from her2score.export.onnx import OnnxModel
 
-        console.print(describe(OnnxModel(model).meta) + " · ONNX Runtime")
-    else:
-        console.print(describe(read_metadata(model)))
+            console.print(describe(OnnxModel(path).meta) + " · ONNX Runtime")
+        else:
+            console.print(describe(read_metadata(path)))
     frame, failures = predict_slides(
-        model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp, cache_dir=cache,
-        workers=workers, quiet=quiet, backend=backend,
+        model[0] if len(model) == 1 else model, slides, out, heatmap_dir=heatmaps, device=device, mpp=mpp,
+        cache_dir=cache, workers=workers, quiet=quiet, backend=backend, scheduler=scheduler,
+        quantify=quantify,
     )  # fmt: skip
     warned = frame[frame["status"].str.startswith("warning")]
     done = int((frame["status"] == "ok").sum()) + len(warned)

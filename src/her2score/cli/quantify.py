@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from her2score.cli.options import EXIT_CODES, EXIT_CODES_BATCH, Mpp, Out, OutFile, Quiet, Workers
+from her2score.cli.options import EXIT_CODES, EXIT_CODES_BATCH, Mpp, Out, OutFile, Quiet, Scheduler, Workers
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +57,7 @@ def quantify(
         ),
     ] = None,
     quiet: Quiet = False,
+    scheduler: Scheduler = None,
 ) -> None:
     """Score HER2 membrane staining cell by cell (ASCO/CAP 2018): category 0/1+/2+/3+, H-score, overlay;
     or, with --marker er|pr|ki67, nuclear DAB nucleus by nucleus.
@@ -85,8 +86,11 @@ def quantify(
     from her2score.quantify.batch import BatchInterrupted
 
     try:
+        on_cluster = {"scheduler": scheduler} if scheduler else {}
         if marker == "her2":
-            result = quantify_batch(images, out, thresholds, mpp, workers, quiet, stains=stain_vectors)
+            result = quantify_batch(
+                images, out, thresholds, mpp, workers, quiet, stains=stain_vectors, **on_cluster
+            )
         else:
             result = quantify_batch(
                 images,
@@ -98,6 +102,7 @@ def quantify(
                 stains=stain_vectors,
                 marker=marker,
                 nuclear_thresholds=nuclear,
+                **on_cluster,
             )
     except BatchInterrupted as exc:
         typer.echo(str(exc), err=True)  # e.g. interrupted after 7/20 images; results.csv holds the 7 finished

@@ -56,11 +56,13 @@ def train(
 
     A missing or unreadable slide is skipped, listed at the end and in skipped_slides.csv (exit status 1).
     """
+    import os
     import time
 
     from her2score.cli.checks import check_input_file, check_output_dir, make_console
     from her2score.data.manifest import TASKS, load_manifest
     from her2score.engine.config import load_config
+    from her2score.engine.distributed import process_group
     from her2score.engine.train import train_run
     from her2score.errors import ConfigError, ManifestError
 
@@ -70,6 +72,7 @@ def train(
     check_input_file(config, "config", ConfigError, allow_empty=True)
     check_output_dir(out)
     console = make_console()
+    console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 speaks for all
     start = time.perf_counter()
     cfg = load_config(
         config, task=task, model=model, folds=folds, epochs=epochs, seed=seed, recipe=recipe,
@@ -78,10 +81,38 @@ def train(
     check_output_dir(Path(cfg.cache_dir) if cfg.cache_dir else None, "cache_dir")
     cohort = load_manifest(manifest, cfg.task, cfg.equivocal, check_files=False)  # missing: skipped, listed
     console.print(f"{len(cohort)} slides for task {cfg.task} ({', '.join(cohort.classes)}) from {manifest}")
-    result = train_run(cohort, cfg, out, resume=resume, quiet=quiet, log=console.print, overwrite=overwrite)
+    with process_group(cfg.device) as processes:  # several under torchrun: DistributedDataParallel
+        if processes > 1:
+            result = _train_rank(cohort, cfg, out, resume, quiet, console, overwrite)
+        else:
+            result = train_run(
+                cohort, cfg, out, resume=resume, quiet=quiet, log=console.print, overwrite=overwrite
+            )
+    if result is None:
+        return  # a rank other than 0: rank 0 reports
     summarise(result, console, time.perf_counter() - start)
     if getattr(result, "failures", None):
         raise typer.Exit(1)
+
+
+def _train_rank(
+    cohort: object, cfg: object, out: Path, resume: bool, quiet: bool, console: object, overwrite: bool
+) -> object:
+    """One of the processes ``torchrun`` started: rank 0 trains into ``out`` and reports; the others
+    train alongside into a scratch folder (removed), silently, and return None."""
+    import dataclasses
+
+    from her2score.engine.distributed import is_main, rank_run_dir
+    from her2score.engine.train import train_run
+
+    if is_main():
+        console.print(f"DistributedDataParallel over the torchrun processes; rank 0 writes {out}")  # type: ignore[attr-defined]
+        return train_run(cohort, cfg, out, resume=resume, quiet=quiet, log=console.print, overwrite=overwrite)  # type: ignore[arg-type,attr-defined]
+    with rank_run_dir(out) as scratch:
+        # the same steps as rank 0 (the collectives need them all), writing nothing that stays
+        quick = dataclasses.replace(cfg, n_boot=0)  # type: ignore[type-var]
+        train_run(cohort, quick, scratch, quiet=True, log=lambda s: None, heatmaps=0)  # type: ignore[arg-type]
+    return None
 
 
 def summarise(result: object, console: object, seconds: float) -> None:

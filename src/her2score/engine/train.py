@@ -170,8 +170,9 @@ def fit(
     """
     import torch
 
+    from her2score.engine import distributed as ddp
     from her2score.engine.checkpoint import load_state, save_state
-    from her2score.engine.predictor import NonFiniteError, Predictor
+    from her2score.engine.predictor import Predictor
     from her2score.models.base import FitContext
     from her2score.progress import progress_bar
 
@@ -179,10 +180,12 @@ def fit(
         raise ConfigError(f"{out_dir.name}: only {len(train)} training slide(s); a batch needs at least 2")
     device = next(model.parameters()).device
     num_classes = data.num_classes
-    y_train, y_val = data.labels[train], data.labels[val]
+    y_train = data.labels[train]
     steps = math.ceil(len(train) / cfg.batch_size)
     state_path = out_dir / STATE_FILE
-    resuming = resume and state_path.is_file()
+    ddp.check_batch(cfg.batch_size)
+    # under torchrun, rank 0 (the one that writes) decides and hands its state to the others
+    resuming = ddp.broadcast_object(resume and state_path.is_file())
     if not resuming:
         note = model.on_fit_start(
             FitContext(data.kind, data.prepared, train, data.labels, data.stats, device, log)
@@ -207,7 +210,7 @@ def fit(
     best: dict[str, Any] = {"f1": -1.0, "loss": math.inf, "epoch": -1, "weights": None}
     bad_epochs, start = 0, 0
     if resuming:
-        state = load_state(state_path)
+        state = ddp.broadcast_object(load_state(state_path) if ddp.is_main() else None)
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
@@ -220,23 +223,31 @@ def fit(
         if state.get("finished"):
             start = cfg.epochs
         log(f"resuming {out_dir.name} after epoch {state['epoch'] + 1}")
+    ranks, seed = ddp.world_size(), cfg.seed * 1_000_003 + fold_seed * 10_007
+    sampler = ddp.epoch_sampler(y_train, cfg.balance == "sampler", num_classes, seed) if ranks > 1 else None
+    step_fn = ddp.wrap_for_training(model, device) if ranks > 1 else model.training_step
 
     with progress_bar(quiet) as bar:
         task = bar.add_task(f"{out_dir.name}: training", total=cfg.epochs * steps, completed=start * steps)
         for epoch in range(start, cfg.epochs):
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + fold_seed * 10_007 + epoch)
-            torch.manual_seed(cfg.seed * 1_000_003 + fold_seed * 10_007 + epoch)  # dropout, drop-path
+            own = 7_919 * ddp.rank()  # each rank its own augmentation and dropout draws
+            gen = torch.Generator().manual_seed(seed + epoch + own)
+            torch.manual_seed(seed + epoch + own)  # dropout, drop-path
             model.train()
-            order = np.array(list(epoch_order(y_train, gen, cfg.balance == "sampler", num_classes)))
-            total_loss, logs_sum = 0.0, {}
+            if sampler is not None:
+                sampler.set_epoch(epoch)  # this rank's share of the epoch's order
+                order = np.array(list(sampler))
+            else:
+                order = np.array(list(epoch_order(y_train, gen, cfg.balance == "sampler", num_classes)))
+            total_loss, logs_sum, seen = 0.0, {}, 0
             # equal-sized batches: a last batch of one image would break BatchNorm and weigh one slide alone
             for b, chunk in enumerate(np.array_split(order, steps)):
                 idx = train[chunk]
                 batch = data.kind.batch(data.prepared, idx, data.stats, device, cfg.augment, gen)
                 batch["label"] = torch.as_tensor(data.labels[idx], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, logs = model.training_step(batch, criterion)
-                if not torch.isfinite(loss):
+                    loss, logs = step_fn(batch, criterion)
+                if ddp.any_rank(not bool(torch.isfinite(loss)), device):  # all ranks stop together
                     raise _diverged(
                         f"non-finite loss at epoch {epoch + 1}, step {b + 1}", cfg, epoch, out_dir
                     )
@@ -249,29 +260,27 @@ def fit(
                 if ema is not None:
                     ema.update(model, step=_ema_step(global_step))
                 total_loss += float(loss.detach()) * len(idx)
+                seen += len(idx)
                 for k, v in logs.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * len(idx)
                 bar.update(task, advance=1, description=f"{out_dir.name} epoch {epoch + 1}/{cfg.epochs}")
+            keys = sorted(logs_sum)
+            total_loss, seen, *sums = ddp.sum_over_ranks(
+                [total_loss, seen, *(logs_sum[k] for k in keys)], device
+            )
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "train_loss": total_loss / len(train),
-                **{f"train_{k}": v / len(train) for k, v in logs_sum.items()},
+                "train_loss": total_loss / seen,
+                **{f"train_{k}": v / seen for k, v in zip(keys, sums, strict=True)},
                 "lr": optimizer.param_groups[0]["lr"],
             }
             if len(val):
-                try:
-                    probs = predictor.predict(data.prepared, val)
-                except NonFiniteError:
-                    raise _diverged(
-                        f"non-finite validation probabilities after epoch {epoch + 1}", cfg, epoch, out_dir
-                    ) from None
-                record["val_loss"] = float(
-                    torch.nn.functional.nll_loss(
-                        torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.as_tensor(y_val)
-                    )
+                # validated on rank 0; its record (so the kept epoch and early stopping) goes to every rank
+                record = ddp.broadcast_object(
+                    _validate(predictor, data, val, record) if ddp.is_main() else None
                 )
-                record["val_f1_macro"] = _macro_f1(y_val, probs, num_classes)
-                record["val_accuracy"] = float((probs.argmax(1) == y_val).mean())
+                if "diverged" in record:
+                    raise _diverged(record["diverged"], cfg, epoch, out_dir)
                 improved = _improved(record, best, cfg.select)
             else:
                 improved = True  # no validation set: keep the last epoch
@@ -287,24 +296,25 @@ def fit(
                 bad_epochs += 1
             history.append(record)
             stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-            save_state(
-                state_path,
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "history": history,
-                    "bad_epochs": bad_epochs,
-                    "best_f1": best["f1"],
-                    "best_loss": best["loss"],
-                    "best_epoch": best["epoch"],
-                    "best_weights": best["weights"],
-                    "finished": stop or epoch + 1 == cfg.epochs,
-                },
-            )
+            if ddp.is_main():
+                save_state(
+                    state_path,
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "history": history,
+                        "bad_epochs": bad_epochs,
+                        "best_f1": best["f1"],
+                        "best_loss": best["loss"],
+                        "best_epoch": best["epoch"],
+                        "best_weights": best["weights"],
+                        "finished": stop or epoch + 1 == cfg.epochs,
+                    },
+                )
             shown = f"loss {record['train_loss']:.3f}"
             if "val_f1_macro" in record:
                 shown += f" · val F1 {record['val_f1_macro']:.3f} · val loss {record['val_loss']:.3f}"
@@ -323,6 +333,26 @@ def fit(
     if note:
         log(note)
     return judged.eval(), history
+
+
+def _validate(predictor: Any, data: FitData, val: np.ndarray, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the validation loss, macro-F1 and accuracy, or with ``diverged`` saying why not."""
+    import torch
+
+    from her2score.engine.predictor import NonFiniteError
+
+    y_val = data.labels[val]
+    try:
+        probs = predictor.predict(data.prepared, val)
+    except NonFiniteError:
+        return {**record, "diverged": f"non-finite validation probabilities after epoch {record['epoch']}"}
+    log_probs = torch.log(torch.as_tensor(probs).clamp_min(1e-8))
+    return {
+        **record,
+        "val_loss": float(torch.nn.functional.nll_loss(log_probs, torch.as_tensor(y_val))),
+        "val_f1_macro": _macro_f1(y_val, probs, data.num_classes),
+        "val_accuracy": float((probs.argmax(1) == y_val).mean()),
+    }
 
 
 def _diverged(what: str, cfg: TrainConfig, epoch: int, out_dir: Path) -> DivergedError:

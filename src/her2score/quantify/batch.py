@@ -66,6 +66,7 @@ def quantify_batch(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     marker: str = "her2",
     nuclear_thresholds: Any = None,
+    scheduler: str | None = None,
 ) -> BatchResult:
     """Score each image or slide of ``inputs`` (files, or folders: the slides and images in them, by
     content) and write ``results.csv``, ``thresholds.json`` and per input ``<stem>.cells.parquet`` and
@@ -90,6 +91,11 @@ def quantify_batch(
     :class:`~her2score.quantify.nuclear.NuclearThresholds` or None for its defaults). results.csv then
     starts with :data:`~her2score.quantify.nuclear.NUCLEAR_RESULT_COLUMNS`, and ``thresholds.json``
     holds the nuclear thresholds too.
+
+    ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:port``): each input is then
+    scored on one of its workers (:mod:`her2score.cluster`; they write its cells and overlay into
+    ``out_dir``, which they must see at the same path), and this process writes ``results.csv`` as the
+    rows come back, in input order at the end.
     """
     from her2score.errors import ConfigError
     from her2score.io import output_lock, record_outputs, remove_recorded_outputs, unique_stems, write_json
@@ -125,7 +131,10 @@ def quantify_batch(
         results = _ResultsFile(out / "results.csv", len(paths), on_row, marker)
         results.flush()  # a results.csv (header only) from the start: never one from an earlier run
         try:
-            _score_all(paths, stems, out, mpp, t, stains, workers, quiet, results.add, marker, nt)
+            if scheduler is None:
+                _score_all(paths, stems, out, mpp, t, stains, workers, quiet, results.add, marker, nt)
+            else:
+                _score_on_cluster(scheduler, paths, stems, out, mpp, t, stains, quiet, results, marker, nt)
         except KeyboardInterrupt:
             results.flush()
             raise BatchInterrupted(len(results.rows), len(paths), results.path) from None
@@ -215,6 +224,53 @@ def _score_all(
             for path, stem in zip(paths, stems, strict=True):
                 add(score_one(path, stem, out, mpp, t, stains, workers, progress, marker, nuclear_thresholds))
                 progress.advance(task)
+
+
+def _score_on_cluster(
+    scheduler: str,
+    paths: list[Path],
+    stems: list[str],
+    out: Path,
+    mpp: float | None,
+    t: Thresholds,
+    stains: str,
+    quiet: bool,
+    results: _ResultsFile,
+    marker: str,
+    nuclear_thresholds: Any,
+) -> None:
+    """:func:`score_one` per input on the workers of a Dask cluster; rows kept as they finish, then put
+    back in input order. A task lost with its worker gives that input a ``failed`` row with the cause."""
+    from her2score.cluster import dask_client, map_as_completed
+    from her2score.progress import progress_bar
+
+    units = list(zip(paths, stems, strict=True))
+    with dask_client(scheduler) as client, progress_bar(quiet) as progress:
+        task = progress.add_task(f"quantify on {scheduler}", total=len(paths))
+        settings = (out, mpp, t, stains, marker, nuclear_thresholds)
+        for position, row, error in map_as_completed(client, _score_unit, units, *settings):
+            if error is not None:
+                cause = f"task failed on the cluster ({type(error).__name__}: {error})"
+                row = {"image": str(paths[position]), "status": "failed", "category": "", "scorable": False,
+                       "error": cause, "reason": "failed"}  # fmt: skip
+            results.add(row)
+            progress.advance(task)
+    order = {str(p): i for i, p in enumerate(paths)}
+    results.rows.sort(key=lambda r: order.get(str(r.get("image")), len(order)))
+
+
+def _score_unit(
+    unit: tuple[Path, str],
+    out: Path,
+    mpp: float | None,
+    t: Thresholds,
+    stains: str,
+    marker: str,
+    nuclear_thresholds: Any,
+) -> dict[str, Any]:
+    """One Dask task: an input's results row (its cells and overlay written into ``out``)."""
+    path, stem = unit
+    return score_one(path, stem, out, mpp, t, stains, 0, None, marker, nuclear_thresholds)
 
 
 def score_one(
