@@ -7,13 +7,20 @@ seed) and handed to every :func:`~her2score.engine.train.train_run` as a rule ke
 slide, so each method trains, stops early and is tested on the same slides (a slide one method cannot
 read is left out of that method alone, and listed).
 
-Costs are measured on this machine, per slide:
+Costs are measured on this machine, per slide, as the work a new slide needs to get a prediction (what a
+cache saves on a second visit is not a per-slide cost, so neither side counts cache keys or writes, and
+neither side is timed from a cache):
 
-* ``prep_s_per_slide``: the low-res overview read (slide open, tissue crop, resize), or tiling plus
-  tile features. Both are cached under ``cache/``; a cached slide keeps the time of its first
-  preparation (``features.csv``'s ``seconds`` / ``lowres_seconds.csv``), so a rerun reports the same cost.
-* ``infer_s_per_slide``: the model's forward over the prepared inputs of the test slides (with the
-  model's test-time augmentation, if it has any), timed through the saved checkpoint.
+* ``prep_s_per_slide``: low-res: open the slide, read the whole slide at the low-res µm/px from the
+  pyramid level closest to it (never finer than needed), find the tissue, crop and resize to the model's
+  input; patch-based: open the slide, the tissue mask, read every tissue tile at the patch µm/px and
+  encode it with the tile encoder. A cached slide keeps the time of its first preparation
+  (``features.csv``'s ``seconds`` / ``lowres_seconds.csv``), so a rerun reports the same cost.
+* ``infer_s_per_slide``: the model's forward over the prepared inputs of the test slides, timed through
+  the saved checkpoint (low-res: the CNN on the overview; patch-based: the aggregator or the tile
+  classifier on the tile features). Test-time augmentation is off for the low-res model unless asked
+  for (``CompareOptions.lowres_tta``): the patch methods have none, and the accuracy columns are those
+  of the same predictions, so cost and accuracy always describe one pipeline.
 * ``cache_mb_per_slide``: the low-res cache entry or the feature file.
 * ``peak_rss_mb``: the process's peak resident memory while that method prepared, trained and predicted.
 """
@@ -39,7 +46,7 @@ from her2score.errors import ConfigError
 LOWRES_MODEL = "lowres-resnet"
 LOWRES = "lowres"
 STAIN = "stain"
-DEFAULT_METHODS = (LOWRES, STAIN, "abmil", "clam-sb", "transmil")
+DEFAULT_METHODS = (LOWRES, STAIN, "abmil", "clam-sb", "transmil", "patch-classifier")
 SWEEP_LOWRES_MPP = (4.0, 8.0, 16.0)
 SWEEP_PATCH_MPP = (0.5, 1.0, 2.0)
 METRICS = ("auc_macro", "f1_macro", "accuracy", "kappa_qw")
@@ -66,6 +73,7 @@ class CompareOptions:
     min_tissue: float = 0.25
     tile_batch: int = 32
     heatmaps: int = 3
+    lowres_tta: bool = False  # the low-res model's 8 flips/rotations when testing (counted in its cost)
 
 
 @dataclass
@@ -143,10 +151,14 @@ def _rss_mb() -> float:
 # ------------------------------------------------------------------------------------------ preparation
 def lowres_costs(frame: pd.DataFrame, cfg: TrainConfig, cache_dir: Path) -> pd.DataFrame:
     """Read (or find cached) every slide's low-res input one at a time; per slide ``seconds`` of its
-    first read (kept in ``cache_dir/lowres_seconds.csv``), ``cache_bytes`` and ``status``."""
-    from her2score.data.lowres import LowResParams, cache_key, load_or_prepare
+    first read (kept in ``cache_dir/lowres_seconds.csv``), ``cache_bytes`` and ``status``.
+
+    The time is :func:`~her2score.data.lowres.lowres_image` alone (open, read at the low-res µm/px,
+    tissue, crop, resize); the cache entry the training then reads is written afterwards, untimed, as
+    the patch side's feature file is."""
+    from her2score.data.lowres import LowResParams, cache_key, lowres_image
     from her2score.errors import Her2ScoreError
-    from her2score.io import write_csv
+    from her2score.io import write_csv, write_png
 
     params = LowResParams(cfg.mpp, cfg.input_size, cfg.margin)
     record_path = cache_dir / "lowres_seconds.csv"
@@ -162,8 +174,9 @@ def lowres_costs(frame: pd.DataFrame, cfg: TrainConfig, cache_dir: Path) -> pd.D
             else:
                 entry.unlink(missing_ok=True)  # an entry of unknown cost is read again and timed
                 start = time.perf_counter()
-                load_or_prepare(slide, params, cache_dir, mpp)
+                image = lowres_image(slide, params, mpp)
                 out.update(seconds=time.perf_counter() - start, status="read")
+                write_png(entry, image)
                 known[entry.name] = out["seconds"]
             out["cache_bytes"] = entry.stat().st_size
         except (Her2ScoreError, OSError):
@@ -381,10 +394,13 @@ def _lowres(
     from her2score.engine.train import train_run
 
     size = round(cfg.input_size * cfg.mpp / mpp)
-    run_cfg = _method_config(cfg, LOWRES_MODEL, mpp=float(mpp), input_size=min(4096, max(16, size)))
+    run_cfg = _method_config(
+        cfg, LOWRES_MODEL, mpp=float(mpp), input_size=min(4096, max(16, size)), tta=options.lowres_tta
+    )
     cache_dir = cache / "lowres"
     run_cfg.cache_dir = str(cache_dir)
-    log(f"compare: {LOWRES_MODEL} at {mpp:g} µm/px ({run_cfg.input_size} px)")
+    views = ", 8 test-time views" if run_cfg.tta else ""
+    log(f"compare: {LOWRES_MODEL} at {mpp:g} µm/px ({run_cfg.input_size} px{views})")
     with peak_rss() as memory:
         costs = lowres_costs(cohort.frame, run_cfg, cache_dir)
         run = train_run(
@@ -398,7 +414,8 @@ def _lowres(
     shared = {
         "mpp": float(mpp), "prep_s_per_slide": float(ok["seconds"].mean()),
         "cache_mb_per_slide": float(ok["cache_bytes"].mean() / 2**20), "peak_rss_mb": memory["mb"],
-        "n_test": n, "input": f"{run_cfg.input_size} px overview", "run": str(run.run_dir.relative_to(out)),
+        "n_test": n, "input": f"{run_cfg.input_size} px overview{views}",
+        "run": str(run.run_dir.relative_to(out)),
     }  # fmt: skip
     tests[f"{LOWRES}@{mpp:g}"] = _test_keys(run.run_dir, _key)
     rows = []
@@ -500,9 +517,11 @@ def _attention_maps(
     run: Any, bags: Any, key_of: Callable[[str], str], slides: list[str], folder: Path, tag: str,
     options: CompareOptions, mpp: float, cfg: TrainConfig,
 ) -> list[tuple[str, Path]]:  # fmt: skip
-    """A bag model's per-tile attention drawn over each slide's overview."""
+    """A bag model's per-tile map (attention, or the patch classifier's tile probability of the predicted
+    class) drawn over each slide's overview."""
     from her2score.engine.predictor import Predictor
     from her2score.io import unique_stems
+    from her2score.models.registry import get_model_spec
     from her2score.report.heatmap import save_map_overlay, tile_map
     from her2score.slide import open_slide
 
@@ -513,6 +532,7 @@ def _attention_maps(
     prepared = predictor.kind.prepare(rows.to_dict("records"), None, 0, True)
     originals = [key_of(str(rows["slide"].iloc[int(i)])) for i in prepared.positions]
     stems = unique_stems(originals)
+    what = (get_model_spec(meta["model"]).maps or ("attention",))[0]
     out = []
     for i, original in enumerate(originals):
         explained = predictor.explain(prepared, i)
@@ -527,8 +547,8 @@ def _attention_maps(
         heat = tile_map(
             coords, weights, options.tile_size * mpp / level0, overview.shape[:2], level0 / read_mpp
         )
-        path = save_map_overlay(overview, heat, folder / tag / f"{stems[i]}.attention.png")
-        out.append((f"{tag} attention: {Path(original).name}: predicted {meta['classes'][target]}", path))
+        path = save_map_overlay(overview, heat, folder / tag / f"{stems[i]}.{what.replace(' ', '-')}.png")
+        out.append((f"{tag} {what}: {Path(original).name}: predicted {meta['classes'][target]}", path))
     return out
 
 
@@ -608,8 +628,13 @@ def _write_report(
         f"Every method is trained and tested on the same splits ({split}, seed {cfg.seed}; splits.csv); "
         + ("the test slides are identical across methods." if same else
            "some methods could not read every slide, so their test sets differ (see each run)."),
-        "prep: low-res overview read, or tiling + tile features (a cached slide keeps its first time); "
-        "infer: the model's forward per test slide; cache: the low-res cache entry or the feature file; "
+        "prep: the per-slide work before the model, low-res: open, read at its µm/px from the nearest "
+        "pyramid level, tissue crop, resize; patch: open, tissue mask, read and encode every tissue tile "
+        "(cache keys and writes are not counted on either side; a cached slide keeps its first time). "
+        "infer: the model's forward per test slide"
+        + (" (the low-res model with its 8 test-time views)" if options.lowres_tta else
+           " (no test-time augmentation on either side)")
+        + "; cache: the low-res cache entry or the feature file; "
         "peak RSS: this process while the method ran (patch rows include the feature extraction).",
         "The stain row is the low-res run's stain-statistics baseline on the same test slides "
         "(its forward is not timed apart).",
