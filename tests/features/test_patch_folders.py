@@ -36,9 +36,8 @@ def class_folders(root: Path, per_class: int = 6, splits: bool = False) -> Path:
 
 
 def test_class_folder_names_give_her2_scores() -> None:
-    assert [class_folder_score(n) for n in ("class_0", "class_1", "class_2+", "class_3+", "3+", "CLASS_2")] == [
-        "0", "1+", "2+", "3+", "3+", "2+",
-    ]  # fmt: skip
+    names = ("class_0", "class_1", "class_2+", "class_3+", "3+", "CLASS_2")
+    assert [class_folder_score(n) for n in names] == ["0", "1+", "2+", "3+", "3+", "2+"]
     assert class_folder_score("class_4") is None
     assert class_folder_score("negative") is None
 
@@ -55,7 +54,8 @@ def test_manifest_from_class_folders_keeps_splits_patients_and_mpp(tmp_path: Pat
     assert (tmp_path / "out" / written["slide"][0]).resolve().is_file()  # relative to the manifest
     # each patch its own case by default, and no split column without split folders
     flat = patch_folder_manifest(class_folders(tmp_path / "flat", 2), tmp_path / "flat.csv")
-    assert flat["patient"].is_unique and "split" not in flat
+    assert flat["patient"].is_unique
+    assert "split" not in flat
 
 
 def test_a_folder_that_is_not_a_class_folder_is_an_error(tmp_path: Path) -> None:
@@ -63,8 +63,8 @@ def test_a_folder_that_is_not_a_class_folder_is_an_error(tmp_path: Path) -> None
     (root / "clas_3").mkdir()
     with pytest.raises(ManifestError, match="not a class folder"):
         patch_folder_manifest(root, tmp_path / "m.csv")
+    (tmp_path / "empty" / "class_0").mkdir(parents=True)
     with pytest.raises(ManifestError, match="no image"):
-        (tmp_path / "empty" / "class_0").mkdir(parents=True)
         patch_folder_manifest(tmp_path / "empty", tmp_path / "m.csv")
 
 
@@ -83,7 +83,8 @@ def test_patch_classifier_trains_and_reports_on_class_folder_patches(tmp_path: P
         ])  # fmt: skip
     assert exit_info.value.code in (0, None)
     bags = pd.read_csv(feats / "manifest.csv")
-    assert len(bags) == 32 and bags["slide"].str.endswith(".safetensors").all()
+    assert len(bags) == 32
+    assert bags["slide"].str.endswith(".safetensors").all()
     cfg = load_config(
         None, model="patch-classifier", task="her2-4way", epochs=15, batch_size=4, lr=1e-2, n_boot=10,
         device="cpu", test_fraction=0.25, val_fraction=0.2, patience=0, select="last",

@@ -111,7 +111,9 @@ def tile_cohort(folder: Path, n: int = 24, dim: int = 8, seed: int = 1) -> Path:
 
 
 @pytest.mark.parametrize("fusion", ["mean", "majority", "top-percentile"])
-def test_patch_classifier_learns_a_separable_tile_task_through_the_engine(fusion: str, tmp_path: Path) -> None:
+def test_patch_classifier_learns_a_separable_tile_task_through_the_engine(
+    fusion: str, tmp_path: Path
+) -> None:
     manifest = tile_cohort(tmp_path / "tiles")
     cfg = load_config(
         None, model="patch-classifier", epochs=10, batch_size=4, lr=1e-2, n_boot=10, device="cpu",
@@ -152,5 +154,6 @@ def test_patch_classifier_predicts_fused_probabilities_and_maps_tile_probabiliti
     assert torch.allclose(probs[0], tiles[0].mean(0), atol=1e-5)
     assert torch.allclose(probs[1], tiles[1, :5].mean(0), atol=1e-5)  # padding ignored
     heat, target = model.explain({"features": features, "mask": mask})
-    assert heat.shape == (9,) and 0 <= target < 3
+    assert heat.shape == (9,)
+    assert 0 <= target < 3
     assert np.allclose(heat, tiles[0, :, target].detach().numpy(), atol=1e-6)

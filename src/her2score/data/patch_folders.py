@@ -58,9 +58,8 @@ def patch_folder_manifest(
         for child in sorted(p for p in folder.iterdir() if p.is_dir()):
             score = class_folder_score(child.name)
             if score is None:
-                raise ManifestError(
-                    f"folder {child.name!r} is not a class folder (class_0, class_1, class_2, class_3+)", child
-                )
+                expected = "class_0, class_1, class_2, class_3+"
+                raise ManifestError(f"folder {child.name!r} is not a class folder ({expected})", child)
             for image in sorted(child.rglob("*")):
                 if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
                     continue

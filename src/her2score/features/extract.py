@@ -180,8 +180,9 @@ def extract_features(
     ``n_tiles``, ``status`` (``extracted``, ``cached`` or ``failed``), ``cause`` (why it failed) and
     ``seconds``: for an extracted slide the time of :func:`encode_slide` alone (tissue mask, tile reads,
     encoder: the per-slide cost of a patch pipeline; not the cache key nor the file write), otherwise
-    the time the lookup or the failure took. A slide that cannot be read is a ``failed`` row, not an error; an interruption leaves
-    every finished slide's file in place, so running again does only the rest.
+    the time the lookup or the failure took. A slide that cannot be read is a ``failed`` row, not an
+    error; an interruption leaves every finished slide's file in place, so running again does only the
+    rest.
     """
     import pandas as pd
 

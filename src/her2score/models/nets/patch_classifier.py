@@ -30,7 +30,7 @@ FUSIONS = ("mean", "majority", "top-percentile")
 
 
 class TileClassifier(SlideModel):
-    """A per-tile MLP over ``features`` (B, N, D) with a ``mask`` (B, N) of real tiles, fused by ``fusion``."""
+    """A per-tile MLP over ``features`` (B, N, D), ``mask`` (B, N) marking real tiles, fused by ``fusion``."""
 
     input_key = "features"
 
@@ -104,4 +104,3 @@ class TileClassifier(SlideModel):
             probs = self.tile_probabilities(features)
             target = int(self.fuse(probs, mask).argmax(1)[0])
         return probs[0, :, target].cpu().numpy().astype(np.float32), target
-
