@@ -121,3 +121,17 @@ def test_cached_features_and_overviews_keep_their_first_preparation_time(tmp_pat
     assert list(reused["status"]) == ["cached", "cached"]
     assert list(reused["seconds"]) == pytest.approx(list(read["seconds"]))
     assert (reused["cache_bytes"] > 0).all()
+
+
+def test_methods_are_checked_and_the_patch_classifier_takes_a_fusion_rule() -> None:
+    from her2score.engine.compare import DEFAULT_METHODS, _check_methods
+    from her2score.errors import ConfigError
+
+    assert _check_methods(DEFAULT_METHODS) == ["abmil", "clam-sb", "transmil", "patch-classifier"]
+    assert _check_methods(("lowres", "patch-classifier:majority")) == ["patch-classifier:majority"]
+    with pytest.raises(ConfigError, match="fusion rule is one of"):
+        _check_methods(("patch-classifier:max",))
+    with pytest.raises(ConfigError, match="only patch-classifier"):
+        _check_methods(("abmil:mean",))
+    with pytest.raises(ConfigError, match="not a patch-based"):
+        _check_methods(("lowres-resnet",))

@@ -30,7 +30,8 @@ def compare(
         typer.Option(
             "--methods",
             help="Comma-separated: lowres, stain and bag models (abmil, mean-mil, clam-sb, transmil, dsmil, "
-            "patch-classifier).",
+            "patch-classifier; patch-classifier:majority or :top-percentile for another tile-to-slide rule "
+            "than the mean).",
         ),
     ] = "lowres,stain,abmil,clam-sb,transmil,patch-classifier",
     lowres_mpp: Annotated[

@@ -48,6 +48,9 @@ from her2score.errors import ConfigError
 LOWRES_MODEL = "lowres-resnet"
 LOWRES = "lowres"
 STAIN = "stain"
+PATCH_CLASSIFIER = "patch-classifier"
+#: The patch classifier's rules from tile to slide, chosen as ``--methods patch-classifier:RULE``.
+PATCH_FUSIONS = ("mean", "majority", "top-percentile")  # those of models.nets.patch_classifier
 DEFAULT_METHODS = (LOWRES, STAIN, "abmil", "clam-sb", "transmil", "patch-classifier")
 SWEEP_LOWRES_MPP = (4.0, 8.0, 16.0)
 SWEEP_PATCH_MPP = (0.5, 1.0, 2.0)
@@ -371,7 +374,12 @@ def _check_methods(methods: tuple[str, ...]) -> list[str]:
     for name in methods:
         if name in (LOWRES, STAIN):
             continue
-        spec = get_model_spec(name)
+        model, fusion = _model_and_fusion(name)
+        if fusion is not None and model != PATCH_CLASSIFIER:
+            raise ConfigError(f"method {name!r}: only {PATCH_CLASSIFIER} takes a fusion rule (NAME:RULE)")
+        if fusion is not None and fusion not in PATCH_FUSIONS:
+            raise ConfigError(f"method {name!r}: the fusion rule is one of {', '.join(PATCH_FUSIONS)}")
+        spec = get_model_spec(model)
         if spec.input_kind != "bag":
             raise ConfigError(
                 f"method {name!r} is not a patch-based (bag) model; use lowres, stain or one of the "
@@ -379,6 +387,12 @@ def _check_methods(methods: tuple[str, ...]) -> list[str]:
             )
         bags.append(name)
     return bags
+
+
+def _model_and_fusion(method: str) -> tuple[str, str | None]:
+    """``patch-classifier:majority`` -> (``patch-classifier``, ``majority``); a plain name -> (name, None)."""
+    model, _, fusion = method.partition(":")
+    return model, (fusion or None)
 
 
 def _write_splits(path: Path, master: list[Split], keys: list[str]) -> None:
@@ -478,11 +492,15 @@ def _patches(
     }  # fmt: skip
     rows = []
     for name in methods:
-        run_cfg = _method_config(cfg, name)
+        model, fusion = _model_and_fusion(name)
+        tag = f"{name.replace(':', '-')}-{mpp:g}"  # runs/ and heatmaps/ folder
+        run_cfg = _method_config(cfg, model)
+        if fusion is not None:
+            run_cfg.model_args = {**run_cfg.model_args, "fusion": fusion}
         log(f"compare: {name} on {encoder.name} features at {mpp:g} µm/px")
         with peak_rss() as method_memory:
             run = train_run(
-                bags, run_cfg, out / "runs" / f"{name}-{mpp:g}", quiet=quiet, log=log, heatmaps=0,
+                bags, run_cfg, out / "runs" / tag, quiet=quiet, log=log, heatmaps=0,
                 overwrite=True, splits=split_rule(master, keys, key_of),
             )  # fmt: skip
             infer, n = _infer_seconds(run, bags, None, run_cfg.device)
@@ -497,7 +515,7 @@ def _patches(
         })  # fmt: skip
         if heat_slides and run.model_paths:
             figures += _attention_maps(
-                run, bags, key_of, heat_slides, out / "heatmaps", f"{name}-{mpp:g}", options, mpp, run_cfg
+                run, bags, key_of, heat_slides, out / "heatmaps", tag, options, mpp, run_cfg
             )
     return rows
 
