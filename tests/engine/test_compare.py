@@ -57,7 +57,8 @@ def test_compare_writes_a_row_per_method_on_identical_test_slides(tmp_path: Path
     out = tmp_path / "cmp"
     with pytest.raises(SystemExit) as exit_info:
         main([
-            "compare", "--manifest", str(manifest), "--out", str(out), "--methods", "lowres,stain,abmil,patch-classifier",
+            "compare", "--manifest", str(manifest), "--out", str(out),
+            "--methods", "lowres,stain,abmil,patch-classifier",
             "--epochs", "1", "--config", str(config), "--device", "cpu", "--encoder", "stain", "--quiet",
             "--heatmaps", "1",
         ])  # fmt: skip
