@@ -57,15 +57,16 @@ def test_compare_writes_a_row_per_method_on_identical_test_slides(tmp_path: Path
     out = tmp_path / "cmp"
     with pytest.raises(SystemExit) as exit_info:
         main([
-            "compare", "--manifest", str(manifest), "--out", str(out), "--methods", "lowres,stain,abmil",
+            "compare", "--manifest", str(manifest), "--out", str(out),
+            "--methods", "lowres,stain,abmil,patch-classifier",
             "--epochs", "1", "--config", str(config), "--device", "cpu", "--encoder", "stain", "--quiet",
             "--heatmaps", "1",
         ])  # fmt: skip
     assert exit_info.value.code in (0, None)
     table = pd.read_csv(out / "comparison.csv")
     assert list(table.columns) == list(COLUMNS)
-    assert list(table["method"]) == ["lowres", "stain", "abmil"]
-    assert list(table["mpp"]) == [8.0, 8.0, 1.0]
+    assert list(table["method"]) == ["lowres", "stain", "abmil", "patch-classifier"]
+    assert list(table["mpp"]) == [8.0, 8.0, 1.0, 1.0]
     for column in ("auc_macro", "auc_macro_low", "auc_macro_high", "f1_macro", "accuracy", "kappa_qw",
                    "prep_s_per_slide", "cache_mb_per_slide", "peak_rss_mb"):  # fmt: skip
         assert table[column].notna().all(), column
@@ -87,6 +88,13 @@ def test_compare_writes_a_row_per_method_on_identical_test_slides(tmp_path: Path
     assert (out / "report.html").stat().st_size > 0
     assert (out / "accuracy_vs_cost.png").is_file()
     assert list((out / "heatmaps" / "abmil-1").glob("*.attention.png"))
+    assert list((out / "heatmaps" / "patch-classifier-1").glob("*.tile-probability.png"))
+    report = (out / "report.html").read_text()
+    assert "Grad-CAM" in report
+    assert "attention" in report
+    assert "tile probability" in report
+    # like for like: no test-time augmentation on the low-res side unless asked for
+    assert "tta: false" in (out / "runs" / "lowres-8" / "config.yaml").read_text()
     assert list((out / "heatmaps" / "lowres-8").glob("*.heatmap.png"))
     # the feature table keeps each slide's extraction time, which a rerun reports for its cached slides
     features = pd.read_csv(next((out / "cache" / "features").glob("*/features.csv")))
@@ -114,3 +122,17 @@ def test_cached_features_and_overviews_keep_their_first_preparation_time(tmp_pat
     assert list(reused["status"]) == ["cached", "cached"]
     assert list(reused["seconds"]) == pytest.approx(list(read["seconds"]))
     assert (reused["cache_bytes"] > 0).all()
+
+
+def test_methods_are_checked_and_the_patch_classifier_takes_a_fusion_rule() -> None:
+    from her2score.engine.compare import DEFAULT_METHODS, _check_methods
+    from her2score.errors import ConfigError
+
+    assert _check_methods(DEFAULT_METHODS) == ["abmil", "clam-sb", "transmil", "patch-classifier"]
+    assert _check_methods(("lowres", "patch-classifier:majority")) == ["patch-classifier:majority"]
+    with pytest.raises(ConfigError, match="fusion rule is one of"):
+        _check_methods(("patch-classifier:max",))
+    with pytest.raises(ConfigError, match="only patch-classifier"):
+        _check_methods(("abmil:mean",))
+    with pytest.raises(ConfigError, match="not a patch-based"):
+        _check_methods(("lowres-resnet",))

@@ -29,9 +29,11 @@ def compare(
         str,
         typer.Option(
             "--methods",
-            help="Comma-separated: lowres, stain and bag models (abmil, mean-mil, clam-sb, transmil, dsmil).",
+            help="Comma-separated: lowres, stain and bag models (abmil, mean-mil, clam-sb, transmil, dsmil, "
+            "patch-classifier; patch-classifier:majority or :top-percentile for another tile-to-slide rule "
+            "than the mean).",
         ),
-    ] = "lowres,stain,abmil,clam-sb,transmil",
+    ] = "lowres,stain,abmil,clam-sb,transmil,patch-classifier",
     lowres_mpp: Annotated[
         float, typer.Option("--lowres-mpp", min=1.0, max=64.0, help="µm/px of the low-res model's input.")
     ] = 8.0,
@@ -53,6 +55,14 @@ def compare(
     sweep: Annotated[
         bool,
         typer.Option("--sweep", help="Resolution sweep: low-res at 4/8/16 µm/px, patches at 0.5/1/2 µm/px."),
+    ] = False,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta/--no-tta",
+            help="The low-res model's 8 test-time flips/rotations (in its accuracy and its cost); off by "
+            "default: the patch methods have none.",
+        ),
     ] = False,
     folds: Annotated[int | None, typer.Option("--folds", help="k-fold patient-grouped CV (k >= 2).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs of every method.")] = None,
@@ -97,7 +107,7 @@ def compare(
         lowres_mpps=SWEEP_LOWRES_MPP if sweep else (lowres_mpp,),
         patch_mpps=SWEEP_PATCH_MPP if sweep else (patch_mpp,),
         encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None, tile_size=tile,
-        heatmaps=heatmaps,
+        heatmaps=heatmaps, lowres_tta=tta,
     )  # fmt: skip
     console = make_console()
     start = time.perf_counter()

@@ -17,10 +17,26 @@ def register(app: typer.Typer) -> None:
 
 
 def features(
-    manifest: Annotated[
-        Path, typer.Option("--manifest", help="Manifest CSV whose 'slide' column names slides.")
-    ],
     out: Out,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Manifest CSV whose 'slide' column names slides.")
+    ] = None,
+    patches: Annotated[
+        Path | None,
+        typer.Option(
+            "--patches",
+            help="Instead of --manifest: a folder of patches in class folders (class_0/ ... class_3+/, "
+            "optionally under train/ val/ test/); OUT/patches.csv becomes the manifest. Pass --mpp.",
+        ),
+    ] = None,
+    patient_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--patient-pattern",
+            help="With --patches: a regex whose first group, found in a file name, is its slide/patient "
+            "(patches of one slide then stay on one side of a split); default: each patch its own.",
+        ),
+    ] = None,
     encoder: Annotated[
         str,
         typer.Option(
@@ -61,9 +77,18 @@ def features(
     from her2score.features.extract import extract_features, slide_path_in, write_bag_manifest
     from her2score.io import write_csv, write_json
 
+    if (manifest is None) == (patches is None):
+        raise ManifestError("give one of --manifest (a manifest of slides) or --patches (class folders)")
     check_input_file(manifest, "manifest", ManifestError)
     check_input_file(weights, "weights", CheckpointError)
     check_output_dir(out)
+    if patches is not None:
+        from her2score.data.patch_folders import patch_folder_manifest
+
+        found = patch_folder_manifest(patches, out / "patches.csv", mpp=mpp, patient_pattern=patient_pattern)
+        counts = found["her2"].value_counts().sort_index().to_dict()
+        make_console().print(f"{len(found)} patches in class folders {counts} -> {out / 'patches.csv'}")
+        manifest = out / "patches.csv"
     raw = read_manifest_table(manifest, required=("slide",))
     slides = [slide_path_in(manifest, s.strip()) for s in raw["slide"]]
     console = make_console()
@@ -83,7 +108,8 @@ def features(
     console.print(
         f"{counts.get('extracted', 0)} extracted, {counts.get('cached', 0)} reused, "
         f"{int(result['n_tiles'].sum())} tiles -> {out / 'manifest.csv'} ({len(frame)} rows)\n"
-        f"train with: her2score train --manifest {out / 'manifest.csv'} --model abmil "
+        f"train with: her2score train --manifest {out / 'manifest.csv'} --model "
+        f"{'patch-classifier' if patches is not None else 'abmil'} "
         f"--config {out / 'bag_config.json'} --out RUN"
     )
     failed = result[result["status"] == "failed"]

@@ -7,13 +7,22 @@ seed) and handed to every :func:`~her2score.engine.train.train_run` as a rule ke
 slide, so each method trains, stops early and is tested on the same slides (a slide one method cannot
 read is left out of that method alone, and listed).
 
-Costs are measured on this machine, per slide:
+Costs are measured on this machine, per slide, as the work a new slide needs to get a prediction (what a
+cache saves on a second visit is not a per-slide cost, so neither side counts cache keys or writes, and
+neither side is timed from a cache):
 
-* ``prep_s_per_slide``: the low-res overview read (slide open, tissue crop, resize), or tiling plus
-  tile features. Both are cached under ``cache/``; a cached slide keeps the time of its first
-  preparation (``features.csv``'s ``seconds`` / ``lowres_seconds.csv``), so a rerun reports the same cost.
-* ``infer_s_per_slide``: the model's forward over the prepared inputs of the test slides (with the
-  model's test-time augmentation, if it has any), timed through the saved checkpoint.
+* ``prep_s_per_slide``: low-res: open the slide, read the whole slide at the low-res µm/px from the
+  pyramid level closest to it (never finer than needed), find the tissue, crop and resize to the model's
+  input; patch-based: open the slide, the tissue mask, read every tissue tile at the patch µm/px and
+  encode it with the tile encoder. A cached slide keeps the time of its first preparation
+  (``features.csv``'s ``seconds`` / ``lowres_seconds.csv``), so a rerun reports the same cost. On both
+  sides the first slide is prepared once untimed before the timed pass (the first read and the first
+  network call import and allocate: a one-off cost of the process, not of a slide).
+* ``infer_s_per_slide``: the model's forward over the prepared inputs of the test slides, timed through
+  the saved checkpoint (low-res: the CNN on the overview; patch-based: the aggregator or the tile
+  classifier on the tile features). Test-time augmentation is off for the low-res model unless asked
+  for (``CompareOptions.lowres_tta``): the patch methods have none, and the accuracy columns are those
+  of the same predictions, so cost and accuracy always describe one pipeline.
 * ``cache_mb_per_slide``: the low-res cache entry or the feature file.
 * ``peak_rss_mb``: the process's peak resident memory while that method prepared, trained and predicted.
 """
@@ -39,7 +48,10 @@ from her2score.errors import ConfigError
 LOWRES_MODEL = "lowres-resnet"
 LOWRES = "lowres"
 STAIN = "stain"
-DEFAULT_METHODS = (LOWRES, STAIN, "abmil", "clam-sb", "transmil")
+PATCH_CLASSIFIER = "patch-classifier"
+#: The patch classifier's rules from tile to slide, chosen as ``--methods patch-classifier:RULE``.
+PATCH_FUSIONS = ("mean", "majority", "top-percentile")  # those of models.nets.patch_classifier
+DEFAULT_METHODS = (LOWRES, STAIN, "abmil", "clam-sb", "transmil", "patch-classifier")
 SWEEP_LOWRES_MPP = (4.0, 8.0, 16.0)
 SWEEP_PATCH_MPP = (0.5, 1.0, 2.0)
 METRICS = ("auc_macro", "f1_macro", "accuracy", "kappa_qw")
@@ -66,6 +78,7 @@ class CompareOptions:
     min_tissue: float = 0.25
     tile_batch: int = 32
     heatmaps: int = 3
+    lowres_tta: bool = False  # the low-res model's 8 flips/rotations when testing (counted in its cost)
 
 
 @dataclass
@@ -143,15 +156,20 @@ def _rss_mb() -> float:
 # ------------------------------------------------------------------------------------------ preparation
 def lowres_costs(frame: pd.DataFrame, cfg: TrainConfig, cache_dir: Path) -> pd.DataFrame:
     """Read (or find cached) every slide's low-res input one at a time; per slide ``seconds`` of its
-    first read (kept in ``cache_dir/lowres_seconds.csv``), ``cache_bytes`` and ``status``."""
-    from her2score.data.lowres import LowResParams, cache_key, load_or_prepare
+    first read (kept in ``cache_dir/lowres_seconds.csv``), ``cache_bytes`` and ``status``.
+
+    The time is :func:`~her2score.data.lowres.lowres_image` alone (open, read at the low-res µm/px,
+    tissue, crop, resize); the cache entry the training then reads is written afterwards, untimed, as
+    the patch side's feature file is."""
+    from her2score.data.lowres import LowResParams, cache_key, lowres_image
     from her2score.errors import Her2ScoreError
-    from her2score.io import write_csv
+    from her2score.io import write_csv, write_png
 
     params = LowResParams(cfg.mpp, cfg.input_size, cfg.margin)
     record_path = cache_dir / "lowres_seconds.csv"
     known = _read_seconds(record_path)
     rows = []
+    warm = False
     for row in frame.to_dict("records"):
         slide, mpp = row["slide"], _mpp_or_none(row.get("mpp"))
         out = {"slide": slide, "seconds": np.nan, "cache_bytes": 0, "status": "failed"}
@@ -161,9 +179,13 @@ def lowres_costs(frame: pd.DataFrame, cfg: TrainConfig, cache_dir: Path) -> pd.D
                 out.update(seconds=known[entry.name], status="cached")
             else:
                 entry.unlink(missing_ok=True)  # an entry of unknown cost is read again and timed
+                if not warm:  # first reads import and allocate: one-off, not per slide (as for patches)
+                    warm = True
+                    lowres_image(slide, params, mpp)
                 start = time.perf_counter()
-                load_or_prepare(slide, params, cache_dir, mpp)
+                image = lowres_image(slide, params, mpp)
                 out.update(seconds=time.perf_counter() - start, status="read")
+                write_png(entry, image)
                 known[entry.name] = out["seconds"]
             out["cache_bytes"] = entry.stat().st_size
         except (Her2ScoreError, OSError):
@@ -204,7 +226,7 @@ def patch_features(
         first = dict(zip(done["features"].astype(str), done["seconds"].astype(float), strict=True))
     result = extract_features(
         list(frame["slide"]), folder, encoder, mpp=mpp, tile_size=options.tile_size,
-        min_tissue=options.min_tissue, batch_size=options.tile_batch, quiet=quiet,
+        min_tissue=options.min_tissue, batch_size=options.tile_batch, quiet=quiet, warm_up=True,
     )  # fmt: skip
     cached = result["status"] == "cached"
     result.loc[cached, "seconds"] = [
@@ -352,7 +374,12 @@ def _check_methods(methods: tuple[str, ...]) -> list[str]:
     for name in methods:
         if name in (LOWRES, STAIN):
             continue
-        spec = get_model_spec(name)
+        model, fusion = _model_and_fusion(name)
+        if fusion is not None and model != PATCH_CLASSIFIER:
+            raise ConfigError(f"method {name!r}: only {PATCH_CLASSIFIER} takes a fusion rule (NAME:RULE)")
+        if fusion is not None and fusion not in PATCH_FUSIONS:
+            raise ConfigError(f"method {name!r}: the fusion rule is one of {', '.join(PATCH_FUSIONS)}")
+        spec = get_model_spec(model)
         if spec.input_kind != "bag":
             raise ConfigError(
                 f"method {name!r} is not a patch-based (bag) model; use lowres, stain or one of the "
@@ -360,6 +387,12 @@ def _check_methods(methods: tuple[str, ...]) -> list[str]:
             )
         bags.append(name)
     return bags
+
+
+def _model_and_fusion(method: str) -> tuple[str, str | None]:
+    """``patch-classifier:majority`` -> (``patch-classifier``, ``majority``); a plain name -> (name, None)."""
+    model, _, fusion = method.partition(":")
+    return model, (fusion or None)
 
 
 def _write_splits(path: Path, master: list[Split], keys: list[str]) -> None:
@@ -381,10 +414,13 @@ def _lowres(
     from her2score.engine.train import train_run
 
     size = round(cfg.input_size * cfg.mpp / mpp)
-    run_cfg = _method_config(cfg, LOWRES_MODEL, mpp=float(mpp), input_size=min(4096, max(16, size)))
+    run_cfg = _method_config(
+        cfg, LOWRES_MODEL, mpp=float(mpp), input_size=min(4096, max(16, size)), tta=options.lowres_tta
+    )
     cache_dir = cache / "lowres"
     run_cfg.cache_dir = str(cache_dir)
-    log(f"compare: {LOWRES_MODEL} at {mpp:g} µm/px ({run_cfg.input_size} px)")
+    views = ", 8 test-time views" if run_cfg.tta else ""
+    log(f"compare: {LOWRES_MODEL} at {mpp:g} µm/px ({run_cfg.input_size} px{views})")
     with peak_rss() as memory:
         costs = lowres_costs(cohort.frame, run_cfg, cache_dir)
         run = train_run(
@@ -398,7 +434,8 @@ def _lowres(
     shared = {
         "mpp": float(mpp), "prep_s_per_slide": float(ok["seconds"].mean()),
         "cache_mb_per_slide": float(ok["cache_bytes"].mean() / 2**20), "peak_rss_mb": memory["mb"],
-        "n_test": n, "input": f"{run_cfg.input_size} px overview", "run": str(run.run_dir.relative_to(out)),
+        "n_test": n, "input": f"{run_cfg.input_size} px overview{views}",
+        "run": str(run.run_dir.relative_to(out)),
     }  # fmt: skip
     tests[f"{LOWRES}@{mpp:g}"] = _test_keys(run.run_dir, _key)
     rows = []
@@ -455,11 +492,15 @@ def _patches(
     }  # fmt: skip
     rows = []
     for name in methods:
-        run_cfg = _method_config(cfg, name)
+        model, fusion = _model_and_fusion(name)
+        tag = f"{name.replace(':', '-')}-{mpp:g}"  # runs/ and heatmaps/ folder
+        run_cfg = _method_config(cfg, model)
+        if fusion is not None:
+            run_cfg.model_args = {**run_cfg.model_args, "fusion": fusion}
         log(f"compare: {name} on {encoder.name} features at {mpp:g} µm/px")
         with peak_rss() as method_memory:
             run = train_run(
-                bags, run_cfg, out / "runs" / f"{name}-{mpp:g}", quiet=quiet, log=log, heatmaps=0,
+                bags, run_cfg, out / "runs" / tag, quiet=quiet, log=log, heatmaps=0,
                 overwrite=True, splits=split_rule(master, keys, key_of),
             )  # fmt: skip
             infer, n = _infer_seconds(run, bags, None, run_cfg.device)
@@ -474,7 +515,7 @@ def _patches(
         })  # fmt: skip
         if heat_slides and run.model_paths:
             figures += _attention_maps(
-                run, bags, key_of, heat_slides, out / "heatmaps", f"{name}-{mpp:g}", options, mpp, run_cfg
+                run, bags, key_of, heat_slides, out / "heatmaps", tag, options, mpp, run_cfg
             )
     return rows
 
@@ -500,9 +541,11 @@ def _attention_maps(
     run: Any, bags: Any, key_of: Callable[[str], str], slides: list[str], folder: Path, tag: str,
     options: CompareOptions, mpp: float, cfg: TrainConfig,
 ) -> list[tuple[str, Path]]:  # fmt: skip
-    """A bag model's per-tile attention drawn over each slide's overview."""
+    """A bag model's per-tile map (attention, or the patch classifier's tile probability of the predicted
+    class) drawn over each slide's overview."""
     from her2score.engine.predictor import Predictor
     from her2score.io import unique_stems
+    from her2score.models.registry import get_model_spec
     from her2score.report.heatmap import save_map_overlay, tile_map
     from her2score.slide import open_slide
 
@@ -513,6 +556,7 @@ def _attention_maps(
     prepared = predictor.kind.prepare(rows.to_dict("records"), None, 0, True)
     originals = [key_of(str(rows["slide"].iloc[int(i)])) for i in prepared.positions]
     stems = unique_stems(originals)
+    what = (get_model_spec(meta["model"]).maps or ("attention",))[0]
     out = []
     for i, original in enumerate(originals):
         explained = predictor.explain(prepared, i)
@@ -527,8 +571,8 @@ def _attention_maps(
         heat = tile_map(
             coords, weights, options.tile_size * mpp / level0, overview.shape[:2], level0 / read_mpp
         )
-        path = save_map_overlay(overview, heat, folder / tag / f"{stems[i]}.attention.png")
-        out.append((f"{tag} attention: {Path(original).name}: predicted {meta['classes'][target]}", path))
+        path = save_map_overlay(overview, heat, folder / tag / f"{stems[i]}.{what.replace(' ', '-')}.png")
+        out.append((f"{tag} {what}: {Path(original).name}: predicted {meta['classes'][target]}", path))
     return out
 
 
@@ -608,8 +652,13 @@ def _write_report(
         f"Every method is trained and tested on the same splits ({split}, seed {cfg.seed}; splits.csv); "
         + ("the test slides are identical across methods." if same else
            "some methods could not read every slide, so their test sets differ (see each run)."),
-        "prep: low-res overview read, or tiling + tile features (a cached slide keeps its first time); "
-        "infer: the model's forward per test slide; cache: the low-res cache entry or the feature file; "
+        "prep: the per-slide work before the model, low-res: open, read at its µm/px from the nearest "
+        "pyramid level, tissue crop, resize; patch: open, tissue mask, read and encode every tissue tile "
+        "(cache keys and writes are not counted on either side; a cached slide keeps its first time). "
+        "infer: the model's forward per test slide"
+        + (" (the low-res model with its 8 test-time views)" if options.lowres_tta else
+           " (no test-time augmentation on either side)")
+        + "; cache: the low-res cache entry or the feature file; "
         "peak RSS: this process while the method ran (patch rows include the feature extraction).",
         "The stain row is the low-res run's stain-statistics baseline on the same test slides "
         "(its forward is not timed apart).",
