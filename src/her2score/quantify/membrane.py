@@ -444,7 +444,9 @@ def cell_kinds(
     kinds = np.full(n, "other", dtype=object)
     kinds[shaped & grouped] = "tumour"
     kinds[shaped & ~grouped] = "stromal"
-    elongated = spindle & (area_um2 <= t.tumour_nucleus_max_um2) & (area_um2 >= 0.5 * t.tumour_nucleus_min_um2)
+    elongated = (
+        spindle & (area_um2 <= t.tumour_nucleus_max_um2) & (area_um2 >= 0.5 * t.tumour_nucleus_min_um2)
+    )
     kinds[elongated] = "stromal"
     if lumen_um is not None:
         half_minor_um = props["minor"] * mpp / 2

@@ -96,9 +96,9 @@ class Thresholds:
     nest_radius_um: float = 35.0
     #: ... and carcinoma is cohesive: at least ``cohesion_neighbours`` other nuclei within
     #: ``cohesion_radius_um`` (touching cells are 10-16 µm apart; fibroblasts lie ~20-40 µm apart in
-    #: their matrix, so cellular stroma passes the nest rule but not this one). 0 turns it off.
+    #: their matrix, so sparse stroma passes the nest rule but not this one). 0 turns it off.
     cohesion_neighbours: int = 2
-    cohesion_radius_um: float = 18.0
+    cohesion_radius_um: float = 20.0
     #: Lymphocytes are round: elongation (long / short axis) at most this.
     inflammatory_max_elongation: float = 1.6
     #: An elongated nucleus whose edge lies within this distance (µm) of empty space (a vessel's lumen)
