@@ -1,4 +1,4 @@
-"""Cells from an H-DAB image: nuclei from hematoxylin, each grown into a cell with a membrane ring.
+"""Cells from an H-DAB image: nuclei from hematoxylin, each grown into a cell with its membrane ring.
 
 All sizes are in µm and converted to pixels from the image's µm/px, so the same parameters work at
 0.25 and 0.5 µm/px. Pipeline (per image or tile):
@@ -12,7 +12,11 @@ All sizes are in µm and converted to pixels from the image's µm/px, so the sam
    between two packed nuclei is a cell border;
 2. touching nuclei split by a watershed on the distance transform, seeded by its peaks at least
    ``min_nucleus_separation_um`` apart;
-3. each nucleus grown by at most ``cell_expansion_um``; neighbours meet on the DAB ridge between
+3. ``cell_model="membrane"`` (default, :func:`grow_cells_to_membranes`): each nucleus grown up to
+   its own stained membrane (a watershed of a DAB ridge map seeded by the nuclei and by the empty
+   space around them, at most ``max_cell_radius_um``), the membrane ring being the cell's border band;
+   ``cell_model="ring"`` (:func:`grow_cells`, steps 3-4 below): each nucleus grown by at most
+   ``cell_expansion_um``; neighbours meet on the DAB ridge between
    them (a watershed on DAB plus a gentle distance slope, so that unstained neighbours meet
    half-way);
 4. the membrane ring is the part of the cell more than ``perinuclear_um`` outside the nucleus, plus
