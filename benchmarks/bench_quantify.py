@@ -3,7 +3,8 @@
 1. Per tile: ``quantify_image`` on 1024 x 1024 px synthetic HER2 IHC tiles at 0.5 µm/px.
 2. Per slide: ``quantify_file`` on a synthetic pyramidal slide, tiled over tissue, in the main
    process and over worker processes (slide megapixels at 0.5 µm/px per second of wall time).
-3. Agreement: the ASCO/CAP category of synthetic patches and of small synthetic slides
+3. Agreement (at the synthetic generator's staining scale, ``SYNTHETIC_LAB``): the ASCO/CAP
+   category of synthetic patches and of small synthetic slides
    (``make_cohort``, 1.5 x 1.0 mm, scored by ``quantify_file``) against their truth, and the
    membrane class of matched tumour cells (nearest truth cell within 4 µm); confusion matrices.
 4. Real HER2 IHC images (``../shared/data/real``, BCI and MIST IHC sides, when present): category,
@@ -68,19 +69,20 @@ def bench_tiles(n: int) -> float:
 def agreement_patches(n_per_category: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     from her2score.data.synth import render_ihc_patch
     from her2score.errors import Her2ScoreError
-    from her2score.quantify import Thresholds, quantify_image
+    from her2score.quantify import quantify_image
+    from her2score.quantify.thresholds import SYNTHETIC_LAB
 
     rows, pairs = [], []
     for category in ("0", "1+", "2+", "3+"):
         for i in range(n_per_category):
             rgb, truth = render_ihc_patch(category, (512, 512), MPP, seed=1000 + i, site=i % 4)
             try:
-                result = quantify_image(rgb, MPP)
+                result = quantify_image(rgb, MPP, SYNTHETIC_LAB)
             except Her2ScoreError as exc:  # counted as a miss, and said
                 print(f"patch {category} seed {1000 + i}: {exc}")
                 rows.append((category, "failed"))
                 continue
-            rows.append((category, result.accumulator.summary(Thresholds())["category"]))
+            rows.append((category, result.accumulator.summary(SYNTHETIC_LAB)["category"]))
             pairs.append(_match(result.cells, truth))
     return pd.DataFrame(rows, columns=["truth", "found"]), pd.concat(pairs)
 
@@ -89,6 +91,7 @@ def bench_slides(folder: Path, n: int, workers: int) -> tuple[list[dict], pd.Dat
     from her2score.data.synth.patches import _case
     from her2score.data.synth.slides import SlideSpec, write_slide
     from her2score.quantify import quantify_file
+    from her2score.quantify.thresholds import SYNTHETIC_LAB
     from her2score.slide import open_slide
 
     rows, pairs = [], []
@@ -103,7 +106,9 @@ def bench_slides(folder: Path, n: int, workers: int) -> tuple[list[dict], pd.Dat
             megapixels = slide.width * slide.height * (slide.mpp / MPP) ** 2 / 1e6
         for w in sorted({0, workers}):
             start = time.perf_counter()
-            result = quantify_file(path, folder / f"out_{w}", workers=w, whole_image_pixels=0)
+            result = quantify_file(
+                path, folder / f"out_{w}", thresholds=SYNTHETIC_LAB, workers=w, whole_image_pixels=0
+            )
             seconds = time.perf_counter() - start
             rows.append(
                 {
@@ -128,13 +133,14 @@ def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.
     from her2score.data.synth import make_cohort
     from her2score.errors import Her2ScoreError
     from her2score.quantify import quantify_file
+    from her2score.quantify.thresholds import SYNTHETIC_LAB
 
     manifest = make_cohort(folder, n, seed=seed, kind="slides", size_mm=(1.5, 1.0), workers=0)
     rows, pairs = [], []
     for rec in pd.read_csv(manifest).itertuples():
         path = manifest.parent / rec.slide
         try:
-            result = quantify_file(path, folder / "out")
+            result = quantify_file(path, folder / "out", thresholds=SYNTHETIC_LAB)
         except Her2ScoreError as exc:  # counted as a miss, and said
             print(f"slide {rec.slide}: {exc}")
             rows.append((str(rec.her2), "failed"))

@@ -64,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
             "her2_index": frame["her2_index"].round(1),
             "h_score": frame["h_score"].round(0),
             "tumour_cells": frame["n_tumour_cells"],
+            **{
+                kind[:5]: frame[f"n_cells_{kind}"]
+                for kind in ("stromal", "inflammatory", "endothelial", "other")
+            },
+            "stains": frame["stain_vectors"].str.slice(0, 34),
             "status": frame["status"],
         }
     )
+    pd.set_option("display.width", 200)
     print(table.to_string(index=False))
     labelled = table[table["label"] != "-"]
     same = (labelled["category"].str.split().str[0] == labelled["label"]).sum()

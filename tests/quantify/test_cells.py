@@ -64,7 +64,7 @@ def test_same_cells_at_another_resolution() -> None:
 def test_rings_sit_outside_the_nucleus_and_within_the_expansion() -> None:
     from scipy import ndimage as ndi
 
-    params = CellParams()
+    params = CellParams(cell_model="ring")
     hema, dab, _ = draw_scene(membrane_od=0.5)
     seg = segment_cells(hema, 0.5, params=params, dab=dab)
     dist_um = ndi.distance_transform_edt(seg.nuclei == 0) * 0.5
@@ -121,6 +121,33 @@ def test_stained_membranes_keep_packed_nuclei_apart() -> None:
     assert seg.n_cells == 2
     found = sorted(x * 0.5 for x in _centres_um(seg.nuclei, 1.0)[:, 0])
     assert found == pytest.approx([14.0, 26.0], abs=1.0)
+
+
+def test_membrane_cells_reach_a_membrane_beyond_the_fixed_ring() -> None:
+    """Large (columnar-like) cells whose membrane lies 6.5 µm beyond the nucleus edge: the fixed ring
+    (5 µm) misses it, the membrane model grows each cell to it and measures it on its border band."""
+    hema, dab, _ = draw_scene(spacing_um=26.0, nucleus_um=4.0, membrane_um=10.5, membrane_od=0.5)
+    from scipy import ndimage as ndi
+
+    on_membrane = dab > 0.4
+    ring = segment_cells(hema, 0.5, params=CellParams(cell_model="ring"), dab=dab)
+    cells = segment_cells(hema, 0.5, params=CellParams(cell_model="membrane"), dab=dab)
+    assert cells.n_cells == ring.n_cells >= 9
+    ids = np.arange(1, cells.n_cells + 1)
+    assert np.max(ndi.maximum(dab, ring.rings, ids)) < 0.1  # the fixed ring stops short of it
+    assert np.min(ndi.maximum(dab, cells.rings, ids)) > 0.45  # every cell's border band reaches it
+    # ... its own: the membrane pixels in a border band belong to the cell of the nearest nucleus
+    _, (iy, ix) = ndi.distance_transform_edt(cells.nuclei == 0, return_indices=True)
+    own = cells.nuclei[iy, ix]
+    hit = on_membrane & (cells.rings > 0)
+    assert hit.sum() > 0.4 * on_membrane.sum()
+    assert (cells.rings[hit] == own[hit]).mean() > 0.95
+
+
+def test_unknown_cell_model_is_refused() -> None:
+    hema, dab, _ = draw_scene()
+    with pytest.raises(ValueError, match="cell_model"):
+        segment_cells(hema, 0.5, params=CellParams(cell_model="voronoi"), dab=dab)
 
 
 def test_packed_cells_have_a_ring_on_every_side() -> None:

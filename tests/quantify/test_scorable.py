@@ -64,7 +64,7 @@ def test_a_blank_image_is_not_scorable_for_want_of_tissue(tmp_path: Path) -> Non
         ({"positive_percent": 150}, "positive_percent must be in"),
         ({"intense_minority_percent": 20}, "intense_minority_percent"),
         ({"faint": 0.5, "moderate": 0.4}, "faint < moderate < intense"),
-        ({"intense": 0.3}, "faint < moderate < intense"),
+        ({"intense": 0.2}, "faint < moderate < intense"),
         ({"complete_fraction": 1.5}, "complete_fraction"),
         ({"cytoplasm_quantile": -0.1}, "cytoplasm_quantile"),
         ({"tumour_min_ellipse_fill": 2}, "tumour_min_ellipse_fill"),

@@ -40,7 +40,28 @@ def test_stain_vectors_default_estimated_or_refused() -> None:
     rgb = draw_sheet(0.6)
     assert choose_stain_vectors(rgb, "default") == (HDAB, "default")
     matrix, source = choose_stain_vectors(rgb, "auto")
-    assert source in ("estimated", "default")
+    assert source.split()[0] in ("estimated", "default")
     assert matrix.names == ("hematoxylin", "dab")
     with pytest.raises(ConfigError, match="auto"):
         choose_stain_vectors(rgb, "macenko")
+
+
+def test_a_stain_estimate_far_from_the_references_falls_back_and_says_why() -> None:
+    from her2score.stain.deconvolution import StainMatrix
+    from her2score.stain.detect import check_stain_estimate
+
+    rgb = draw_sheet(0.6)
+    blue_ink = StainMatrix(("hematoxylin", "other"), ((0.65, 0.70, 0.29), (0.9, 0.4, 0.1)))
+    why = check_stain_estimate(rgb, blue_ink)
+    assert why.startswith("DAB")
+    matrix, source = choose_stain_vectors(rgb, "auto", estimate=blue_ink)
+    assert matrix == HDAB
+    assert source == f"default ({why})"
+    assert check_stain_estimate(rgb, None) == "too few stained pixels"
+
+
+def test_an_unstained_image_keeps_the_reference_vectors() -> None:
+    blank = np.full((128, 128, 3), 240, np.uint8)
+    matrix, source = choose_stain_vectors(blank, "auto")
+    assert matrix == HDAB
+    assert source.startswith("default (")

@@ -14,10 +14,10 @@ from her2score.rules import HER2_CATEGORIES as CATEGORIES
 
 #: Where a control's strong staining (90th percentile of its tumour cells' membrane DAB, the
 #: ``membrane_dab`` that grades intensity) is expected to lie, as a multiple of the default
-#: thresholds: 3+ well above intense (0.9 OD), 2+ between moderate and intense (0.47), 1+ between
-#: faint and moderate (0.24). Real BCI patches that read their own label at the defaults have their
-#: 90th percentiles at 1.05 (3+), 0.46-0.51 (2+) and 0.20-0.22 OD (1+).
-_CONTROL_REFERENCE = {"3+": ("intense", 1.5), "2+": ("moderate", 1.35), "1+": ("faint", 2.0)}
+#: thresholds: 3+ well above intense (0.9 OD), 2+ between moderate and intense (0.45), 1+ between
+#: faint and moderate (0.21). Real BCI patches that read their own label at the defaults (membrane
+#: cell model) have their 90th percentiles at 0.49-1.08 (3+), 0.48-0.75 (2+) and 0.21-0.22 OD (1+).
+_CONTROL_REFERENCE = {"3+": ("intense", 2.0), "2+": ("moderate", 1.8), "1+": ("faint", 1.75)}
 #: A positive control needs at least this many stained tumour cells to tell its membrane scale.
 _MIN_STAINED_CONTROL_CELLS = 5
 

@@ -1,4 +1,4 @@
-"""Cells from an H-DAB image: nuclei from hematoxylin, each grown into a cell with a membrane ring.
+"""Cells from an H-DAB image: nuclei from hematoxylin, each grown into a cell with its membrane ring.
 
 All sizes are in µm and converted to pixels from the image's µm/px, so the same parameters work at
 0.25 and 0.5 µm/px. Pipeline (per image or tile):
@@ -12,7 +12,11 @@ All sizes are in µm and converted to pixels from the image's µm/px, so the sam
    between two packed nuclei is a cell border;
 2. touching nuclei split by a watershed on the distance transform, seeded by its peaks at least
    ``min_nucleus_separation_um`` apart;
-3. each nucleus grown by at most ``cell_expansion_um``; neighbours meet on the DAB ridge between
+3. ``cell_model="membrane"`` (default, :func:`grow_cells_to_membranes`): each nucleus grown up to
+   its own stained membrane (a watershed of a DAB ridge map seeded by the nuclei and by the empty
+   space around them, at most ``max_cell_radius_um``), the membrane ring being the cell's border band;
+   ``cell_model="ring"`` (:func:`grow_cells`, steps 3-4 below): each nucleus grown by at most
+   ``cell_expansion_um``; neighbours meet on the DAB ridge between
    them (a watershed on DAB plus a gentle distance slope, so that unstained neighbours meet
    half-way);
 4. the membrane ring is the part of the cell more than ``perinuclear_um`` outside the nucleus, plus
@@ -78,6 +82,25 @@ class CellParams:
     #: Width of the structuring element that finds membrane ridges (wider than a blurred membrane,
     #: narrower than a cell's cytoplasm, so a uniform cytoplasmic blush is not a ridge).
     membrane_width_um: float = 3.0
+    #: How cells are grown from their nuclei: ``membrane`` (default) floods a DAB ridge map from the
+    #: nuclei and from the empty space around them, so that a cell stops at its own stained membrane
+    #: however far it lies (columnar cells, large cytoplasm) and its border band is measured;
+    #: ``ring`` is the earlier model, a band at a fixed distance (``cell_expansion_um``) around the
+    #: nucleus. See :func:`grow_cells_to_membranes`.
+    cell_model: str = "membrane"
+    #: Membrane model: no cell reaches farther than this from its nucleus edge (a columnar cell's
+    #: apical membrane lies ~8-12 µm from its basal nucleus at most).
+    max_cell_radius_um: float = 12.0
+    #: Membrane model: scale (σ, µm) of the Hessian that finds membrane lines in DAB (about half a
+    #: blurred membrane's width at 20-40x).
+    ridge_sigma_um: float = 1.0
+    #: Membrane model: pixels farther than this from every nucleus edge where DAB (smoothed over
+    #: ``background_smoothing_um``) stays below ``background_dab_od`` are extracellular space
+    #: (stroma, lumen) and seed a background that floods towards the cells: a cell and the background
+    #: meet on the cell's membrane when it has one.
+    background_min_um: float = 5.0
+    background_dab_od: float = 0.06
+    background_smoothing_um: float = 2.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -295,6 +318,75 @@ def cell_border_band(cells: np.ndarray, mpp: float, width_um: float) -> np.ndarr
     return inside & (dist * mpp <= width_um)
 
 
+def ridge_map(dab: np.ndarray, mpp: float, sigma_um: float) -> np.ndarray:
+    """Bright lines of a DAB OD map: ``-σ² x`` the most negative Hessian eigenvalue (0 where none).
+
+    A blurred membrane is a ridge (strong negative curvature across it); a uniform blush or the flat
+    inside of a stained cytoplasm has none. In OD units (σ²-normalised), about the line's contrast.
+    """
+    from scipy import ndimage as ndi
+
+    sigma = max(sigma_um / mpp, 0.7)
+    img = dab.astype(np.float32)
+    hyy = ndi.gaussian_filter(img, sigma, order=(2, 0))
+    hxx = ndi.gaussian_filter(img, sigma, order=(0, 2))
+    hxy = ndi.gaussian_filter(img, sigma, order=(1, 1))
+    half_trace = (hyy + hxx) / 2
+    root = np.sqrt(((hyy - hxx) / 2) ** 2 + hxy**2)
+    return np.maximum(-(half_trace - root), 0) * np.float32(sigma**2)
+
+
+def grow_cells_to_membranes(
+    nuclei: np.ndarray,
+    mpp: float,
+    dab: np.ndarray,
+    tissue: np.ndarray | None = None,
+    params: CellParams | None = None,
+) -> CellSegmentation:
+    """Grow nuclei into cells that stop at their own DAB membrane; split off border band and cytoplasm.
+
+    A seeded watershed on a membrane-enhanced image (:func:`ridge_map` plus the DAB itself and a
+    gentle slope with the distance from the nucleus): neighbours meet on the stained line between
+    them, and the empty space around cells (far from every nucleus, unstained, or off the tissue)
+    floods in as background to meet a cell on its outer membrane. So a columnar or large cell gets
+    its whole membrane, however far from its nucleus, bounded by ``max_cell_radius_um``. The membrane
+    ring is the band ``membrane_band_um`` wide along the cell's border (where its membrane lies);
+    the cytoplasm, the inside of the cell between the nucleus edge and that band.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    p = params or CellParams()
+    n = int(nuclei.max())
+    dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
+    dist_um = (dist * mpp).astype(np.float32)
+    nearest = nuclei[iy, ix]
+    smooth = ndi.gaussian_filter(dab.astype(np.float32), p.background_smoothing_um / mpp)
+    background = (dist_um > p.max_cell_radius_um) | (
+        (dist_um > p.background_min_um) & (smooth < p.background_dab_od)
+    )
+    if tissue is not None:
+        background |= ~tissue & (nuclei == 0)
+    markers = nuclei.astype(np.int32).copy()
+    markers[background] = n + 1
+    elevation = (
+        ridge_map(dab, mpp, p.ridge_sigma_um)
+        + np.float32(0.5) * dab.astype(np.float32)
+        + np.float32(p.distance_weight_od_per_um) * dist_um
+    )
+    cells = watershed(elevation, markers=markers).astype(np.int32)
+    cells[cells == n + 1] = 0
+    # A cell that flooded round a neighbour into a basin beyond its own reach gives it back.
+    leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
+    cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nearest[leak], 0)
+    border = cell_border_band(cells, mpp, p.membrane_band_um)
+    rings = np.where(border, cells, 0).astype(np.int32)
+    cytoplasm = np.where(~border & (nuclei == 0) & (dist_um > p.nuclear_edge_um), cells, 0).astype(np.int32)
+    return CellSegmentation(
+        nuclei=nuclei, cells=cells, rings=rings, cytoplasm=cytoplasm, hematoxylin_threshold=0.0
+    )
+
+
 def segment_cells(
     hematoxylin: np.ndarray,
     mpp: float,
@@ -302,8 +394,18 @@ def segment_cells(
     params: CellParams | None = None,
     dab: np.ndarray | None = None,
 ) -> CellSegmentation:
-    """Nuclei, cells, membrane rings and perinuclear cytoplasm from hematoxylin (and DAB) OD maps."""
-    nuclei, thr = segment_nuclei(hematoxylin, mpp, tissue, params, dab=dab)
-    seg = grow_cells(nuclei, mpp, dab, params)
+    """Nuclei, cells, membrane rings and perinuclear cytoplasm from hematoxylin (and DAB) OD maps.
+
+    ``params.cell_model`` chooses how cells grow: ``membrane`` (to their stained membrane, needs
+    ``dab``; :func:`grow_cells_to_membranes`) or ``ring`` (a fixed band; :func:`grow_cells`).
+    """
+    p = params or CellParams()
+    if p.cell_model not in ("membrane", "ring"):
+        raise ValueError(f"cell_model must be 'membrane' or 'ring' (got {p.cell_model!r})")
+    nuclei, thr = segment_nuclei(hematoxylin, mpp, tissue, p, dab=dab)
+    if p.cell_model == "membrane" and dab is not None and nuclei.max() > 0:
+        seg = grow_cells_to_membranes(nuclei, mpp, dab, tissue, p)
+    else:
+        seg = grow_cells(nuclei, mpp, dab, p)
     seg.hematoxylin_threshold = thr
     return seg

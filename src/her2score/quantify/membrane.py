@@ -90,8 +90,9 @@ def measure_cells(
 
     area_um2 = props["area"] * mpp**2
     elongation = props["major"] / np.maximum(props["minor"], 1.0)
+    kinds = cell_kinds(props, mpp, t, cy, cx, lumen_um=lumen_distance(hematoxylin, dab, mpp, cy, cx))
     is_tumour = (
-        tumour_nuclei(props, mpp, t, cy, cx)
+        (kinds == "tumour")
         & (n_present >= s // 2)  # a ring cut mostly away (image edge, crowding) cannot be scored
     )
     return pd.DataFrame(
@@ -105,6 +106,7 @@ def measure_cells(
             "nucleus_elongation": elongation.astype(np.float32),
             "nucleus_hematoxylin": props["hematoxylin"].astype(np.float32),
             "is_tumour": is_tumour,
+            "cell_kind": pd.Categorical(kinds, categories=CELL_KINDS),
             "ring_dab_mean": ring_mean.astype(np.float32),
             "ring_dab_max": ring_max.astype(np.float32),
             "cytoplasm_dab": cyto_mean.astype(np.float32),
@@ -338,7 +340,28 @@ def empty_cells() -> Any:
     }  # fmt: skip
     frame = pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
     frame["membrane_class"] = pd.Categorical([], categories=MEMBRANE_CLASSES)
+    frame.insert(9, "cell_kind", pd.Categorical([], categories=CELL_KINDS))
     return frame
+
+
+#: Total optical density (hematoxylin + DAB) below which a pixel is empty (a lumen, a vessel, glass).
+EMPTY_OD = 0.04
+
+
+def lumen_distance(
+    hematoxylin: np.ndarray, dab: np.ndarray, mpp: float, y_px: np.ndarray, x_px: np.ndarray
+) -> np.ndarray:
+    """Distance (µm) from each nucleus centre to the nearest empty pixel (lumen, vessel, glass)."""
+    from scipy import ndimage as ndi
+
+    total = ndi.uniform_filter(hematoxylin + dab, max(1, round(1.0 / mpp)))
+    empty = total < EMPTY_OD
+    if not empty.any():
+        return np.full(len(y_px), np.inf)
+    dist = ndi.distance_transform_edt(~empty)
+    yi = np.clip(np.round(y_px).astype(np.int64), 0, empty.shape[0] - 1)
+    xi = np.clip(np.round(x_px).astype(np.int64), 0, empty.shape[1] - 1)
+    return dist[yi, xi] * mpp
 
 
 def intensity_level(membrane_dab: np.ndarray, thresholds: Thresholds) -> np.ndarray:
@@ -368,6 +391,87 @@ def classify_membrane(
     return classes[idx]
 
 
+#: The kinds of cell told apart by their nucleus and neighbourhood (column ``cell_kind``).
+CELL_KINDS = ("tumour", "stromal", "inflammatory", "endothelial", "other")
+
+
+def cell_kinds(
+    props: dict[str, np.ndarray],
+    mpp: float,
+    t: Thresholds,
+    y_px: np.ndarray,
+    x_px: np.ndarray,
+    unstained: np.ndarray | None = None,
+    lumen_um: np.ndarray | None = None,
+) -> np.ndarray:
+    """Kind of each cell (one of :data:`CELL_KINDS`) from its nucleus and its neighbourhood.
+
+    * ``inflammatory``: a lymphocyte, small (< ``lymphocyte_max_um2``) and round (elongation below
+      ``inflammatory_max_elongation``) and dark (hematoxylin above ``lymphocyte_darkness`` x the
+      median of the image's larger well-shaped nuclei; with ``unstained`` (nuclear markers),
+      against the larger *unstained* ones only, as a positive nucleus has given its blue to the brown);
+    * ``endothelial``: an elongated (> ``tumour_max_elongation``) nucleus lining a lumen (empty space
+      within ``lumen_distance_um`` of its edge; ``lumen_um``, distance from its centre to the nearest
+      empty pixel, µm);
+    * ``stromal``: any other elongated (spindle) nucleus, or a tumour-shaped nucleus that lies alone in
+      stroma (not in a nest, :func:`in_nest`, nor in a cohesive group, :func:`cohesive`);
+    * ``other``: too large, too small or not ellipse-shaped to be a nucleus (debris, merged clumps);
+    * ``tumour``: the rest: invasive tumour nuclei in a nest, cord or single file.
+
+    ``props`` from :func:`nucleus_shapes`; ``y_px``, ``x_px`` the nucleus centres.
+    """
+    n = len(props["area"])
+    area_um2 = props["area"] * mpp**2
+    elongation = props["major"] / np.maximum(props["minor"], 1.0)
+    # Nuclei are convex ellipses: a blob filling < ``tumour_min_ellipse_fill`` of its fitted ellipse
+    # is stroma or a merged clump, not a nucleus.
+    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
+    sized = (area_um2 >= t.tumour_nucleus_min_um2) & (area_um2 <= t.tumour_nucleus_max_um2)
+    spindle = elongation > t.tumour_max_elongation
+    shaped = sized & ~spindle & (fill >= t.tumour_min_ellipse_fill)
+    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
+    if unstained is not None and (large & unstained).any():
+        large &= unstained
+    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
+    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
+    inflammatory = (
+        (area_um2 < t.lymphocyte_max_um2)
+        & (darkness > t.lymphocyte_darkness)
+        & (elongation <= t.inflammatory_max_elongation)
+    )
+    y_um, x_um = y_px * mpp, x_px * mpp
+    grouped = in_nest(y_um, x_um, t) & cohesive(y_um, x_um, t)
+    kinds = np.full(n, "other", dtype=object)
+    kinds[shaped & grouped] = "tumour"
+    kinds[shaped & ~grouped] = "stromal"
+    elongated = (
+        spindle & (area_um2 <= t.tumour_nucleus_max_um2) & (area_um2 >= 0.5 * t.tumour_nucleus_min_um2)
+    )
+    kinds[elongated] = "stromal"
+    if lumen_um is not None:
+        half_minor_um = props["minor"] * mpp / 2
+        kinds[elongated & (lumen_um - half_minor_um <= t.lumen_distance_um)] = "endothelial"
+    kinds[inflammatory] = "inflammatory"
+    return kinds
+
+
+def cohesive(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Cells with at least ``cohesion_neighbours`` other nuclei within ``cohesion_radius_um``: carcinoma
+    cells touch their neighbours (12-16 µm apart), fibroblasts lie apart in their matrix."""
+    n = len(y_um)
+    if t.cohesion_neighbours <= 0:
+        return np.ones(n, dtype=bool)
+    if n <= t.cohesion_neighbours:
+        return np.zeros(n, dtype=bool)
+    from scipy.spatial import cKDTree
+
+    points = np.column_stack([y_um, x_um])
+    dist, _ = cKDTree(points).query(
+        points, k=t.cohesion_neighbours + 1, distance_upper_bound=t.cohesion_radius_um
+    )
+    return np.isfinite(dist[:, -1])
+
+
 def tumour_nuclei(
     props: dict[str, np.ndarray],
     mpp: float,
@@ -376,29 +480,5 @@ def tumour_nuclei(
     x_px: np.ndarray,
     unstained: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Which nuclei are invasive tumour nuclei: nuclear size and shape, not a small dark lymphocyte, in
-    a nest (see :class:`Thresholds`). ``props`` from :func:`nucleus_shapes`, whose ``hematoxylin`` is
-    each nucleus's mean hematoxylin OD; ``y_px``, ``x_px`` their positions.
-
-    Lymphocytes are small and dark against the image's larger well-shaped nuclei; with ``unstained``
-    (nuclear markers), against the larger *unstained* ones only: a positive nucleus has given most of
-    its blue to the brown, so a mostly positive image would otherwise set the reference too low.
-    """
-    area_um2 = props["area"] * mpp**2
-    elongation = props["major"] / np.maximum(props["minor"], 1.0)
-    # Nuclei are convex ellipses: a blob filling < ``tumour_min_ellipse_fill`` of its fitted ellipse
-    # is stroma or a merged clump, not a nucleus.
-    fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
-    shaped = (
-        (area_um2 >= t.tumour_nucleus_min_um2)
-        & (area_um2 <= t.tumour_nucleus_max_um2)
-        & (elongation <= t.tumour_max_elongation)
-        & (fill >= t.tumour_min_ellipse_fill)
-    )
-    large = shaped & (area_um2 >= t.lymphocyte_max_um2)
-    if unstained is not None and (large & unstained).any():
-        large &= unstained
-    reference = np.median(props["hematoxylin"][large] if large.any() else props["hematoxylin"])
-    darkness = props["hematoxylin"] / max(float(reference), 1e-6)
-    lymphocyte = (area_um2 < t.lymphocyte_max_um2) & (darkness > t.lymphocyte_darkness)
-    return shaped & ~lymphocyte & in_nest(y_px * mpp, x_px * mpp, t)
+    """Which nuclei are invasive tumour nuclei (:func:`cell_kinds` is ``tumour``)."""
+    return cell_kinds(props, mpp, t, y_px, x_px, unstained) == "tumour"

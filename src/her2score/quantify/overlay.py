@@ -23,6 +23,13 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "intense-complete": (200, 0, 200),
 }
 NON_TUMOUR = (150, 150, 150)
+#: Nucleus outline colours of the cells that are not scored, by kind (``cell_kind``).
+KIND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "stromal": NON_TUMOUR,
+    "inflammatory": (0, 190, 190),
+    "endothelial": (0, 150, 0),
+    "other": (80, 80, 80),
+}
 
 
 def _boundaries(labels: np.ndarray) -> np.ndarray:
@@ -42,7 +49,14 @@ def cell_overlay(rgb: np.ndarray, cells: Any, seg: Any, summary: dict[str, Any] 
         names = cells["membrane_class"].astype(str).to_numpy()
         tumour = cells["is_tumour"].to_numpy(dtype=bool)
         colours = np.array([CLASS_COLOURS[c] for c in names], dtype=np.uint8)
-        lut[ids] = np.where(tumour[:, None], colours, np.array(NON_TUMOUR, dtype=np.uint8))
+        if (
+            "cell_kind" in cells
+        ):  # non-tumour nuclei in their kind's colour (a tumour cell cut by the edge: grey)
+            kinds = cells["cell_kind"].astype(str).to_numpy()
+            others = np.array([KIND_COLOURS.get(k, NON_TUMOUR) for k in kinds], dtype=np.uint8)
+        else:
+            others = np.broadcast_to(np.array(NON_TUMOUR, dtype=np.uint8), colours.shape)
+        lut[ids] = np.where(tumour[:, None], colours, others)
         tumour_lut[ids] = tumour
     cell_edge = _boundaries(seg.cells) & tumour_lut[seg.cells]
     nucleus_edge = _boundaries(seg.nuclei) & ~tumour_lut[seg.nuclei]
@@ -130,8 +144,14 @@ def add_legend(image: np.ndarray, cells: Any, summary: dict[str, Any] | None) ->
         if x > w - 180 * scale:
             x, y = 6 * scale, y + line
     if cells is not None:
-        draw.rectangle([x, y + 2, x + box, y + 2 + box], outline=NON_TUMOUR, width=2)
-        draw.text((x + box + 4 * scale, y), "non-tumour nucleus", fill="black", font=font)
+        for kind, colour in KIND_COLOURS.items():
+            n = summary.get(f"n_cells_{kind}") if summary is not None else None
+            label = f"{kind} nucleus" + (f" ({n})" if n is not None else "")
+            draw.rectangle([x, y + 2, x + box, y + 2 + box], outline=colour, width=2)
+            draw.text((x + box + 4 * scale, y), label, fill="black", font=font)
+            x += box + 12 * scale + int(draw.textlength(label, font=font))
+            if x > w - 180 * scale:
+                x, y = 6 * scale, y + line
     if summary is not None:
         if summary.get("scorable") is False:
             reason, n = summary.get("reason", ""), summary["n_tumour_cells"]

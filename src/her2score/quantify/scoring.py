@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from her2score import rules
+from her2score.quantify.membrane import CELL_KINDS
 from her2score.quantify.thresholds import Thresholds
 from her2score.rules import MEMBRANE_CLASSES
 
@@ -45,11 +46,15 @@ class ScoreAccumulator:
         self.tissue_px = 0
         self.tissue_dab_sum = 0.0
         self.tissue_dab_above = [0, 0, 0]
+        self.kind_counts = dict.fromkeys(CELL_KINDS, 0)
 
     def add_cells(self, cells: Any) -> None:
         self.n_cells += len(cells)
         tumour = cells[cells["is_tumour"].to_numpy(dtype=bool)]
         self.n_tumour += len(tumour)
+        if "cell_kind" in cells:
+            for name, count in cells["cell_kind"].value_counts().items():
+                self.kind_counts[str(name)] += int(count)
         for name, count in tumour["membrane_class"].value_counts().items():
             self.class_counts[str(name)] += int(count)
         for level, count in tumour["intensity"].value_counts().items():
@@ -60,6 +65,8 @@ class ScoreAccumulator:
         """Add another accumulator's sums (a tile's) to this one."""
         self.n_cells += part.n_cells
         self.n_tumour += part.n_tumour
+        for k in CELL_KINDS:
+            self.kind_counts[k] += part.kind_counts[k]
         for c in MEMBRANE_CLASSES:
             self.class_counts[c] += part.class_counts[c]
         for i in range(4):
@@ -88,7 +95,14 @@ class ScoreAccumulator:
                 thresholds,
             )
             | self._tissue_stats()
+            | self.kind_summary()
         )
+
+    def kind_summary(self) -> dict[str, int]:
+        """How many cells of each kind were found (``n_cells_<kind>``, see
+        :func:`~her2score.quantify.membrane.cell_kinds`); ``n_cells_tumour`` also counts tumour cells
+        cut by the image edge, which ``n_tumour_cells`` (the scored ones) leaves out."""
+        return {f"n_cells_{kind}": int(self.kind_counts[kind]) for kind in CELL_KINDS}
 
     def _tissue_stats(self) -> dict[str, Any]:
         n = max(self.tissue_px, 1)

@@ -11,23 +11,37 @@ from typing import Any
 from her2score import rules
 from her2score.errors import ConfigError
 
-_INT_KEYS = ("n_sectors", "nest_neighbours", "min_tumour_cells")
+_INT_KEYS = ("n_sectors", "nest_neighbours", "cohesion_neighbours", "min_tumour_cells")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Scoring parameters. DAB values are optical densities of the membrane (default H-DAB vectors).
+    """Scoring parameters. DAB values are optical densities of the membrane (H-DAB vectors of the image).
 
-    Defaults: a membrane peak of 0.12 OD is the faintest brown a pathologist perceives at 20x on a
-    0.5 µm/px scan (at 0.15 two of the five real BCI 1+ patches read 0; README); 0.35 is clearly
-    brown (moderate); 0.60 a dark-brown "chicken-wire" (intense); these follow the common DAB OD
-    bands (0.2 / 0.4 / 0.6 on cell means, QuPath) shifted for a ring *peak* rather than a whole-cell
-    mean. Override from JSON or derive from a control with :func:`calibrate_thresholds`.
+    Intensity defaults are on the scale of real DAB, derived from the real BCI HER2 IHC patches
+    (``../shared/data/real``, 20x, scored at 0.5 µm/px with the membrane cell model): the membrane DAB of
+    tumour cells stained round at least half their border lies at 0.16-0.22 OD (25th-90th
+    percentile) on the 1+ patches, 0.33-0.48 on the clearly stained 2+ patch (00361) and 0.36-0.49 on
+    the clearest 3+ patch (00052; 0.41-1.08 on the 3+ nest of 00057). So:
+
+    * ``faint`` 0.12 OD: the faintest brown a pathologist perceives at 20x (at 0.15 two of the five
+      real 1+ patches read 0);
+    * ``moderate`` 0.25 OD: above the 90th percentile of the 1+ membranes (0.21-0.22) and below the
+      lower quartile of the 2+ and 3+ ones (0.33-0.36);
+    * ``intense`` 0.45 OD: the upper quartile of the real strongly stained membranes (0.41-0.44), so
+      that a 3+ "chicken-wire" reads intense and a 2+ reads moderate with an intense minority.
+
+    These are about 0.75 x the common DAB OD bands (0.2 / 0.4 / 0.6 on whole-cell means, QuPath's
+    defaults) above faint: real DAB at 20x on a JPEG-compressed scan peaks at 0.35-0.5 OD on a 3+
+    membrane, well below the 0.6-1.0 of a saturated chromogen. The synthetic generator draws darker
+    membranes (0.16 / 0.42 / 1.0 OD before gains): score synthetic slides with
+    :data:`SYNTHETIC_LAB` (its own lab's scale, as ``her2score calibrate`` would give for a lab), and a
+    lab's own controls with :func:`~her2score.quantify.calibrate.calibrate_thresholds`.
     """
 
     faint: float = 0.12
-    moderate: float = 0.35
-    intense: float = 0.60
+    moderate: float = 0.25
+    intense: float = 0.45
     #: A ring is "complete" when at least this fraction of its sectors is stained. Automatic rings
     #: lose sectors at cell contacts and tangential cuts, which an eye forgives (not 1.0); but a
     #: sector counts as stained when any of it is, and a neighbour's stained membrane lends a few
@@ -80,6 +94,16 @@ class Thresholds:
     #: has four within 35 µm, and so has the corner of a nest); isolated cells in stroma are not scored.
     nest_neighbours: int = 4
     nest_radius_um: float = 35.0
+    #: ... and carcinoma is cohesive: at least ``cohesion_neighbours`` other nuclei within
+    #: ``cohesion_radius_um`` (touching cells are 10-16 µm apart; fibroblasts lie ~20-40 µm apart in
+    #: their matrix, so sparse stroma passes the nest rule but not this one). 0 turns it off.
+    cohesion_neighbours: int = 2
+    cohesion_radius_um: float = 20.0
+    #: Lymphocytes are round: elongation (long / short axis) at most this.
+    inflammatory_max_elongation: float = 1.6
+    #: An elongated nucleus whose edge lies within this distance (µm) of empty space (a vessel's lumen)
+    #: is endothelial rather than stromal.
+    lumen_distance_um: float = 3.0
     #: ASCO/CAP 10 % rule (percent of invasive tumour cells; :data:`her2score.rules.POSITIVE_PERCENT`).
     positive_percent: float = rules.POSITIVE_PERCENT
     #: Intense complete staining in this share (%) up to 10 % reads as 2+ (ASCO/CAP: equivocal;
@@ -143,6 +167,10 @@ class Thresholds:
             )
         if self.nest_neighbours < 0 or self.nest_radius_um <= 0:
             raise ConfigError("nest_neighbours must be >= 0 and nest_radius_um > 0")
+        if self.cohesion_neighbours < 0 or self.cohesion_radius_um <= 0:
+            raise ConfigError("cohesion_neighbours must be >= 0 and cohesion_radius_um > 0")
+        if self.inflammatory_max_elongation < 1 or self.lumen_distance_um < 0:
+            raise ConfigError("need inflammatory_max_elongation >= 1 and lumen_distance_um >= 0")
         if self.n_sectors < 8:
             raise ConfigError(f"n_sectors must be at least 8 (got {self.n_sectors})")
 
@@ -183,6 +211,12 @@ class Thresholds:
         from her2score.io import write_json
 
         return write_json(Path(path), {"thresholds": self.to_dict(), **extra})
+
+
+#: The synthetic generator's staining scale (:mod:`her2score.data.synth`, membranes drawn at 0.16 / 0.42 /
+#: 1.0 OD before gains, darker than real DAB): the thresholds its slides are scored at, like a lab scored
+#: at its own calibrated thresholds.
+SYNTHETIC_LAB = Thresholds(faint=0.12, moderate=0.35, intense=0.60)
 
 
 def load_thresholds(source: Thresholds | str | Path | None) -> Thresholds:

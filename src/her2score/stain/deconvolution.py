@@ -75,14 +75,20 @@ def combine_stains(concentrations: dict[str, np.ndarray], stains: StainMatrix | 
     return od_to_rgb(od.reshape(*first.shape, 3))
 
 
-def estimate_stain_vectors(rgb: np.ndarray, od_threshold: float = 0.15, alpha: float = 1.0) -> StainMatrix:
+def estimate_stain_vectors(
+    rgb: np.ndarray, od_threshold: float = 0.15, alpha: float = 1.0, od_max: float | None = None
+) -> StainMatrix:
     """Estimate two stain vectors from an image (Macenko et al., 2009).
 
     Useful to adapt the defaults to a lab's staining. The first returned stain is the one closer to
-    hematoxylin, the second the other (DAB or eosin).
+    hematoxylin, the second the other (DAB or eosin). Pixels with any channel's OD above ``od_max``
+    (black debris, pen, folds) are left out when given.
     """
     od = rgb_to_od(np.asarray(rgb)[..., :3]).reshape(-1, 3)
-    od = od[np.all(od > od_threshold, axis=1)]
+    keep = np.all(od > od_threshold, axis=1)
+    if od_max is not None:
+        keep &= np.all(od < od_max, axis=1)
+    od = od[keep]
     if od.shape[0] < 100:
         raise ValueError("too few stained pixels to estimate stain vectors")
     _, eigvecs = np.linalg.eigh(np.cov(od.T))

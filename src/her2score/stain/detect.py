@@ -29,32 +29,67 @@ def macenko(rgb: np.ndarray) -> StainMatrix | None:
     """Macenko stain vectors of an image (on every other pixel: as good, 4x faster); None if unstained."""
     from her2score.stain.deconvolution import estimate_stain_vectors
 
-    try:
-        return estimate_stain_vectors(rgb[::2, ::2] if min(rgb.shape[:2]) >= 256 else rgb)
+    try:  # OD above 2.5 is black debris, pen or a fold, not a stain: left out
+        return estimate_stain_vectors(rgb[::2, ::2] if min(rgb.shape[:2]) >= 256 else rgb, od_max=2.5)
     except ValueError:
         return None
+
+
+#: Sanity check of a per-image Macenko estimate for H-DAB: each vector within this angle (degrees) of
+#: its published reference, and the two at least this far apart (with hardly any DAB, the "second
+#: stain" is a hematoxylin variant).
+MAX_ANGLE_TO_REFERENCE_DEG = 25.0
+MIN_ANGLE_BETWEEN_STAINS_DEG = 25.0
+#: ... and enough stained pixels to estimate from: at least this fraction of the image with optical
+#: density above 0.15 in every channel (Macenko's pixels), and at least this fraction of those where
+#: the estimated DAB outweighs hematoxylin (the DAB end of the angle distribution is its 1st
+#: percentile: with fewer DAB pixels it is noise).
+MIN_STAINED_FRACTION = 0.02
+MIN_DAB_FRACTION = 0.02
+
+
+def check_stain_estimate(rgb: np.ndarray, est: StainMatrix | None) -> str:
+    """Why a Macenko estimate is not plausible for H-DAB (``""``: it is); see the constants above."""
+    if est is None:
+        return "too few stained pixels"
+    h, d = est.vectors
+    angle_h, angle_d, apart = _angle_deg(h, HEMATOXYLIN), _angle_deg(d, DAB), _angle_deg(h, d)
+    if angle_h >= MAX_ANGLE_TO_REFERENCE_DEG:
+        return f"hematoxylin {angle_h:.0f}° from the reference"
+    if angle_d >= MAX_ANGLE_TO_REFERENCE_DEG:
+        return f"DAB {angle_d:.0f}° from the reference"
+    if apart < MIN_ANGLE_BETWEEN_STAINS_DEG:
+        return f"stains only {apart:.0f}° apart"
+    od = rgb_to_od(rgb[::4, ::4] if min(rgb.shape[:2]) >= 512 else rgb).reshape(-1, 3)
+    stained = od[np.all(od > 0.15, axis=1)]
+    if stained.shape[0] < max(100, MIN_STAINED_FRACTION * od.shape[0]):
+        return f"too few stained pixels ({stained.shape[0] / max(od.shape[0], 1):.1%})"
+    conc = stained @ np.linalg.inv(np.stack([_unit(h), _unit(d), _unit(np.cross(h, d))]))
+    dab_share = float(np.mean(conc[:, 1] > conc[:, 0]))
+    if dab_share < MIN_DAB_FRACTION:
+        return f"too little DAB to estimate its vector ({dab_share:.1%} of stained pixels)"
+    return ""
 
 
 def choose_stain_vectors(
     rgb: np.ndarray, mode: str = "auto", estimate: StainMatrix | None = None
 ) -> tuple[StainMatrix, str]:
-    """H-DAB vectors for this image: a Macenko estimate when plausible, else the defaults.
+    """H-DAB vectors for this image: a Macenko estimate when plausible, else the published defaults.
 
-    Plausible: hematoxylin within 25° and DAB within 25° of the published vectors, and the two at
-    least 25° apart (an image with hardly any DAB gives a degenerate "second stain"). Returns the
-    matrix and where it came from (``estimated`` or ``default``).
+    Plausible by :func:`check_stain_estimate` (angles to the reference vectors and between the two,
+    enough stained and enough DAB pixels). Returns the matrix and where it came from: ``estimated``,
+    ``default`` (asked for), or ``default (<why the estimate was refused>)``.
     """
     if mode == "default":
         return HDAB, "default"
     if mode != "auto":
         raise ConfigError(f"stain vectors must be 'auto' or 'default' (got {mode!r})")
     est = estimate if estimate is not None else macenko(rgb)
-    if est is None:
-        return HDAB, "default"
+    why = check_stain_estimate(rgb, est)
+    if why:
+        return HDAB, f"default ({why})"
     h, d = est.vectors
-    if _angle_deg(h, HEMATOXYLIN) < 25 and _angle_deg(d, DAB) < 25 and _angle_deg(h, d) >= 25:
-        return StainMatrix(("hematoxylin", "dab"), (h, d)), "estimated"
-    return HDAB, "default"
+    return StainMatrix(("hematoxylin", "dab"), (h, d)), "estimated"
 
 
 def looks_like_he(rgb: np.ndarray, tissue: np.ndarray, estimate: StainMatrix | None = None) -> bool:
