@@ -70,3 +70,29 @@ def test_inner_cv_chooses_epochs_and_fusion_then_trains_on_all(
     model, meta = load_model(result.model_paths[0])
     assert meta["n_train"] == n_fit  # the final model saw every non-test slide
     assert float(model.fusion_weight) == choice["fusion_weight"]
+
+
+def test_learning_curve_subsets_are_nested_stratified_and_grouped(tiny_manifest: Path) -> None:
+    from her2score.engine.learning_curve import nested_subsets
+
+    cohort = load_manifest(tiny_manifest)
+    pool = np.arange(len(cohort))[:10]
+    subsets = nested_subsets(cohort, pool, [4, 8], seed=0)
+    assert set(subsets[4]) <= set(subsets[8]) <= set(pool)
+    assert len(set(cohort.y[subsets[4]])) == len(set(cohort.y[pool]))  # every class present
+
+
+@pytest.mark.slow
+def test_learning_curve_trains_each_size_and_plots(
+    tiny_manifest: Path, fast_config: TrainConfig, tmp_path: Path
+) -> None:
+    from her2score.engine.learning_curve import learning_curve
+
+    fast_config.epochs, fast_config.test_fraction = 1, 0.34
+    frame = learning_curve(load_manifest(tiny_manifest), fast_config, [4, 8], tmp_path / "lc", quiet=True,
+                           log=lambda s: None)  # fmt: skip
+    assert frame["n_train"].tolist() == sorted(frame["n_train"].tolist())
+    assert len(frame) == 2
+    assert frame["n_test"].nunique() == 1  # one held-out set for every size
+    assert (tmp_path / "lc" / "learning_curve.png").stat().st_size > 1000
+    assert frame["stain_auc_macro"].notna().all() or frame["prior_auc_macro"].notna().all()
