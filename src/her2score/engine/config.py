@@ -29,14 +29,17 @@ INNER_CV_MAX_SLIDES = 100
 #: Named training presets. A preset sets keys under the config file and the command-line flags
 #: (defaults < recipe < file < flags); the resolved values are saved in the run's ``config.yaml``.
 #: ``small-cohort`` is the default (the TrainConfig defaults themselves): ResNet-18 from scratch with a
-#: moving average of its weights and the stain-statistics head, fused by a weight chosen on validation,
-#: 192 px at 8 µm/px; the steadiest recipe measured on the synthetic cohorts (README, Results).
-#: ``legacy`` is the recipe before presets (ConvNeXt, 224 px, no EMA, no stain head), kept to compare.
+#: moving average of its weights and the stain-statistics head (colour and OD percentiles), 192 px at
+#: 8 µm/px; with fewer than 100 training slides the epoch count and the fusion weight are chosen by inner
+#: cross-validation (``model_choice: auto``), else on a validation split (README, Results).
+#: ``legacy`` is the recipe before presets (ConvNeXt, 224 px, no EMA, no stain head, a validation split),
+#: kept to compare.
 RECIPES: dict[str, dict[str, Any]] = {
     "small-cohort": {},
     "legacy": {
         "model": "lowres-convnext", "input_size": 224, "epochs": 30, "batch_size": 16, "lr": 1e-3,
         "warmup_epochs": 1.0, "ema": 0.0, "stain_head": False, "patience": 10,
+        "model_choice": "validation",
     },
 }  # fmt: skip
 
