@@ -55,7 +55,7 @@ SITE_VARIATION: dict[str, dict[str, tuple[float, float]]] = {
     },
     "wide": {
         "vector_jitter": (0.12, 0.12), "dab_gain": (0.6, 1.4), "counterstain_gain": (0.65, 1.45),
-        "background": (228, 252), "gamma": (0.75, 1.3), "white_balance": (0.92, 1.04),
+        "background": (228, 252), "gamma": (0.8, 1.25), "white_balance": (0.95, 1.03),
         "noise": (0.5, 2.0), "jpeg_quality": (60, 95), "blur_um": (0.0, 1.2),
     },
 }  # fmt: skip
@@ -68,7 +68,7 @@ LOOKS: dict[str, dict] = {
     "default": {},
     "foreign": {
         "hematoxylin": (0.55, 0.76, 0.35), "dab": (0.34, 0.60, 0.72), "eosin": (0.10, 0.90, 0.42),
-        "dab_gain": 1.0, "counterstain_gain": 1.3, "gamma": 1.2, "white_balance": (1.0, 0.97, 0.9),
+        "dab_gain": 1.0, "counterstain_gain": 1.15, "gamma": 1.1, "white_balance": (1.0, 0.97, 0.9),
         "background": 232.0, "blur_um": 0.8, "scale": 0.8,
     },
 }  # fmt: skip
