@@ -269,13 +269,14 @@ def main() -> None:
             print(f"| {r['cohort']} | {r['recipe']} | {r['train_seed']} | {r['n_train']} | {r['n_test']} | "
                   f"{fmt(r['auc'])} | {fmt(r['stain_auc'])} | {len(r['warnings'])} |")  # fmt: skip
     elif args.heads_only:
-        print("| cohort | seed | test site | stain head colour-od (default) | dab-h (before) |")
-        print("|---|---|---|---|---|")
+        from her2score.models.nets.stain_stats import FEATURE_SETS
+
+        print("| cohort | seed | test site | " + " | ".join(FEATURE_SETS) + " |")
+        print("|---|---|---|" + "---|" * len(FEATURE_SETS))
         for r in rows:
             site = "–" if r["held_out_site"] is None else r["held_out_site"]
-            print(
-                f"| {r['cohort']} | {r['train_seed']} | {site} | {fmt(r['colour-od'])} | {fmt(r['dab-h'])} |"
-            )
+            aucs = " | ".join(fmt(r[f]) for f in FEATURE_SETS)
+            print(f"| {r['cohort']} | {r['train_seed']} | {site} | {aucs} |")
     elif args.learning_curve:
         print("| cohort | recipe | training slides | held-out macro AUC | stain statistics alone |")
         print("|---|---|---|---|---|")

@@ -41,7 +41,11 @@ N_FEATURES = len(CHANNELS) * len(QUANTILES) + 1
 LEGACY_DAB_QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 LEGACY_HEMATOXYLIN_QUANTILES = (0.50, 0.90)
 N_LEGACY = len(LEGACY_DAB_QUANTILES) + len(LEGACY_HEMATOXYLIN_QUANTILES)
-FEATURE_SETS = ("colour-od", "dab-h")
+FEATURE_SETS = ("colour-od", "dab-h", "colour-od-glass")
+#: ``colour-od-glass``: the same features after dividing each channel by the slide's own glass colour
+#: (the median of its brightest GLASS_SHARE non-padding pixels), which undoes the scanner's white
+#: balance and glass brightness before optical density is taken.
+GLASS_SHARE = 0.05
 #: A pixel is tissue when its mean RGB is below this (glass and the white padding are brighter), or below
 #: the image's own glass (its 99th brightness percentile) by GLASS_MARGIN when that is darker (a darker
 #: scanner tone), but never below MIN_TISSUE_THRESHOLD.
@@ -86,10 +90,25 @@ def _tissue_quantiles(values: torch.Tensor, tissue: torch.Tensor, quantiles: tup
     return torch.nanquantile(masked, q, dim=1).T
 
 
-def stain_features(rgb: torch.Tensor) -> torch.Tensor:
+def glass_normalised(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB divided per channel by the image's glass colour (padding, pure white, left out)."""
+    b = rgb.shape[0]
+    flat = rgb.reshape(b, 3, -1)
+    padding = (flat >= 1 - 1e-3).all(1, keepdim=True)
+    bright = torch.where(padding, torch.nan, flat.mean(1, keepdim=True))
+    cut = torch.nanquantile(bright, 1 - GLASS_SHARE, dim=2, keepdim=True)
+    glass_px = (bright >= cut).expand_as(flat)
+    glass = torch.nanmedian(torch.where(glass_px, flat, torch.nan), dim=2).values
+    glass = torch.nan_to_num(glass, nan=1.0).clamp(0.6, 1.0)
+    return (rgb / glass.view(b, 3, 1, 1)).clamp(0, 1)
+
+
+def stain_features(rgb: torch.Tensor, glass: bool = False) -> torch.Tensor:
     """(B, 3, H, W) RGB in [0, 1] -> (B, N_FEATURES) tissue quantiles of :data:`CHANNELS` and the
-    tissue fraction (the ``colour-od`` features)."""
+    tissue fraction (the ``colour-od`` features; with ``glass``, of :func:`glass_normalised` RGB)."""
     rgb = _subsample(rgb)
+    if glass:
+        rgb = glass_normalised(rgb)
     tissue = _tissue(rgb)
     od, conc = _concentrations(rgb)
     total = rgb.sum(1) + 1e-3
@@ -139,8 +158,8 @@ def choose_c(z: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, str]:
 class StainStatistics(nn.Module):
     """Frozen logistic regression on :func:`stain_features`; call :meth:`fit` before training.
 
-    ``feature_set`` ``dab-h`` (9 features) is what checkpoints from before ``colour-od`` hold; loading
-    such a state switches to it (see :meth:`_load_from_state_dict`).
+    ``feature_set`` is one of :data:`FEATURE_SETS`, saved as a buffer; ``dab-h`` (9 features) is what
+    checkpoints from before ``colour-od`` hold. Loading a state switches to its set.
     """
 
     def __init__(self, num_classes: int, feature_set: str = "colour-od") -> None:
@@ -155,15 +174,19 @@ class StainStatistics(nn.Module):
     def _build(self, num_classes: int, feature_set: str) -> None:
         """(Re)create the regression and feature standardisation for ``feature_set``."""
         self.feature_set = feature_set
-        k = N_FEATURES if feature_set == "colour-od" else N_LEGACY
+        k = N_LEGACY if feature_set == "dab-h" else N_FEATURES
         self.linear = nn.Linear(k, num_classes)
         self.linear.requires_grad_(False)
+        # which feature set, by its index in FEATURE_SETS: travels in the checkpoint
+        self.register_buffer("feature_set_index", torch.tensor(FEATURE_SETS.index(feature_set)))
         self.register_buffer("feature_mean", torch.zeros(k))
         self.register_buffer("feature_std", torch.ones(k))
 
     def features(self, rgb: torch.Tensor) -> torch.Tensor:
         """The features of this head's feature set for RGB in [0, 1]."""
-        return stain_features(rgb) if self.feature_set == "colour-od" else legacy_stain_features(rgb)
+        if self.feature_set == "dab-h":
+            return legacy_stain_features(rgb)
+        return stain_features(rgb, glass=self.feature_set == "colour-od-glass")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch normalised like the CNN's input."""
@@ -174,8 +197,16 @@ class StainStatistics(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """A state of the other feature set (by its width) rebuilds this head with that set."""
         weight = state_dict.get(prefix + "linear.weight")
-        if weight is not None and weight.shape[1] != self.linear.in_features:
-            self._build(self.linear.out_features, "dab-h" if weight.shape[1] == N_LEGACY else "colour-od")
+        index = state_dict.get(prefix + "feature_set_index")
+        if index is not None:
+            wanted = FEATURE_SETS[int(index)]
+        elif weight is not None and weight.shape[1] == N_LEGACY:
+            wanted = "dab-h"  # a checkpoint from before the feature sets
+            state_dict[prefix + "feature_set_index"] = torch.tensor(FEATURE_SETS.index(wanted))
+        else:
+            wanted = self.feature_set
+        if wanted != self.feature_set:
+            self._build(self.linear.out_features, wanted)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
