@@ -508,6 +508,8 @@ def _train_run(
             inner = choose_by_inner_cv(readable, data, pool, cfg, out, build, resume, quiet, log)
             split = Split(split.name, pool, np.array([], dtype=np.int64), split.test)
             fit_cfg = final_config(cfg, inner)
+            stats = kind.statistics(prepared, pool, pretrained=bool(cfg.weights))  # of what it trains on
+            data = FitData(kind, prepared, readable.y, stats, len(readable.classes))
             log(f"{split.name}: {inner.note(len(pool))}")
             write_json(out / "inner_cv.json", {**inner.to_dict(), "note": inner.note(len(pool))})
             if out == run:  # config.yaml keeps the keys as asked (for --resume); a comment says what ran
