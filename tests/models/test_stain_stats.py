@@ -88,3 +88,15 @@ def test_l2_strength_is_chosen_by_inner_cross_validation() -> None:
     few = StainStatistics(3)
     few.fit(_slides([0.02, 0.15, 0.5], 1), np.array([0, 1, 2]), [0.5] * 3, [0.25] * 3)
     assert "too few" in few.fit_note
+
+
+def test_glass_normalised_features_ignore_the_scanners_white_balance() -> None:
+    from her2score.models.nets.stain_stats import glass_normalised
+
+    rgb = _slides([0.2], 0).float() / 255 * 0.97  # glass at 0.97, not pure white (padding)
+    tinted = rgb * torch.tensor([1.0, 0.95, 0.88]).view(1, 3, 1, 1)  # a warm scanner
+    plain, warm = stain_features(rgb, glass=True), stain_features(tinted, glass=True)
+    assert torch.allclose(plain, warm, atol=0.02)
+    assert not torch.allclose(stain_features(rgb), stain_features(tinted), atol=0.02)  # without: it shows
+    tissue_only = torch.full((1, 3, 16, 16), 0.5)
+    assert torch.allclose(glass_normalised(tissue_only), tissue_only)  # no glass in view: left alone
