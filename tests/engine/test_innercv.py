@@ -18,6 +18,7 @@ def test_auto_uses_inner_cv_for_small_cohorts_only() -> None:
     cfg = TrainConfig()
     assert use_inner_cv(cfg, 40)
     assert not use_inner_cv(cfg, 150)
+    assert not use_inner_cv(cfg, 12)  # too few for inner folds: a validation split, as before
     cfg.model_choice = "validation"
     assert not use_inner_cv(cfg, 40)
     cfg.model_choice = "inner-cv"

@@ -21,9 +21,11 @@ SELECT_MODES = ("f1", "loss", "last")
 #: How the epoch count and the fusion weight are chosen: ``validation`` (early stopping and the fusion
 #: weight on the validation slides), ``inner-cv`` (patient-grouped inner cross-validation over the
 #: training and validation slides, then one model trained on all of them), ``auto`` (inner-cv when there
-#: are fewer than INNER_CV_MAX_SLIDES of them, where a validation split is a handful of slides).
+#: are fewer than INNER_CV_MAX_SLIDES of them, where a validation split is a handful of slides, but at
+#: least INNER_CV_MIN_SLIDES: below that an inner fold would train on two or three slides per class).
 MODEL_CHOICES = ("auto", "inner-cv", "validation")
 INNER_CV_MAX_SLIDES = 100
+INNER_CV_MIN_SLIDES = 20
 
 
 #: Named training presets. A preset sets keys under the config file and the command-line flags

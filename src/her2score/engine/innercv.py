@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from her2score.engine.config import INNER_CV_MAX_SLIDES, TrainConfig
+from her2score.engine.config import INNER_CV_MAX_SLIDES, INNER_CV_MIN_SLIDES, TrainConfig
 
 
 @dataclass
@@ -59,7 +59,7 @@ def use_inner_cv(cfg: TrainConfig, n_train: int) -> bool:
     """Whether ``cfg.model_choice`` asks for inner cross-validation over ``n_train`` slides."""
     if cfg.model_choice == "inner-cv":
         return True
-    return cfg.model_choice == "auto" and n_train < INNER_CV_MAX_SLIDES
+    return cfg.model_choice == "auto" and INNER_CV_MIN_SLIDES <= n_train < INNER_CV_MAX_SLIDES
 
 
 def inner_folds(cohort: Any, pool: np.ndarray, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
