@@ -19,5 +19,5 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fast_config(tmp_path: Path) -> TrainConfig:
     return load_config(
         None, epochs=2, input_size=64, batch_size=4, n_boot=20, cache_dir=str(tmp_path / "cache"),
-        backbone="convnext_atto", device="cpu", warmup_epochs=0.5,
+        backbone="convnext_atto", device="cpu", warmup_epochs=0.5, model_choice="validation",
     )  # fmt: skip

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "her2score.cli.synth",
     "her2score.cli.models",
     "her2score.cli.train",
+    "her2score.cli.learning_curve",
     "her2score.cli.evaluate",
     "her2score.cli.predict",
     "her2score.cli.demo",

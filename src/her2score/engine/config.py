@@ -18,19 +18,30 @@ SHARED_MODEL_KEYS = ("backbone", "weights", "norm", "drop_rate", "stain_head")
 #: Keys of the data configuration of image input kinds.
 DATA_KEYS = ("mpp", "input_size", "margin")
 SELECT_MODES = ("f1", "loss", "last")
+#: How the epoch count and the fusion weight are chosen: ``validation`` (early stopping and the fusion
+#: weight on the validation slides), ``inner-cv`` (patient-grouped inner cross-validation over the
+#: training and validation slides, then one model trained on all of them), ``auto`` (inner-cv when there
+#: are fewer than INNER_CV_MAX_SLIDES of them, where a validation split is a handful of slides, but at
+#: least INNER_CV_MIN_SLIDES: below that an inner fold would train on two or three slides per class).
+MODEL_CHOICES = ("auto", "inner-cv", "validation")
+INNER_CV_MAX_SLIDES = 60  # from 60 slides a 20 % split has 12 or more; inner CV costs 5 trainings
+INNER_CV_MIN_SLIDES = 20
 
 
 #: Named training presets. A preset sets keys under the config file and the command-line flags
 #: (defaults < recipe < file < flags); the resolved values are saved in the run's ``config.yaml``.
 #: ``small-cohort`` is the default (the TrainConfig defaults themselves): ResNet-18 from scratch with a
-#: moving average of its weights and the stain-statistics head, fused by a weight chosen on validation,
-#: 192 px at 8 µm/px; the steadiest recipe measured on the synthetic cohorts (README, Results).
-#: ``legacy`` is the recipe before presets (ConvNeXt, 224 px, no EMA, no stain head), kept to compare.
+#: moving average of its weights and the stain-statistics head (colour and OD percentiles), 192 px at
+#: 8 µm/px; with 20-59 training slides the epoch count and the fusion weight are chosen by inner
+#: cross-validation (``model_choice: auto``), else on a validation split (README, Results).
+#: ``legacy`` is the recipe before presets (ConvNeXt, 224 px, no EMA, no stain head, a validation split),
+#: kept to compare.
 RECIPES: dict[str, dict[str, Any]] = {
     "small-cohort": {},
     "legacy": {
         "model": "lowres-convnext", "input_size": 224, "epochs": 30, "batch_size": 16, "lr": 1e-3,
         "warmup_epochs": 1.0, "ema": 0.0, "stain_head": False, "patience": 10,
+        "model_choice": "validation",
     },
 }  # fmt: skip
 
@@ -64,6 +75,8 @@ class TrainConfig:
     stain_head: bool = True  # fuse with a logistic regression on DAB/H quantiles of the training slides
     patience: int = 15  # stop after this many epochs without a better validation score (see select); 0: off
     select: str = "f1"  # which epoch's weights are kept: best validation f1, best validation loss, or last
+    model_choice: str = "auto"  # auto, inner-cv or validation (MODEL_CHOICES): who picks epochs and fusion
+    inner_folds: int = 4  # folds of the inner cross-validation (model_choice inner-cv, or auto when small)
     folds: int = 0  # >= 2: k-fold cross-validation; 0: fixed splits from the manifest, or a holdout
     test_fraction: float = 0.2
     val_fraction: float = 0.2
@@ -97,6 +110,8 @@ class TrainConfig:
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.select in SELECT_MODES, f"select must be one of {', '.join(SELECT_MODES)}"),
+            (self.model_choice in MODEL_CHOICES, f"model_choice must be one of {', '.join(MODEL_CHOICES)}"),
+            (self.inner_folds >= 2, "inner_folds must be >= 2"),
             (self.folds == 0 or self.folds >= 2, "folds must be 0 (no cross-validation) or >= 2"),
             (0 < self.test_fraction < 1, "test_fraction must be in (0, 1)"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),

@@ -19,6 +19,7 @@ import pandas as pd
 from her2score.data.lowres import Failure
 from her2score.data.manifest import Cohort, fixed_splits, has_fixed_splits, holdout_split, kfold_splits
 from her2score.engine.config import SHARED_MODEL_KEYS, TrainConfig, save_config
+from her2score.engine.innercv import InnerChoice, choose_by_inner_cv, final_config, use_inner_cv
 from her2score.errors import ConfigError, ManifestError
 
 STATE_FILE = "state.pt"
@@ -489,7 +490,7 @@ def _train_run(
     from her2score.engine.diagnostics import learning_warnings, prior_log_loss
     from her2score.engine.evaluate import add_baselines, write_evaluation
     from her2score.engine.predictor import Predictor, prediction_frame, resolve_device
-    from her2score.io import write_csv
+    from her2score.io import write_csv, write_json, write_text
     from her2score.models.registry import create_model, get_model_spec
     from her2score.report.plots import plot_training_curves
 
@@ -526,14 +527,34 @@ def _train_run(
         out.mkdir(parents=True, exist_ok=True)
         stats = kind.statistics(prepared, split.train, pretrained=bool(cfg.weights))
         data = FitData(kind, prepared, readable.y, stats, len(readable.classes))
-        torch.manual_seed(cfg.seed + 7919 * k)
-        model = create_model(cfg.model, len(readable.classes), **options).to(device)
+
+        def build(j: int, k: int = k) -> Any:
+            torch.manual_seed(cfg.seed + 7919 * k + 613 * j)
+            return create_model(cfg.model, len(readable.classes), **options).to(device)
+
+        fit_cfg, inner = cfg, None
+        if use_inner_cv(cfg, len(split.train) + len(split.val)):
+            pool = np.sort(np.concatenate([split.train, split.val]))
+            inner = choose_by_inner_cv(readable, data, pool, cfg, out, build, resume, quiet, log)
+            split = Split(split.name, pool, np.array([], dtype=np.int64), split.test)
+            fit_cfg = final_config(cfg, inner)
+            stats = kind.statistics(prepared, pool, pretrained=bool(cfg.weights))  # of what it trains on
+            data = FitData(kind, prepared, readable.y, stats, len(readable.classes))
+            log(f"{split.name}: {inner.note(len(pool))}")
+            write_json(out / "inner_cv.json", {**inner.to_dict(), "note": inner.note(len(pool))})
+            if out == run:  # config.yaml keeps the keys as asked (for --resume); a comment says what ran
+                text = (run / "config.yaml").read_text(encoding="utf-8")
+                comment = f"# model_choice used: inner-cv. {inner.note(len(pool))}\n"
+                write_text(run / "config.yaml", text + comment)
+        model = build(-1) if inner is not None else build(0)
         note = getattr(model, "weights_note", "training from scratch")
         log(f"{cfg.model} on {device}: {note}")
         judged, history = fit(
-            model, data, split.train, split.val, cfg, out,
+            model, data, split.train, split.val, fit_cfg, out,
             resume=resume, quiet=quiet, fold_seed=k, on_epoch_end=on_epoch_end, log=log,
         )  # fmt: skip
+        if inner is not None and inner.fusion_weight is not None and hasattr(judged, "fusion_weight"):
+            judged.fusion_weight.fill_(inner.fusion_weight)
         module = judged.inference_module()
         meta = checkpoint_metadata(cfg, readable, data, module, note)
         meta.update({"fold": split.name, "epochs_trained": len(history), "n_train": len(split.train)})
@@ -555,10 +576,12 @@ def _train_run(
         classes = readable.classes
         base = baseline_probs(kind, prepared, readable.y, split.train, split.test, stats, len(classes))
         frame = add_baselines(frame, base, classes)
-        prior = prior_log_loss(readable.y[split.train], readable.y[split.val], len(classes))
-        val_labels = readable.y[split.val]
+        checked, val_labels = history, readable.y[split.val]
+        if inner is not None:  # the inner folds' validation curves stand for the missing validation split
+            checked, val_labels = [r for h in inner.histories for r in h], readable.y[split.train]
+        prior = prior_log_loss(readable.y[split.train], val_labels, len(classes))
         majority = float(np.bincount(val_labels).max() / len(val_labels)) if len(val_labels) else None
-        fold_warnings = learning_warnings(history, prior, probs, classes, majority)
+        fold_warnings = learning_warnings(checked, prior, probs, classes, majority)
         for line in fold_warnings:
             log(f"WARNING ({split.name}): {line}")
         run_warnings += [line if split.name == "main" else f"{split.name}: {line}" for line in fold_warnings]
@@ -574,7 +597,7 @@ def _train_run(
         result.metrics = write_evaluation(
             out, frame, readable.classes, f"{cfg.model} · {cohort.task.name} · held-out test slides",
             ordinal=cohort.task.ordinal, n_boot=cfg.n_boot, seed=cfg.seed, failures=prepared.failures,
-            figures=figures, notes=[note, _validation_note(split, cfg), cohort.task.description],
+            figures=figures, notes=[note, _validation_note(split, cfg, inner), cohort.task.description],
             warnings=run_warnings,
         )  # fmt: skip
     if cfg.folds and fold_frames:
@@ -589,8 +612,10 @@ def _train_run(
     return result
 
 
-def _validation_note(split: Split, cfg: TrainConfig) -> str:
+def _validation_note(split: Split, cfg: TrainConfig, inner: InnerChoice | None = None) -> str:
     """Which slides made which choice, so a reader can judge how much to trust them."""
+    if inner is not None:
+        return f"{inner.note(len(split.train))}; {len(split.test)} test slides"
     if not len(split.val):
         return f"no validation slides: the last epoch's weights were kept; {len(split.test)} test slides"
     return (

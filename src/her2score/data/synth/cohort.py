@@ -133,6 +133,8 @@ def make_cohort(
     test_fraction: float = 0.25,
     workers: int = 2,
     progress: Progress | None = None,
+    site_variation: str = "mild",
+    look: str = "default",
 ) -> Path:
     """Write a synthetic cohort under ``out`` and return the path of its ``manifest.csv``.
 
@@ -142,13 +144,22 @@ def make_cohort(
     ``kind="pairs"``: ``n`` H&E/IHC patch pairs in the BCI layout (``HE/``, ``IHC/``,
     ``NNNNN_{train,test}_{0,1+,2+,3+}.png``; ``patches_per_patient`` per patient, split by patient) with
     per-cell truth under ``cells/``; manifest columns ``slide, he, her2, patient, site, split``.
+    ``site_variation`` (slides only): how far the sites' staining and scanners differ, ``mild`` or ``wide``
+    (ranges in :data:`her2score.data.synth.render.SITE_VARIATION`); ``look``: ``default`` or ``foreign``
+    (another renderer's stain vectors, scanner tone and cell scale, :data:`~.render.LOOKS`).
     The same arguments give identical files.
     """
+    from her2score.data.synth.render import LOOKS, SITE_VARIATION
+
+    if site_variation not in SITE_VARIATION or look not in LOOKS:
+        raise ValueError(
+            f"site_variation must be one of {', '.join(SITE_VARIATION)} and look one of {', '.join(LOOKS)}"
+        )
     out = Path(out)
     if n < 1:
         raise ValueError("n must be at least 1")
     if kind == "slides":
-        frame, jobs, func = _plan_slides(out, n, seed, markers, mpp, size_mm, n_sites)
+        frame, jobs, func = _plan_slides(out, n, seed, markers, mpp, size_mm, n_sites, site_variation, look)
     elif kind == "pairs":
         frame, jobs, func = _plan_pairs(
             out, n, seed, mpp, n_sites, patch_size, patches_per_patient, test_fraction
@@ -168,6 +179,8 @@ def _plan_slides(
     mpp: float,
     size_mm: tuple[float, float],
     n_sites: int,
+    variation: str = "mild",
+    look: str = "default",
 ) -> tuple[pd.DataFrame, list, Callable]:
     markers = [m.strip().lower() for m in markers]
     unknown = [m for m in markers if m not in MARKERS]
@@ -179,7 +192,10 @@ def _plan_slides(
             rel = f"slides/{p.patient}_{m}.tiff"
             case = Case(her2=p.her2, er=p.er, pr=p.pr, marker=m, grade=p.grade)
             slide_seed = int(np.random.SeedSequence([int(seed), i, MARKERS.index(m)]).generate_state(1)[0])
-            spec = SlideSpec(case=case, site=p.site, seed=slide_seed, size_mm=tuple(size_mm), mpp=float(mpp))
+            spec = SlideSpec(
+                case=case, site=p.site, seed=slide_seed, size_mm=tuple(size_mm), mpp=float(mpp),
+                variation=variation, look=look,
+            )  # fmt: skip
             jobs.append((str(out / rel), spec))
             rows.append([rel, m, p.her2, p.ish, p.er, p.pr, p.patient, p.site])
     return pd.DataFrame(rows, columns=SLIDE_COLUMNS), jobs, _render_slide_job

@@ -40,28 +40,93 @@ class SiteStyle:
     white_balance: tuple[float, float, float]
     noise: float  # sensor noise, in concentration quantisation steps
     jpeg_quality: int
+    blur: float = 0.0  # scanner optics: Gaussian sigma in µm over the whole scan (0: only the stamps' edges)
 
 
-def site_style(site: int) -> SiteStyle:
-    """The (fixed) style of site ``site``: the same site always stains and scans alike."""
+#: Ranges of the per-site draws (uniform), by how far labs and scanners are allowed to differ:
+#: ``mild`` (the default, what every figure measured before issue 15 used) and ``wide`` (stain vectors
+#: further apart, DAB and hematoxylin strength ±35-40 %, stronger tone, white-balance and JPEG
+#: differences, and optics blur: a leave-one-site-out test that means something). README, Synthetic data.
+SITE_VARIATION: dict[str, dict[str, tuple[float, float]]] = {
+    "mild": {
+        "vector_jitter": (0.05, 0.05), "dab_gain": (0.8, 1.2), "counterstain_gain": (0.8, 1.25),
+        "background": (238, 250), "gamma": (0.85, 1.15), "white_balance": (0.98, 1.015),
+        "noise": (0.6, 1.4), "jpeg_quality": (75, 93), "blur_um": (0.0, 0.0),
+    },
+    "wide": {
+        "vector_jitter": (0.12, 0.12), "dab_gain": (0.6, 1.4), "counterstain_gain": (0.65, 1.45),
+        "background": (228, 252), "gamma": (0.8, 1.25), "white_balance": (0.95, 1.03),
+        "noise": (0.5, 2.0), "jpeg_quality": (60, 95), "blur_um": (0.0, 1.2),
+    },
+}  # fmt: skip
+
+#: A "look" stands for another renderer or lab altogether, pushed far from her2score's defaults (the
+#: same for every site, on top of the per-site draw): its own stain vectors, gains, scanner tone and a
+#: geometry scale (cells and tissue drawn as if the pixels were ``scale`` × larger: other cell sizes
+#: and layout). ``foreign`` mimics the cohort of issue 15.
+LOOKS: dict[str, dict] = {
+    "default": {},
+    "foreign": {
+        "hematoxylin": (0.55, 0.76, 0.35), "dab": (0.34, 0.60, 0.72), "eosin": (0.10, 0.90, 0.42),
+        "dab_gain": 1.0, "counterstain_gain": 1.15, "gamma": 1.1, "white_balance": (1.0, 0.97, 0.9),
+        "background": 232.0, "blur_um": 0.8, "scale": 0.8,
+    },
+}  # fmt: skip
+
+
+def site_style(site: int, variation: str = "mild", look: str = "default") -> SiteStyle:
+    """The (fixed) style of site ``site``: the same site, variation and look always stain and scan alike.
+
+    With ``variation="mild"`` and ``look="default"`` the draws are those of earlier versions.
+    """
+    if variation not in SITE_VARIATION:
+        raise ValueError(f"site variation must be one of {', '.join(SITE_VARIATION)}, not {variation!r}")
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {', '.join(LOOKS)}, not {look!r}")
+    r = SITE_VARIATION[variation]
+    lk = LOOKS[look]
     rng = np.random.default_rng([0x48E2, int(site)])
 
     def jitter(v: tuple[float, float, float], s: float) -> tuple[float, float, float]:
         a = np.abs(np.asarray(v) / np.linalg.norm(v) + rng.normal(0, s, 3))
         return tuple(float(x) for x in a / np.linalg.norm(a))
 
+    s = r["vector_jitter"][0]
+    hematoxylin = jitter(lk.get("hematoxylin", HEMATOXYLIN), s)
+    eosin = jitter(lk.get("eosin", EOSIN), s)
+    dab = jitter(lk.get("dab", DAB), s)
+    dab_gain = float(rng.uniform(*r["dab_gain"])) * lk.get("dab_gain", 1.0)
+    counterstain_gain = float(rng.uniform(*r["counterstain_gain"])) * lk.get("counterstain_gain", 1.0)
+    glass = lk.get("background")
+    background = rng.uniform(*r["background"]) + rng.uniform(-2, 2, 3)
+    if glass is not None:
+        background = background - np.mean(background) + glass
+    gamma = float(rng.uniform(*r["gamma"])) * lk.get("gamma", 1.0)
+    balance = rng.uniform(*r["white_balance"], 3) * np.asarray(lk.get("white_balance", (1.0, 1.0, 1.0)))
+    noise = float(rng.uniform(*r["noise"]))
+    jpeg = int(rng.integers(int(r["jpeg_quality"][0]), int(r["jpeg_quality"][1])))
+    blur = float(rng.uniform(*r["blur_um"])) if r["blur_um"][1] > 0 else 0.0
     return SiteStyle(
-        hematoxylin=jitter(HEMATOXYLIN, 0.05),
-        eosin=jitter(EOSIN, 0.05),
-        dab=jitter(DAB, 0.05),
-        dab_gain=float(rng.uniform(0.8, 1.2)),
-        counterstain_gain=float(rng.uniform(0.8, 1.25)),
-        background=tuple(float(x) for x in rng.uniform(238, 250) + rng.uniform(-2, 2, 3)),
-        gamma=float(rng.uniform(0.85, 1.15)),
-        white_balance=tuple(float(x) for x in rng.uniform(0.98, 1.015, 3)),
-        noise=float(rng.uniform(0.6, 1.4)),
-        jpeg_quality=int(rng.integers(75, 93)),
-    )
+        hematoxylin=hematoxylin, eosin=eosin, dab=dab, dab_gain=dab_gain, counterstain_gain=counterstain_gain,
+        background=tuple(float(x) for x in background), gamma=gamma,
+        white_balance=tuple(float(x) for x in balance), noise=noise, jpeg_quality=jpeg,
+        blur=blur + lk.get("blur_um", 0.0),
+    )  # fmt: skip
+
+
+def look_scale(look: str) -> float:
+    """The geometry scale of a look (1: her2score's own cell sizes and layout)."""
+    return float(LOOKS[look].get("scale", 1.0))
+
+
+def apply_blur(rgb: np.ndarray, style: SiteStyle, mpp: float) -> np.ndarray:
+    """The scanner's optics blur (Gaussian, ``style.blur`` µm) over a rendered region."""
+    sigma = style.blur / mpp
+    if sigma < 0.3:
+        return rgb
+    from PIL import Image, ImageFilter
+
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(sigma)))
 
 
 # --------------------------------------------------------------------------- stamps
@@ -408,7 +473,7 @@ def render_region(
         rgb = (rgb * np.exp(-LN10 * od)).astype(np.uint8)
     if _touches(fl["focus"], f, y0, x0, h, w):
         rgb = _defocus(rgb, _upsample(fl["focus"], f, y0, x0, h, w), 1.8 / layout.mpp)
-    return rgb
+    return apply_blur(rgb, style, layout.mpp)
 
 
 def _touches(fieldmap: np.ndarray, f: int, y0: int, x0: int, h: int, w: int) -> bool:

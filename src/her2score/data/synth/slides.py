@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from her2score.data.synth.cells import Case, build_layout, cells_table
-from her2score.data.synth.render import background_rgb, make_stamps, render_region, site_style
+from her2score.data.synth.render import background_rgb, look_scale, make_stamps, render_region, site_style
 from her2score.io import atomic_path
 
 TILE = 256
@@ -33,6 +33,8 @@ class SlideSpec:
     seed: int = 0
     size_mm: tuple[float, float] = (3.5, 2.5)  # width, height
     mpp: float = 0.5
+    variation: str = "mild"  # how far sites differ (render.SITE_VARIATION): mild or wide
+    look: str = "default"  # another renderer's look altogether (render.LOOKS): default or foreign
 
 
 def _downsample(rgb: np.ndarray, k: int) -> np.ndarray:
@@ -55,9 +57,10 @@ def write_slide(path: str | Path, spec: SlideSpec, cells_path: str | Path | None
     mpp = float(spec.mpp)
     width = _round_up(spec.size_mm[0] * 1000 / mpp, BLOCK)
     height = _round_up(spec.size_mm[1] * 1000 / mpp, BLOCK)
-    layout = build_layout((height, width), mpp, spec.case, rng, whole_slide=True, artefacts=True)
-    stamps = make_stamps(mpp, spec.case.grade, rng)
-    style = site_style(spec.site)
+    drawn_mpp = mpp * look_scale(spec.look)  # a look's cells and tissue are drawn at another scale
+    layout = build_layout((height, width), drawn_mpp, spec.case, rng, whole_slide=True, artefacts=True)
+    stamps = make_stamps(drawn_mpp, spec.case.grade, rng)
+    style = site_style(spec.site, spec.variation, spec.look)
     stain = "ihc"
     background = background_rgb(style)
 

@@ -85,6 +85,22 @@ FUSION_MARGIN = 0.02
 MIN_FUSION_VAL = 4
 
 
+def choose_fusion_weight(p_cnn: Any, p_stain: Any, y: Any) -> tuple[float, str]:
+    """The CNN's weight of least log-loss among FUSION_GRID, where the stain head alone (0) must be
+    beaten by FUSION_MARGIN nats; returns it and the losses, written out."""
+    import torch
+
+    def loss(w: float) -> float:
+        mix = (w * p_cnn + (1 - w) * p_stain).clamp_min(1e-8)
+        return float(torch.nn.functional.nll_loss(torch.log(mix), y))
+
+    losses = {w: loss(w) for w in FUSION_GRID}
+    best = min(losses, key=lambda w: (losses[w], w))
+    if losses[best] > losses[0.0] - FUSION_MARGIN:
+        best = 0.0
+    return best, "log-loss " + ", ".join(f"{w:g}: {v:.3f}" for w, v in losses.items())
+
+
 class LowResClassifier(SlideModel):
     """A timm backbone on the whole low-resolution tissue, split into features (last conv stage, for
     Grad-CAM) and head; with ``stain_head``, a stain-statistics model (:mod:`.stain_stats`) fitted
@@ -145,16 +161,13 @@ class LowResClassifier(SlideModel):
             return {}
         return {"stain statistics alone": torch.softmax(self.stain_stats(batch["image"]).float(), 1)}
 
-    def on_fit_end(self, ctx: FitContext) -> str | None:
-        """Choose the CNN's weight in the fusion on validation: the mixture with the lowest validation
-        log-loss among 0, 0.25, ..., 1, where leaving the stain head alone (0) must be beaten by
-        ``FUSION_MARGIN`` nats, so that the fused model is never worse than its own baseline there."""
+    def fusion_parts(self, ctx: FitContext) -> tuple[Any, Any, Any] | None:
+        """Probabilities of the CNN alone and of the stain head alone on ``ctx.val``, with the labels
+        (None without a stain head): what the fusion weight is chosen from."""
         import torch
 
         if self.stain_stats is None:
             return None
-        if len(ctx.val) < MIN_FUSION_VAL:
-            return f"fusion weight kept at {float(self.fusion_weight):.2f}: {len(ctx.val)} validation slides"
         self.eval()
         cnn, stain, labels = [], [], []
         with torch.no_grad():
@@ -162,20 +175,22 @@ class LowResClassifier(SlideModel):
                 cnn.append(torch.softmax(self.head(self.features(batch["image"])).float(), 1))
                 stain.append(torch.softmax(self.stain_stats(batch["image"]).float(), 1))
                 labels.append(y)
-        p_cnn, p_stain, y = torch.cat(cnn), torch.cat(stain), torch.cat(labels)
+        return torch.cat(cnn).cpu(), torch.cat(stain).cpu(), torch.cat(labels).cpu()
 
-        def loss(w: float) -> float:
-            mix = (w * p_cnn + (1 - w) * p_stain).clamp_min(1e-8)
-            return float(torch.nn.functional.nll_loss(torch.log(mix), y))
-
-        losses = {w: loss(w) for w in FUSION_GRID}
-        best = min(losses, key=lambda w: (losses[w], w))
-        if losses[best] > losses[0.0] - FUSION_MARGIN:
-            best = 0.0
+    def on_fit_end(self, ctx: FitContext) -> str | None:
+        """Choose the CNN's weight in the fusion on validation (:func:`choose_fusion_weight`), so that
+        the fused model is never worse than its own baseline there."""
+        if self.stain_stats is None:
+            return None
+        if len(ctx.val) < MIN_FUSION_VAL:
+            return (
+                f"fusion weight not chosen on validation ({len(ctx.val)} validation slides): "
+                f"{float(self.fusion_weight):.2f} unless inner cross-validation sets it"
+            )
+        p_cnn, p_stain, y = self.fusion_parts(ctx)
+        best, shown = choose_fusion_weight(p_cnn, p_stain, y)
         self.fusion_weight.fill_(best)
-        shown = ", ".join(f"{w:g}: {v:.3f}" for w, v in losses.items())
-        n = len(ctx.val)
-        return f"fusion weight of the CNN chosen on {n} validation slides: {best:g} (log-loss {shown})"
+        return f"fusion weight of the CNN chosen on {len(ctx.val)} validation slides: {best:g} ({shown})"
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Checkpoints from before the fusion weight was chosen averaged the two halves equally."""
@@ -191,7 +206,10 @@ class LowResClassifier(SlideModel):
         accuracy = self.stain_stats.fit(
             images[ctx.train], ctx.labels[ctx.train], ctx.stats["mean"], ctx.stats["std"]
         )
-        return f"stain-statistics head fitted on {len(ctx.train)} slides (training accuracy {accuracy:.2f})"
+        return (
+            f"stain-statistics head fitted on {len(ctx.train)} slides (training accuracy {accuracy:.2f}; "
+            f"{self.stain_stats.fit_note})"
+        )
 
     def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Grad-CAM on the last convolutional stage for the fused model's predicted class."""
