@@ -99,7 +99,8 @@ def test_unlabelled_pairs_in_both_layouts_keep_slides_together(tmp_path: Path) -
     ]
     frame = pd.read_csv(write_unlabelled_manifest(pairs, tmp_path / "m.csv"), dtype=str)
     assert list(frame.columns) == ["slide", "he", "patient", "split", "mpp"]
-    assert frame["slide"].str.contains("trainB|valB").all() and frame["he"].str.contains("trainA|valA").all()
+    assert frame["slide"].str.contains("trainB|valB").all()
+    assert frame["he"].str.contains("trainA|valA").all()
 
 
 def test_bad_unlabelled_pairs_name_both_files(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def run_bci_benchmark(
     unknown = sorted(set(models or ()) - set(known))
     if unknown:
         raise ConfigError(f"unknown benchmark model(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    # in the table's order, whatever the order asked: ihc-only is trained before virtual-stain, which it scores
+    # in the table's order, whatever the order asked: ihc-only before virtual-stain, which it scores
     chosen = [m for m in BENCHMARK_MODELS if (m.name in models if models else m.default)]
     out = Path(out)
     pairs = find_bci_pairs(root)
@@ -285,8 +285,8 @@ def write_report(
         "",
         f"> {LABEL_WARNING}.",
         "",
-        f"| model | what | accuracy | F1 macro | AUC macro | kappa (quadratic) | ms/patch (CPU, {COST_SIDE}²) "
-        f"| GFLOPs/patch ({COST_SIDE}²) | ms/patch ({size}²) |",
+        "| model | what | accuracy | F1 macro | AUC macro | kappa (quadratic) "
+        f"| ms/patch (CPU, {COST_SIDE}²) | GFLOPs/patch ({COST_SIDE}²) | ms/patch ({size}²) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     what = {m.name: m.what for m in chosen}
@@ -308,7 +308,8 @@ def write_report(
         lines += [
             "## virtual-stain: image quality and examples",
             "",
-            f"On the {quality['n']} test pairs at {size}² px: PSNR {quality['psnr']} dB, SSIM {quality['ssim']} "
+            f"On the {quality['n']} test pairs at {size}² px: PSNR {quality['psnr']} dB, "
+            f"SSIM {quality['ssim']} "
             "(mean over pairs; consecutive sections are not pixel-aligned, so neither reaches what an "
             "aligned pair would).",
             "",
