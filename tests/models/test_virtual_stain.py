@@ -31,6 +31,7 @@ def test_one_backward_gives_the_discriminator_only_its_own_gradient() -> None:
     assert isinstance(model, VirtualStain)
     assert isinstance(model.inference_module(), VirtualStainHE)
     assert get_model_spec("virtual-stain").input_kind == "pair"
+    assert model.inference_module().registry_name == "virtual-stain-he"  # what a checkpoint is rebuilt as
     only_d = copy.deepcopy(model)
     only_d.l1_weight = only_d.adversarial_weight = 0.0
     batch = {"image": torch.randn(2, 3, 32, 32), "teacher_image": torch.randn(2, 3, 32, 32)}

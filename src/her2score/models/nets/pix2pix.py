@@ -192,7 +192,12 @@ class VirtualStain(SlideModel):
                 )
             scorer_model, scorer_kwargs, scorer_stats = meta["model"], meta["model_kwargs"], meta["stats"]
             state = load_file(str(scorer), device="cpu")
-        self.student = VirtualStainHE(num_classes, base_channels, depth, scorer_model, scorer_kwargs)
+        from her2score.models.registry import create_model
+
+        self.student = create_model(  # through the registry: the saved module is rebuilt by its name
+            "virtual-stain-he", num_classes, base_channels=base_channels, depth=depth,
+            scorer_model=scorer_model, scorer_kwargs=scorer_kwargs,
+        )  # fmt: skip
         self.backbone_name = self.student.backbone_name
         self.discriminator = PatchDiscriminator(base_channels)
         self.scorer_frozen = state is not None
