@@ -64,7 +64,7 @@ def test_the_benchmark_scores_virtual_stain_with_the_ihc_classifier(tmp_path: Pa
     from her2score.engine.checkpoint import read_metadata
 
     root = tmp_path / "bci"
-    make_cohort(root, n=16, kind="pairs", patch_size=128, patches_per_patient=2, workers=1, seed=3)
+    make_cohort(root, n=16, kind="pairs", patch_size=256, patches_per_patient=2, workers=1, seed=3)
     logs: list[str] = []
     frame = run_bci_benchmark(
         root, tmp_path / "out", size=64, epochs=1, models=["virtual-stain", "ihc-only"], batch_size=4,
