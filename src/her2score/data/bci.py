@@ -63,6 +63,31 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ManifestError(f"cannot be read as an image ({type(exc).__name__}: {exc})", path) from exc
 
 
+def _matched_files(
+    he_dir: Path, ihc_dir: Path, check_sizes: bool, root: Path
+) -> list[tuple[str, Path, Path]]:
+    """``(relative name, H&E path, IHC path)`` of every pair of same-named files; a file without its
+    partner, or a pair of two sizes, is an error naming both files."""
+    he, ihc = _images(he_dir), _images(ihc_dir)
+    for name in sorted(set(he) ^ set(ihc)):
+        have, missing = (he[name], ihc_dir / name) if name in he else (ihc[name], he_dir / name)
+        raise ManifestError(f"has no partner: {missing} does not exist (pairs share a file name)", have)
+    out = []
+    for name in sorted(he, key=lambda n: (Path(n).name, n)):
+        if check_sizes:
+            he_size, ihc_size = _image_size(he[name]), _image_size(ihc[name])
+            if he_size != ihc_size:
+                raise ManifestError(
+                    f"is {he_size[0]}x{he_size[1]} px but its IHC partner {ihc[name]} is "
+                    f"{ihc_size[0]}x{ihc_size[1]} px (a pair must be the same size)",
+                    he[name],
+                )
+        out.append((name, he[name], ihc[name]))
+    if not out:
+        raise ManifestError(f"no image pairs under {he_dir.name}/ and {ihc_dir.name}/", root)
+    return out
+
+
 def find_bci_pairs(root: str | Path, check_sizes: bool = True) -> list[BCIPair]:
     """Every H&E / IHC pair under ``root`` in the BCI layout, sorted by name.
 
@@ -74,29 +99,76 @@ def find_bci_pairs(root: str | Path, check_sizes: bool = True) -> list[BCIPair]:
     if not root.is_dir():
         raise ManifestError("is not a folder (expected the BCI root, with HE/ and IHC/)", root)
     he_dir, ihc_dir = _stain_folder(root, "HE"), _stain_folder(root, "IHC")
-    he, ihc = _images(he_dir), _images(ihc_dir)
-    for name in sorted(set(he) ^ set(ihc)):
-        have, missing = (he[name], ihc_dir / name) if name in he else (ihc[name], he_dir / name)
-        raise ManifestError(f"has no partner: {missing} does not exist (BCI pairs share a file name)", have)
     pairs = []
-    for name in sorted(he, key=lambda n: (Path(n).name, n)):
+    for name, he, ihc in _matched_files(he_dir, ihc_dir, False, root):
         match = BCI_NAME.match(Path(name).name)
         if match is None:
-            raise ManifestError(
-                "file name is not in the BCI pattern NNNNN_{train,test}_{0,1+,2+,3+}.png", he[name]
-            )
-        if check_sizes:
-            he_size, ihc_size = _image_size(he[name]), _image_size(ihc[name])
-            if he_size != ihc_size:
-                raise ManifestError(
-                    f"is {he_size[0]}x{he_size[1]} px but its IHC partner {ihc[name]} is "
-                    f"{ihc_size[0]}x{ihc_size[1]} px (a pair must be the same size)",
-                    he[name],
-                )
-        pairs.append(BCIPair(he[name], ihc[name], match["index"], match["split"].lower(), match["her2"]))
-    if not pairs:
-        raise ManifestError("no image pairs under HE/ and IHC/", root)
+            raise ManifestError("file name is not in the BCI pattern NNNNN_{train,test}_{0,1+,2+,3+}.png", he)
+        pairs.append(BCIPair(he, ihc, match["index"], match["split"].lower(), match["her2"]))
+    if check_sizes:  # after the names: a wrong name is the likelier mistake, and cheaper to find
+        _matched_files(he_dir, ihc_dir, True, root)
     return pairs
+
+
+@dataclass(frozen=True)
+class UnlabelledPair:
+    """An H&E patch and its IHC partner with no HER2 score (MIST and similar paired sets)."""
+
+    he: Path
+    ihc: Path
+    name: str
+    slide: str  # the slide the patch was cut from, when the name tells (MIST: before the first "_")
+    split: str
+
+
+#: Folder pairs (H&E, IHC, split) an unlabelled paired set may use: BCI-like, or MIST's TrainValAB.
+UNLABELLED_LAYOUTS = (("HE", "IHC", "train"), ("trainA", "trainB", "train"), ("valA", "valB", "test"))
+
+
+def find_unlabelled_pairs(root: str | Path, check_sizes: bool = True) -> list[UnlabelledPair]:
+    """Every H&E / IHC pair under ``root`` with matching file names and no label (MIST-style).
+
+    Layouts: ``HE/`` + ``IHC/`` (optionally with ``train/`` and ``test/``/``val/`` subfolders), or MIST's
+    ``trainA/`` + ``trainB/`` and ``valA/`` + ``valB/`` (A: H&E, B: IHC; ``val`` becomes the test split).
+
+    Raises:
+        ManifestError: no such folders, no pairs, a file without its partner, or a pair whose images
+            differ in size (naming both files).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError("is not a folder (expected HE/ and IHC/, or trainA/ and trainB/)", root)
+    pairs = []
+    for he_name, ihc_name, split in UNLABELLED_LAYOUTS:
+        he_dir = next((d for d in (root / he_name, root / he_name.lower()) if d.is_dir()), None)
+        ihc_dir = next((d for d in (root / ihc_name, root / ihc_name.lower()) if d.is_dir()), None)
+        if he_dir is None and ihc_dir is None:
+            continue
+        if he_dir is None or ihc_dir is None:
+            have = he_dir or ihc_dir
+            raise ManifestError(f"has no partner folder {he_name if he_dir is None else ihc_name}/", have)
+        for name, he, ihc in _matched_files(he_dir, ihc_dir, check_sizes, root):
+            first = Path(name).parts[0].lower() if len(Path(name).parts) > 1 else ""
+            sub = "test" if first in ("test", "val") else ("train" if first == "train" else split)
+            stem = Path(name).stem
+            pairs.append(UnlabelledPair(he, ihc, name, stem.split("_")[0] if "_" in stem else stem, sub))
+    if not pairs:
+        raise ManifestError("no HE/ and IHC/ (or trainA/ and trainB/) folders with image pairs", root)
+    return pairs
+
+
+def write_unlabelled_manifest(pairs: list[UnlabelledPair], path: str | Path, mpp: float = BCI_MPP) -> Path:
+    """The paired manifest without labels: ``slide`` (IHC), ``he``, ``patient`` (the slide, so that a
+    split keeps a slide's patches together), ``split``, ``mpp``."""
+    from her2score.io import write_csv
+
+    rows = [
+        {"slide": str(p.ihc.resolve()), "he": str(p.he.resolve()), "patient": p.slide, "split": p.split,
+         "mpp": mpp}
+        for p in pairs
+    ]  # fmt: skip
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_csv(path, pd.DataFrame(rows, columns=["slide", "he", "patient", "split", "mpp"]))
 
 
 def pairs_frame(pairs: list[BCIPair], mpp: float = BCI_MPP) -> pd.DataFrame:
