@@ -149,3 +149,30 @@ def test_quantify_adds_the_quantifier_figures_per_slide(
     assert [Path(f.slide).name for f in failures] == ["b.png"]
     overlays = sorted(p.name for p in out.with_name("q.quantify").glob("*.overlay.png"))
     assert overlays == ["a.overlay.png", "c.overlay.png"]
+
+
+def test_reading_runs_one_chunk_ahead_of_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next chunk is read in the background while this one is scored (reading overlaps compute)."""
+    import time
+
+    events: list[tuple[str, str]] = []
+
+    def fake_prepare(models, settings, chunk, workers=0, quiet=True):  # type: ignore[no-untyped-def]
+        events.append(("read", chunk[0].name))
+        time.sleep(0.05)
+        return {"first": chunk[0].name}
+
+    monkeypatch.setattr(predict_module, "prepare_chunk", fake_prepare)
+    monkeypatch.setattr(predict_module, "CHUNK", 2)
+    todo = [Path(f"s{i}") for i in range(5)]
+    seen = []
+    for chunk, shared in predict_module._read_ahead([], None, todo, 0):  # type: ignore[arg-type]
+        assert shared == {"first": chunk[0].name}
+        seen.append([p.name for p in chunk])
+        events.append(("score-start", chunk[0].name))
+        time.sleep(0.3)
+        events.append(("score-end", chunk[0].name))
+    assert seen == [["s0", "s1"], ["s2", "s3"], ["s4"]]
+    assert [e for e in events if e[0] == "read"] == [("read", "s0"), ("read", "s2"), ("read", "s4")]
+    assert events.index(("read", "s2")) < events.index(("score-end", "s0"))  # read while s0 was scored
+    assert events.index(("read", "s4")) < events.index(("score-end", "s2"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,9 +155,8 @@ def _predict_locked(
         if scheduler is None:
             with progress_bar(quiet) as bar:  # one bar (count, elapsed, ETA) for the whole run
                 task = bar.add_task("predict", total=len(todo))
-                for start in range(0, len(todo), CHUNK):
-                    chunk = todo[start : start + CHUNK]
-                    for record in score_chunk(models, settings, chunk, workers, True, stems):
+                for chunk, shared in _read_ahead(models, settings, todo, workers):
+                    for record in score_chunk(models, settings, chunk, workers, True, stems, shared):
                         journal.add({**record, "key": keys[record["slide"]], "model_key": model_key})
                     bar.advance(task, len(chunk))
         elif todo:  # nothing left to do needs no cluster
@@ -189,27 +188,21 @@ def score_chunk(
     workers: int = 0,
     quiet: bool = True,
     stems: dict[str, str] | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Read and predict ``chunk``: a row per slide (``slide, predicted, prob_<class>..., status``, each
     model's columns prefixed by its label when there are several), an unreadable slide's status
-    ``skipped: <cause>``. Models that read the same input share one preparation of the chunk."""
-    import json
-
+    ``skipped: <cause>``. Models that read the same input share one preparation of the chunk;
+    ``shared``: that preparation made beforehand (:func:`prepare_chunk`), else it is made here."""
     from her2score.engine.predictor import prediction_frame
-    from her2score.paths import cache_dir as default_cache
 
-    rows = [{"slide": str(f), "mpp": settings.mpp} for f in chunk]
+    if shared is None:
+        shared = prepare_chunk(models, settings, chunk, workers, quiet)
     out = {str(f): {"slide": str(f)} for f in chunk}
     statuses: dict[str, list[str]] = {str(f): [] for f in chunk}
-    shared: dict[str, Any] = {}
     for m in models:
         kind = m.predictor.kind
-        same_input = json.dumps([m.meta.get("input_kind"), m.meta.get("data")], sort_keys=True, default=str)
-        if same_input not in shared:
-            shared[same_input] = kind.prepare(
-                rows, settings.cache_dir or default_cache("lowres"), workers, quiet
-            )
-        prepared = shared[same_input]
+        prepared = shared[_input_key(m)]
         names = [str(chunk[i]) for i in prepared.positions]
         frame = prediction_frame(names, m.predictor.predict(prepared), m.meta["classes"])
         expected = m.meta.get("input_stain", "ihc")
@@ -234,6 +227,50 @@ def score_chunk(
             bad = [s for s in said if s.startswith("skipped")] or [s for s in said if s != "ok"]
             out[slide]["status"] = bad[0] if bad else "ok"
     return list(out.values())
+
+
+def _input_key(m: _Model) -> str:
+    """Models with the same input kind and data config read a slide the same way."""
+    import json
+
+    return json.dumps([m.meta.get("input_kind"), m.meta.get("data")], sort_keys=True, default=str)
+
+
+def prepare_chunk(
+    models: list[_Model], settings: _Settings, chunk: list[Path], workers: int = 0, quiet: bool = True
+) -> dict[str, Any]:
+    """Read ``chunk`` once per distinct model input (:func:`_input_key`): the slow, I/O-bound half."""
+    from her2score.paths import cache_dir as default_cache
+
+    rows = [{"slide": str(f), "mpp": settings.mpp} for f in chunk]
+    shared: dict[str, Any] = {}
+    for m in models:
+        key = _input_key(m)
+        if key not in shared:
+            shared[key] = m.predictor.kind.prepare(
+                rows, settings.cache_dir or default_cache("lowres"), workers, quiet
+            )
+    return shared
+
+
+def _read_ahead(
+    models: list[_Model], settings: _Settings, todo: list[Path], workers: int
+) -> Iterator[tuple[list[Path], dict[str, Any]]]:
+    """Yield each chunk of ``todo`` with its preparation, reading the next chunk in a background thread
+    while the caller scores this one, so that slide reading overlaps model compute (one chunk ahead:
+    memory stays bounded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="her2score-read") as reader:
+        ahead = reader.submit(prepare_chunk, models, settings, chunks[0], workers)
+        for i, chunk in enumerate(chunks):
+            shared = ahead.result()
+            if i + 1 < len(chunks):
+                ahead = reader.submit(prepare_chunk, models, settings, chunks[i + 1], workers)
+            yield chunk, shared
 
 
 def _quantify_row(path: Path, stem: str, settings: _Settings) -> dict[str, Any]:
