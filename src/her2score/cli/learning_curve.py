@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import Device, Out, Quiet, Workers
+from her2score.cli.options import (
+    ConfigFile,
+    Device,
+    ModelName,
+    Out,
+    Quiet,
+    Recipe,
+    Task,
+    TrainManifest,
+    Workers,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,25 +26,15 @@ def register(app: typer.Typer) -> None:
 
 
 def learning_curve(
-    manifest: Annotated[
-        Path, typer.Option("--manifest", "-m", help="Manifest CSV: slide, her2, ... columns.")
-    ],
+    manifest: TrainManifest,
     out: Out,
     sizes: Annotated[
         str, typer.Option("--sizes", help="Comma-separated numbers of training slides, e.g. 16,32,64.")
     ],
-    task: Annotated[
-        str | None, typer.Option("--task", help="her2-3way (default), her2-4way, er or pr.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Registered model (see 'her2score models').")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML/JSON config; flags given here override it.")
-    ] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help="Named preset (default small-cohort).")] = (
-        None
-    ),
+    task: Task = None,
+    model: ModelName = None,
+    config: ConfigFile = None,
+    recipe: Recipe = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the test split and subsets.")] = None,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier runs under --out.")] = False,

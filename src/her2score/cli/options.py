@@ -43,6 +43,20 @@ Cache = Annotated[
     typer.Option("--cache", help="Folder caching low-resolution images (default: the user cache)."),
 ]
 
+# The training commands (train, learning-curve, compare) take the same task, model, config and recipe.
+TrainManifest = Annotated[
+    Path, typer.Option("--manifest", "-m", help="Manifest CSV: slide, her2, ... columns.")
+]
+Task = Annotated[str | None, typer.Option("--task", help="her2-3way (default), her2-4way, er or pr.")]
+ModelName = Annotated[str | None, typer.Option("--model", help="Registered model (see 'her2score models').")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML/JSON config; flags given here override it.")
+]
+Recipe = Annotated[
+    str | None,
+    typer.Option("--recipe", help="Named preset under the config: small-cohort (default) or legacy."),
+]
+
 #: Exit statuses shared by every command (each command's help repeats the ones it uses).
 EXIT_CODES = (
     "Exit status: 0 done; 2 bad usage or input (one line 'error: FILE: cause', nothing done); "

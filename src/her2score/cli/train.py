@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from her2score.cli.options import EXIT_CODES_BATCH, Device, Out, Quiet, Workers
+from her2score.cli.options import (
+    EXIT_CODES_BATCH,
+    ConfigFile,
+    Device,
+    ModelName,
+    Out,
+    Quiet,
+    Recipe,
+    Task,
+    TrainManifest,
+    Workers,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,26 +27,15 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    manifest: Annotated[
-        Path, typer.Option("--manifest", "-m", help="Manifest CSV: slide, her2, ... columns.")
-    ],
+    manifest: TrainManifest,
     out: Out,
-    task: Annotated[
-        str | None, typer.Option("--task", help="her2-3way (default), her2-4way, er or pr.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Registered model (see 'her2score models').")
-    ] = None,
+    task: Task = None,
+    model: ModelName = None,
     folds: Annotated[
         int | None, typer.Option("--folds", help="k-fold patient-grouped cross-validation (k >= 2).")
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML/JSON config; flags given here override it.")
-    ] = None,
-    recipe: Annotated[
-        str | None,
-        typer.Option("--recipe", help="Named preset under the config: small-cohort (default) or legacy."),
-    ] = None,
+    config: ConfigFile = None,
+    recipe: Recipe = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
     device: Device = "auto",
     resume: Annotated[
