@@ -103,7 +103,8 @@ def glass_normalised(rgb: torch.Tensor) -> torch.Tensor:
     bright = torch.where(padding, torch.nan, flat.mean(1, keepdim=True))
     cut = torch.nanquantile(bright, 1 - GLASS_SHARE, dim=2, keepdim=True)
     glass_px = (bright >= cut).expand_as(flat)
-    glass = torch.nanmedian(torch.where(glass_px, flat, torch.nan), dim=2).values
+    # the median of the glass pixels (nanquantile, not nanmedian: ONNX has no nanmedian)
+    glass = torch.nanquantile(torch.where(glass_px, flat, torch.nan), 0.5, dim=2)
     glass = torch.nan_to_num(glass, nan=1.0)
     # no glass in view (the tissue fills the crop): the brightest pixels are tissue; leave the image be
     glass = torch.where(glass.mean(1, keepdim=True) < MIN_GLASS, torch.ones_like(glass), glass)
