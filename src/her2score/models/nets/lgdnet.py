@@ -100,6 +100,35 @@ def auxiliary_targets(he: torch.Tensor, ihc: torch.Tensor, grid: int = 8) -> dic
     }
 
 
+#: The H&E nuclear statistics the H&E path reads beside its CNN features (``knowledge=True``).
+KNOWLEDGE_NAMES = (
+    "nuclear_fraction",
+    "nuclear_fraction_spread",
+    "hema_q50",
+    "hema_q75",
+    "hema_q90",
+    "hema_q99",
+)
+KNOWLEDGE_QUANTILES = (0.5, 0.75, 0.9, 0.99)
+
+
+def nuclear_statistics(he: torch.Tensor, grid: int = 8) -> torch.Tensor:
+    """(B, 3, H, W) H&E RGB in [0, 1] -> (B, 6) nuclear statistics (:data:`KNOWLEDGE_NAMES`): the
+    fraction of nuclear pixels and its spread (std over a ``grid`` x ``grid`` grid of cells), and the
+    50/75/90/99th percentiles of the hematoxylin concentration (colour deconvolution, Ruifrok vectors).
+    Nuclear pixels: hematoxylin above ``max(NUCLEI_MIN_OD, image median + NUCLEI_ABOVE_MEDIAN)`` (the
+    median over the whole image, so that it is one sort per image, without a tissue mask, and exports).
+    """
+    hema = _concentrations(he, "he")[:, 0]
+    flat = hema.flatten(1).sort(dim=1).values
+    n = flat.shape[1]
+    quantiles = torch.stack([flat[:, min(n - 1, int(q * n))] for q in KNOWLEDGE_QUANTILES], 1)
+    threshold = torch.clamp(quantiles[:, 0] + NUCLEI_ABOVE_MEDIAN, min=NUCLEI_MIN_OD)
+    nuclei = (hema > threshold.view(-1, 1, 1)).float()
+    cells = F.adaptive_avg_pool2d(nuclei[:, None], grid).flatten(1)
+    return torch.cat([nuclei.mean((1, 2))[:, None], cells.std(1, unbiased=False)[:, None], quantiles], 1)
+
+
 def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(2, 3))
 
@@ -111,7 +140,9 @@ def feature_encoder(backbone: str, weights: str | Path | None, drop_rate: float,
 
 class LGDNetHE(SlideModel):
     """The H&E path of LGD-Net, what is saved and predicts: H&E encoder, hallucination of the IHC
-    teacher's features, and the classifier on the fused (H&E + hallucinated) features."""
+    teacher's features, and the classifier on the fused (H&E + hallucinated) features; with
+    ``knowledge=True`` a linear head on the standardised H&E nuclear statistics
+    (:func:`nuclear_statistics`) adds its logits to the fused classifier's."""
 
     def __init__(
         self,
@@ -120,6 +151,7 @@ class LGDNetHE(SlideModel):
         weights: str | Path | None = None,
         drop_rate: float = 0.0,
         norm: str | None = None,
+        knowledge: bool = True,
     ) -> None:
         super().__init__()
         self.encoder, self.backbone_name, self.norm, self.weights_note = feature_encoder(
@@ -137,20 +169,59 @@ class LGDNetHE(SlideModel):
         self.dropout = nn.Dropout(drop_rate)
         self.hallucinated_classifier = nn.Linear(dim, num_classes)
         self.fused_classifier = nn.Linear(2 * dim, num_classes)
+        self.knowledge = knowledge
+        self.knowledge_classifier = nn.Linear(len(KNOWLEDGE_NAMES), num_classes) if knowledge else None
+        # buffers (saved with the model): the input normalisation, to recover RGB, and the mean and std
+        # of each nuclear statistic over the training images, set by on_fit_start
+        self.register_buffer("input_mean", torch.zeros(3))
+        self.register_buffer("input_std", torch.ones(3))
+        self.register_buffer("knowledge_mean", torch.zeros(len(KNOWLEDGE_NAMES)))
+        self.register_buffer("knowledge_std", torch.ones(len(KNOWLEDGE_NAMES)))
 
     def build_kwargs(self) -> dict[str, Any]:
-        return {"backbone": self.backbone_name, "drop_rate": self.drop_rate, "norm": self.norm}
+        return {
+            "backbone": self.backbone_name,
+            "drop_rate": self.drop_rate,
+            "norm": self.norm,
+            "knowledge": self.knowledge,
+        }
+
+    def knowledge_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardised nuclear statistics of a normalised H&E batch (B, 6)."""
+        rgb = _unnormalise(x, self.input_mean, self.input_std)
+        return (nuclear_statistics(rgb) - self.knowledge_mean) / self.knowledge_std
+
+    def on_fit_start(self, ctx: FitContext) -> str | None:
+        """Keep the input normalisation and standardise the nuclear statistics on the training images."""
+        self.input_mean.copy_(torch.as_tensor(ctx.stats["mean"], dtype=torch.float32))
+        self.input_std.copy_(torch.as_tensor(ctx.stats["std"], dtype=torch.float32))
+        if not self.knowledge:
+            return None
+        he = ctx.prepared.items["image"][ctx.train]
+        stats = torch.cat([nuclear_statistics(he[i : i + 32].float() / 255) for i in range(0, len(he), 32)])
+        self.knowledge_mean.copy_(stats.mean(0))
+        self.knowledge_std.copy_(
+            stats.std(0).clamp_min(1e-3) if len(stats) > 1 else torch.ones_like(stats[0])
+        )
+        fraction = float(stats[:, 0].mean())
+        return f"H&E nuclear statistics on {len(he)} training images: nuclear fraction {fraction:.3f}"
 
     def streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """H&E feature map and hallucinated (teacher-space) feature map, both (B, C, h, w)."""
         he = self.encoder.forward_features(x)
         return he, self.hallucinate(he)
 
-    def fused_logits(self, he: torch.Tensor, hallucinated: torch.Tensor) -> torch.Tensor:
-        return self.fused_classifier(self.dropout(torch.cat([_pool(he), _pool(hallucinated)], 1)))
+    def fused_logits(
+        self, he: torch.Tensor, hallucinated: torch.Tensor, knowledge: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logits = self.fused_classifier(self.dropout(torch.cat([_pool(he), _pool(hallucinated)], 1)))
+        if self.knowledge_classifier is not None and knowledge is not None:
+            logits = logits + self.knowledge_classifier(knowledge.to(logits.dtype))
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused_logits(*self.streams(x))
+        knowledge = self.knowledge_features(x) if self.knowledge else None
+        return self.fused_logits(*self.streams(x), knowledge)
 
     def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Grad-CAM on the H&E feature map for the predicted class of the fused classifier."""
@@ -158,7 +229,11 @@ class LGDNetHE(SlideModel):
             self,
             batch["image"],
             self.encoder.forward_features,
-            lambda he: self.fused_logits(he, self.hallucinate(he)),
+            lambda he: self.fused_logits(
+                he,
+                self.hallucinate(he),
+                self.knowledge_features(batch["image"][:1]) if self.knowledge else None,
+            ),
         )
 
 
@@ -182,6 +257,7 @@ class LGDNet(SlideModel):
         grid: int = 8,
         teacher_mode: str = "joint",
         teacher_warmup_epochs: int = 3,
+        knowledge: bool = True,
     ) -> None:
         super().__init__()
         from her2score.models.registry import create_model
@@ -203,8 +279,9 @@ class LGDNet(SlideModel):
         if not 1 <= grid <= 64:
             raise ConfigError(f"grid must be 1-64 cells per side, not {grid}")
         self.student = create_model(
-            "lgd-net-he", num_classes, backbone=backbone, weights=weights, drop_rate=drop_rate, norm=norm
-        )
+            "lgd-net-he", num_classes, backbone=backbone, weights=weights, drop_rate=drop_rate, norm=norm,
+            knowledge=knowledge,
+        )  # fmt: skip
         self.backbone_name = self.student.backbone_name
         self.weights_note = f"H&E and IHC encoders: {self.student.weights_note}"
         self.teacher, _, _, _ = feature_encoder(backbone, weights, drop_rate, norm)
@@ -278,6 +355,9 @@ class LGDNet(SlideModel):
             f"{float(self.target_mean[0]):.3f}, "
             f"mean membrane DAB OD by class ({', '.join(by_class)})"
         )
+        student_note = self.student.on_fit_start(ctx)
+        if student_note:
+            note += "; " + student_note
         if self.teacher_mode == "frozen-after-warmup":
             note += "; " + self._warm_up_teacher(ctx)
         return note
@@ -306,11 +386,12 @@ class LGDNet(SlideModel):
         w = self.loss_weights
         y = batch["label"]
         he, hallucinated = self.student.streams(batch["image"])
+        knowledge = self.student.knowledge_features(batch["image"]) if self.student.knowledge else None
         teacher_map = self.teacher.forward_features(batch["teacher_image"])
         h_vec, t_vec = _pool(hallucinated).float(), _pool(teacher_map).float()
         terms = {
             "hallucinated_ce": loss_fn(self.student.hallucinated_classifier(self.student.dropout(h_vec)), y),
-            "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated).float(), y),
+            "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated, knowledge).float(), y),
             "teacher_ce": loss_fn(self.teacher_classifier(t_vec), y),
         }
         target = t_vec.detach()
