@@ -42,6 +42,7 @@ def lgd_net(
     teacher_mode: str = "joint",
     teacher_warmup_epochs: int = 3,
     knowledge: bool = True,
+    knowledge_weight: float = 0.0,
 ) -> LGDNet:
     """LGD-Net (ablations: ``align_weight=0``, ``nuclei_weight=0``, ``membrane_weight=0``)."""
     from her2score.models.nets.lgdnet import LGDNet
@@ -49,7 +50,7 @@ def lgd_net(
     return LGDNet(
         num_classes, backbone or "resnet18", weights, drop_rate, norm, hallucinated_weight, fused_weight,
         teacher_weight, align_weight, align_loss, nuclei_weight, membrane_weight, grid, teacher_mode,
-        teacher_warmup_epochs, knowledge,
+        teacher_warmup_epochs, knowledge, knowledge_weight,
     )  # fmt: skip
 
 

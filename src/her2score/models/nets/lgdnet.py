@@ -258,6 +258,7 @@ class LGDNet(SlideModel):
         teacher_mode: str = "joint",
         teacher_warmup_epochs: int = 3,
         knowledge: bool = True,
+        knowledge_weight: float = 0.0,
     ) -> None:
         super().__init__()
         from her2score.models.registry import create_model
@@ -273,6 +274,7 @@ class LGDNet(SlideModel):
             align_weight,
             nuclei_weight,
             membrane_weight,
+            knowledge_weight,
         )
         if min(weights_) < 0:
             raise ConfigError("loss weights must be >= 0")
@@ -297,6 +299,7 @@ class LGDNet(SlideModel):
             "align": align_weight,
             "nuclei": nuclei_weight,
             "membrane": membrane_weight,
+            "knowledge_ce": knowledge_weight,
         }
         self.align_loss, self.grid = align_loss, grid
         self.teacher_mode, self.teacher_warmup_epochs = teacher_mode, teacher_warmup_epochs
@@ -394,6 +397,8 @@ class LGDNet(SlideModel):
             "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated, knowledge).float(), y),
             "teacher_ce": loss_fn(self.teacher_classifier(t_vec), y),
         }
+        if knowledge is not None and w["knowledge_ce"]:
+            terms["knowledge_ce"] = loss_fn(self.student.knowledge_classifier(knowledge).float(), y)
         target = t_vec.detach()
         if self.align_loss == "cosine":
             terms["align"] = (1 - F.cosine_similarity(h_vec, target, dim=1)).mean()
