@@ -18,7 +18,13 @@ from her2score.engine.config import load_config
 from her2score.engine.predict import predict_slides
 from her2score.engine.train import train_run
 from her2score.errors import ConfigError
-from her2score.models.nets.lgdnet import LGDNet, LGDNetHE, auxiliary_targets
+from her2score.models.nets.lgdnet import (
+    KNOWLEDGE_NAMES,
+    LGDNet,
+    LGDNetHE,
+    auxiliary_targets,
+    nuclear_statistics,
+)
 from her2score.models.registry import create_model, get_model_spec
 
 
@@ -40,6 +46,28 @@ def test_auxiliary_targets_follow_nuclei_and_membrane_stain() -> None:
     empty = auxiliary_targets(blank, blank, grid=4)
     assert float(empty["nuclei_map"].sum()) == 0
     assert float(empty["membrane_mean"][0]) == 0
+
+
+def test_nuclear_statistics_count_hematoxylin() -> None:
+    white = torch.ones(1, 3, 64, 64)
+    purple = white.clone()
+    purple[:, :, :16] = torch.tensor([0.35, 0.2, 0.55]).view(1, 3, 1, 1)  # hematoxylin-dark top quarter
+    stats = nuclear_statistics(torch.cat([white, purple]), grid=4)
+    assert stats.shape == (2, len(KNOWLEDGE_NAMES))
+    assert float(stats[0, 0]) == 0  # glass: no nuclei
+    assert float(stats[1, 0]) == pytest.approx(0.25, abs=0.01)  # a quarter of the image nuclear
+    assert float(stats[1, 1]) > 0.4  # all in some cells, none in others: a large spread
+    assert float(stats[1, 5]) > float(stats[0, 5])  # 99th hematoxylin percentile
+
+
+def test_the_knowledge_head_is_optional() -> None:
+    with_knowledge = create_model("lgd-net-he", 4, backbone="resnet18")
+    without = create_model("lgd-net-he", 4, backbone="resnet18", knowledge=False)
+    assert with_knowledge.knowledge_classifier is not None
+    assert without.knowledge_classifier is None
+    assert with_knowledge.build_kwargs()["knowledge"] is True
+    x = torch.rand(2, 3, 64, 64)
+    assert with_knowledge(x).shape == without(x).shape == (2, 4)
 
 
 def test_lgd_net_options_and_its_h_and_e_path() -> None:
@@ -103,6 +131,9 @@ def test_lgd_net_trains_on_pairs_and_predicts_from_h_and_e_alone(tmp_path: Path,
     path = result.model_paths[0]
     saved = load_file(str(path))
     assert not any(k.startswith(("teacher", "nuclei_head", "membrane")) for k in saved)  # H&E path only
+    assert float(saved["knowledge_std"].min()) > 0
+    assert float(saved["knowledge_mean"].abs().sum()) > 0
+    assert not torch.equal(saved["input_std"], torch.ones(3))  # the normalisation travels with the model
     meta = read_metadata(path)
     assert (meta["model"], meta["trained_as"], meta["input_kind"], meta["input_stain"]) == (
         "lgd-net-he", "lgd-net", "lowres", "he",

@@ -34,7 +34,9 @@ class BenchmarkModel:
 
 
 BENCHMARK_MODELS = (
-    BenchmarkModel("lgd-net", "pairs", "lgd-net", what="LGD-Net (all losses), predicts from H&E"),
+    BenchmarkModel(
+        "lgd-net", "pairs", "lgd-net", what="LGD-Net (all losses, nuclear-statistics head), predicts from H&E"
+    ),
     BenchmarkModel("he-only", "he", "lowres-resnet", stain_head=False, what="ResNet-18 on H&E alone"),
     BenchmarkModel(
         "ihc-only", "ihc", "lowres-resnet", stain_head=False, what="ResNet-18 on IHC (upper bound)"
@@ -62,6 +64,14 @@ BENCHMARK_MODELS = (
         "lgd-net",
         {"membrane_weight": 0.0},
         what="nuclei task alone",
+        default=False,
+    ),
+    BenchmarkModel(
+        "lgd-net-no-knowledge",
+        "pairs",
+        "lgd-net",
+        {"knowledge": False},
+        what="without the H&E nuclear-statistics head",
         default=False,
     ),
     BenchmarkModel(

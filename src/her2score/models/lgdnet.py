@@ -41,6 +41,8 @@ def lgd_net(
     grid: int = 8,
     teacher_mode: str = "joint",
     teacher_warmup_epochs: int = 3,
+    knowledge: bool = True,
+    knowledge_weight: float = 0.0,
 ) -> LGDNet:
     """LGD-Net (ablations: ``align_weight=0``, ``nuclei_weight=0``, ``membrane_weight=0``)."""
     from her2score.models.nets.lgdnet import LGDNet
@@ -48,7 +50,7 @@ def lgd_net(
     return LGDNet(
         num_classes, backbone or "resnet18", weights, drop_rate, norm, hallucinated_weight, fused_weight,
         teacher_weight, align_weight, align_loss, nuclei_weight, membrane_weight, grid, teacher_mode,
-        teacher_warmup_epochs,
+        teacher_warmup_epochs, knowledge, knowledge_weight,
     )  # fmt: skip
 
 
@@ -66,8 +68,9 @@ def lgd_net_he(
     weights: str | Path | None = None,
     drop_rate: float = 0.0,
     norm: str | None = None,
+    knowledge: bool = True,
 ) -> LGDNetHE:
     """The H&E path of LGD-Net (saved by a trained ``lgd-net``; trained alone it lacks the teacher)."""
     from her2score.models.nets.lgdnet import LGDNetHE
 
-    return LGDNetHE(num_classes, backbone or "resnet18", weights, drop_rate, norm)
+    return LGDNetHE(num_classes, backbone or "resnet18", weights, drop_rate, norm, knowledge)

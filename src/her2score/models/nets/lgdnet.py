@@ -9,6 +9,11 @@ Only the abstract is public; where it is silent the choices below are ours (and 
   into the teacher's latent space, position by position, so that the spatial membrane head can read it.
 * **Classifiers**: one on the pooled hallucinated features, one on the fused features (pooled H&E
   concatenated with pooled hallucinated); the fused one is what predicts. The teacher has its own.
+* **Domain knowledge in the prediction** (``knowledge=True``, default): six nuclear statistics of the
+  H&E input (:func:`nuclear_statistics`), standardised on the training images, feed a linear head whose
+  logits add to the fused classifier's; on three synthetic paired cohorts this moved LGD-Net's mean gain
+  over H&E-only from -0.8 to +4.9 macro-F1 points, not on every seed (README, "LGD-Net").
+  ``knowledge_weight`` adds a cross-entropy on that head alone (off by default: not better).
 * **Losses** (every weight a factory option): cross-entropy on the hallucinated, fused and teacher
   logits (the engine's class-weighted loss), latent alignment of the pooled hallucinated features to
   the pooled, *detached* teacher features (``cosine``: 1 - cos, scale-free so the teacher cannot
@@ -100,6 +105,35 @@ def auxiliary_targets(he: torch.Tensor, ihc: torch.Tensor, grid: int = 8) -> dic
     }
 
 
+#: The H&E nuclear statistics the H&E path reads beside its CNN features (``knowledge=True``).
+KNOWLEDGE_NAMES = (
+    "nuclear_fraction",
+    "nuclear_fraction_spread",
+    "hema_q50",
+    "hema_q75",
+    "hema_q90",
+    "hema_q99",
+)
+KNOWLEDGE_QUANTILES = (0.5, 0.75, 0.9, 0.99)
+
+
+def nuclear_statistics(he: torch.Tensor, grid: int = 8) -> torch.Tensor:
+    """(B, 3, H, W) H&E RGB in [0, 1] -> (B, 6) nuclear statistics (:data:`KNOWLEDGE_NAMES`): the
+    fraction of nuclear pixels and its spread (std over a ``grid`` x ``grid`` grid of cells), and the
+    50/75/90/99th percentiles of the hematoxylin concentration (colour deconvolution, Ruifrok vectors).
+    Nuclear pixels: hematoxylin above ``max(NUCLEI_MIN_OD, image median + NUCLEI_ABOVE_MEDIAN)`` (the
+    median over the whole image, so that it is one sort per image, without a tissue mask, and exports).
+    """
+    hema = _concentrations(he, "he")[:, 0]
+    flat = hema.flatten(1).sort(dim=1).values
+    n = flat.shape[1]
+    quantiles = torch.stack([flat[:, min(n - 1, int(q * n))] for q in KNOWLEDGE_QUANTILES], 1)
+    threshold = torch.clamp(quantiles[:, 0] + NUCLEI_ABOVE_MEDIAN, min=NUCLEI_MIN_OD)
+    nuclei = (hema > threshold.view(-1, 1, 1)).float()
+    cells = F.adaptive_avg_pool2d(nuclei[:, None], grid).flatten(1)
+    return torch.cat([nuclei.mean((1, 2))[:, None], cells.std(1, unbiased=False)[:, None], quantiles], 1)
+
+
 def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(2, 3))
 
@@ -111,7 +145,9 @@ def feature_encoder(backbone: str, weights: str | Path | None, drop_rate: float,
 
 class LGDNetHE(SlideModel):
     """The H&E path of LGD-Net, what is saved and predicts: H&E encoder, hallucination of the IHC
-    teacher's features, and the classifier on the fused (H&E + hallucinated) features."""
+    teacher's features, and the classifier on the fused (H&E + hallucinated) features; with
+    ``knowledge=True`` a linear head on the standardised H&E nuclear statistics
+    (:func:`nuclear_statistics`) adds its logits to the fused classifier's."""
 
     def __init__(
         self,
@@ -120,6 +156,7 @@ class LGDNetHE(SlideModel):
         weights: str | Path | None = None,
         drop_rate: float = 0.0,
         norm: str | None = None,
+        knowledge: bool = True,
     ) -> None:
         super().__init__()
         self.encoder, self.backbone_name, self.norm, self.weights_note = feature_encoder(
@@ -137,20 +174,59 @@ class LGDNetHE(SlideModel):
         self.dropout = nn.Dropout(drop_rate)
         self.hallucinated_classifier = nn.Linear(dim, num_classes)
         self.fused_classifier = nn.Linear(2 * dim, num_classes)
+        self.knowledge = knowledge
+        self.knowledge_classifier = nn.Linear(len(KNOWLEDGE_NAMES), num_classes) if knowledge else None
+        # buffers (saved with the model): the input normalisation, to recover RGB, and the mean and std
+        # of each nuclear statistic over the training images, set by on_fit_start
+        self.register_buffer("input_mean", torch.zeros(3))
+        self.register_buffer("input_std", torch.ones(3))
+        self.register_buffer("knowledge_mean", torch.zeros(len(KNOWLEDGE_NAMES)))
+        self.register_buffer("knowledge_std", torch.ones(len(KNOWLEDGE_NAMES)))
 
     def build_kwargs(self) -> dict[str, Any]:
-        return {"backbone": self.backbone_name, "drop_rate": self.drop_rate, "norm": self.norm}
+        return {
+            "backbone": self.backbone_name,
+            "drop_rate": self.drop_rate,
+            "norm": self.norm,
+            "knowledge": self.knowledge,
+        }
+
+    def knowledge_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardised nuclear statistics of a normalised H&E batch (B, 6)."""
+        rgb = _unnormalise(x, self.input_mean, self.input_std)
+        return (nuclear_statistics(rgb) - self.knowledge_mean) / self.knowledge_std
+
+    def on_fit_start(self, ctx: FitContext) -> str | None:
+        """Keep the input normalisation and standardise the nuclear statistics on the training images."""
+        self.input_mean.copy_(torch.as_tensor(ctx.stats["mean"], dtype=torch.float32))
+        self.input_std.copy_(torch.as_tensor(ctx.stats["std"], dtype=torch.float32))
+        if not self.knowledge:
+            return None
+        he = ctx.prepared.items["image"][ctx.train]
+        stats = torch.cat([nuclear_statistics(he[i : i + 32].float() / 255) for i in range(0, len(he), 32)])
+        self.knowledge_mean.copy_(stats.mean(0))
+        self.knowledge_std.copy_(
+            stats.std(0).clamp_min(1e-3) if len(stats) > 1 else torch.ones_like(stats[0])
+        )
+        fraction = float(stats[:, 0].mean())
+        return f"H&E nuclear statistics on {len(he)} training images: nuclear fraction {fraction:.3f}"
 
     def streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """H&E feature map and hallucinated (teacher-space) feature map, both (B, C, h, w)."""
         he = self.encoder.forward_features(x)
         return he, self.hallucinate(he)
 
-    def fused_logits(self, he: torch.Tensor, hallucinated: torch.Tensor) -> torch.Tensor:
-        return self.fused_classifier(self.dropout(torch.cat([_pool(he), _pool(hallucinated)], 1)))
+    def fused_logits(
+        self, he: torch.Tensor, hallucinated: torch.Tensor, knowledge: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logits = self.fused_classifier(self.dropout(torch.cat([_pool(he), _pool(hallucinated)], 1)))
+        if self.knowledge_classifier is not None and knowledge is not None:
+            logits = logits + self.knowledge_classifier(knowledge.to(logits.dtype))
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused_logits(*self.streams(x))
+        knowledge = self.knowledge_features(x) if self.knowledge else None
+        return self.fused_logits(*self.streams(x), knowledge)
 
     def explain(self, batch: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Grad-CAM on the H&E feature map for the predicted class of the fused classifier."""
@@ -158,7 +234,11 @@ class LGDNetHE(SlideModel):
             self,
             batch["image"],
             self.encoder.forward_features,
-            lambda he: self.fused_logits(he, self.hallucinate(he)),
+            lambda he: self.fused_logits(
+                he,
+                self.hallucinate(he),
+                self.knowledge_features(batch["image"][:1]) if self.knowledge else None,
+            ),
         )
 
 
@@ -182,6 +262,8 @@ class LGDNet(SlideModel):
         grid: int = 8,
         teacher_mode: str = "joint",
         teacher_warmup_epochs: int = 3,
+        knowledge: bool = True,
+        knowledge_weight: float = 0.0,
     ) -> None:
         super().__init__()
         from her2score.models.registry import create_model
@@ -197,14 +279,16 @@ class LGDNet(SlideModel):
             align_weight,
             nuclei_weight,
             membrane_weight,
+            knowledge_weight,
         )
         if min(weights_) < 0:
             raise ConfigError("loss weights must be >= 0")
         if not 1 <= grid <= 64:
             raise ConfigError(f"grid must be 1-64 cells per side, not {grid}")
         self.student = create_model(
-            "lgd-net-he", num_classes, backbone=backbone, weights=weights, drop_rate=drop_rate, norm=norm
-        )
+            "lgd-net-he", num_classes, backbone=backbone, weights=weights, drop_rate=drop_rate, norm=norm,
+            knowledge=knowledge,
+        )  # fmt: skip
         self.backbone_name = self.student.backbone_name
         self.weights_note = f"H&E and IHC encoders: {self.student.weights_note}"
         self.teacher, _, _, _ = feature_encoder(backbone, weights, drop_rate, norm)
@@ -220,6 +304,7 @@ class LGDNet(SlideModel):
             "align": align_weight,
             "nuclei": nuclei_weight,
             "membrane": membrane_weight,
+            "knowledge_ce": knowledge_weight,
         }
         self.align_loss, self.grid = align_loss, grid
         self.teacher_mode, self.teacher_warmup_epochs = teacher_mode, teacher_warmup_epochs
@@ -278,6 +363,9 @@ class LGDNet(SlideModel):
             f"{float(self.target_mean[0]):.3f}, "
             f"mean membrane DAB OD by class ({', '.join(by_class)})"
         )
+        student_note = self.student.on_fit_start(ctx)
+        if student_note:
+            note += "; " + student_note
         if self.teacher_mode == "frozen-after-warmup":
             note += "; " + self._warm_up_teacher(ctx)
         return note
@@ -306,13 +394,16 @@ class LGDNet(SlideModel):
         w = self.loss_weights
         y = batch["label"]
         he, hallucinated = self.student.streams(batch["image"])
+        knowledge = self.student.knowledge_features(batch["image"]) if self.student.knowledge else None
         teacher_map = self.teacher.forward_features(batch["teacher_image"])
         h_vec, t_vec = _pool(hallucinated).float(), _pool(teacher_map).float()
         terms = {
             "hallucinated_ce": loss_fn(self.student.hallucinated_classifier(self.student.dropout(h_vec)), y),
-            "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated).float(), y),
+            "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated, knowledge).float(), y),
             "teacher_ce": loss_fn(self.teacher_classifier(t_vec), y),
         }
+        if knowledge is not None and w["knowledge_ce"]:
+            terms["knowledge_ce"] = loss_fn(self.student.knowledge_classifier(knowledge).float(), y)
         target = t_vec.detach()
         if self.align_loss == "cosine":
             terms["align"] = (1 - F.cosine_similarity(h_vec, target, dim=1)).mean()
