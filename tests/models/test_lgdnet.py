@@ -144,6 +144,15 @@ def test_lgd_net_trains_on_pairs_and_predicts_from_h_and_e_alone(tmp_path: Path,
     assert set(frame["status"]) == {"ok"}
     probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    pytest.importorskip("onnxruntime")
+    from her2score.export.onnx import export_onnx
+
+    report = export_onnx(path, tmp_path / "he.onnx")  # the H&E path, nuclear statistics included
+    onnx_frame, _ = predict_slides(
+        tmp_path / "he.onnx", he_only, tmp_path / "he_onnx.csv", mpp=0.5, quiet=True, backend="onnxruntime"
+    )
+    onnx_probs = onnx_frame[[c for c in onnx_frame.columns if c.startswith("prob_")]].to_numpy()
+    assert np.abs(onnx_probs - probs).max() < 1e-4, report
 
 
 @pytest.mark.slow
