@@ -252,7 +252,7 @@ def virtual_stain_quality(
     with torch.inference_mode():
         for pair in test_pairs:
             he, ihc = read(pair.he), read(pair.ihc)
-            x = (torch.from_numpy(he).permute(2, 0, 1)[None].float() / 255 - mean) / std
+            x = (torch.from_numpy(np.array(he)).permute(2, 0, 1)[None].float() / 255 - mean) / std
             fake = (model.stain(x)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             scores.append(psnr_ssim(fake, ihc))
             if len(examples) < n_examples:
