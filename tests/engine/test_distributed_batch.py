@@ -4,7 +4,6 @@ reached, or Dask missing, is said clearly."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,24 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from her2score.data.manifest import load_manifest
-from her2score.engine.config import load_config
 from her2score.engine.predict import predict_slides
-from her2score.engine.train import train_run
 from her2score.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def model_and_slides(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("dask")
-    cfg = load_config(None, epochs=1, input_size=32, batch_size=4, n_boot=10, cache_dir=str(tmp / "cache"))
-    run = train_run(
-        load_manifest(tiny_manifest), cfg, tmp / "run", quiet=True, log=lambda s: None, heatmaps=0
-    )
-    folder = tmp / "slides"
-    shutil.copytree(tiny_manifest.parent / "slides", folder)
-    (folder / "case_005b.tiff").write_bytes(b"II*\x00" + b"\x01" * 300)  # broken, in the middle by name
-    return run.model_paths[0], folder
 
 
 @pytest.fixture(scope="module")
