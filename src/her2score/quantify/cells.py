@@ -161,7 +161,6 @@ def segment_nuclei(
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
 
     p = params or CellParams()
     smooth = ndi.gaussian_filter(hematoxylin.astype(np.float32), _px(p.smoothing_um, mpp))
@@ -222,9 +221,46 @@ def segment_nuclei(
         centres = ndi.maximum_position(dist, components, unseeded)
         for i, c in enumerate(centres, start=len(peaks) + 1):
             markers[c] = i
-    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    # A component with one seed is that seed's nucleus whole: only components with several seeds
+    # need the watershed (same labels, as flooding never leaves a component).
+    seeded = markers > 0
+    n_comp = int(components.max())
+    seeds = np.bincount(components[seeded], minlength=n_comp + 1)
+    several = seeds >= 2
+    several[0] = False
+    own = np.zeros(n_comp + 1, dtype=np.int32)
+    own[components[seeded]] = markers[seeded]
+    split = several[components]
+    labels = np.where(mask & ~split, own[components], 0).astype(np.int32)
+    if split.any():
+        labels[split] = flood(-dist, markers, mask=split)[split]
     labels = _drop_small(labels, min_px)
     return _relabel(labels), thr
+
+
+def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Seeded watershed (scikit-image's, 4-connected), with the same labels, several times faster on
+    large markers: marker pixels with no unlabelled neighbour never join the priority queue (they
+    could not flood anything), so only the markers' frontier does."""
+    from skimage.segmentation import watershed
+
+    markers = np.asarray(markers, dtype=np.int32)
+    if mask is not None:
+        markers = np.where(mask, markers, 0)
+    labelled = markers > 0
+    open_ = ~labelled if mask is None else mask & ~labelled
+    frontier = np.zeros_like(labelled)
+    frontier[1:] |= open_[:-1]
+    frontier[:-1] |= open_[1:]
+    frontier[:, 1:] |= open_[:, :-1]
+    frontier[:, :-1] |= open_[:, 1:]
+    interior = labelled & ~frontier
+    if not interior.any():
+        return watershed(elevation, markers, mask=mask).astype(np.int32)
+    allowed = ~interior if mask is None else mask & ~interior
+    out = watershed(elevation, np.where(interior, 0, markers), mask=allowed).astype(np.int32)
+    out[interior] = markers[interior]
+    return out
 
 
 def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
@@ -252,7 +288,6 @@ def grow_cells(
     off-centre; without one (or where DAB is flat) they meet half-way.
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     p = params or CellParams()
     # One distance transform serves all: the nearest nucleus (Voronoi split) and the distance to it.
@@ -265,7 +300,7 @@ def grow_cells(
     else:
         # Distance from the nearest nucleus (µm) as a gentle slope, so that flat DAB splits half-way.
         elevation = dab.astype(np.float32) + np.float32(p.distance_weight_od_per_um) * dist_um
-        cells = watershed(elevation, markers=nuclei, mask=reach).astype(np.int32)
+        cells = flood(elevation, nuclei, mask=reach)
         # A basin without a nucleus (stroma, a lumen, the gaps between stained rings) is flooded
         # by the first cell that spills into it: keep each cell within reach of its own nucleus
         # and hand the rest to the nearest nucleus.
@@ -354,7 +389,6 @@ def grow_cells_to_membranes(
     the cytoplasm, the inside of the cell between the nucleus edge and that band.
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     p = params or CellParams()
     n = int(nuclei.max())
@@ -374,7 +408,7 @@ def grow_cells_to_membranes(
         + np.float32(0.5) * dab.astype(np.float32)
         + np.float32(p.distance_weight_od_per_um) * dist_um
     )
-    cells = watershed(elevation, markers=markers).astype(np.int32)
+    cells = flood(elevation, markers)
     cells[cells == n + 1] = 0
     # A cell that flooded round a neighbour into a basin beyond its own reach gives it back.
     leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
