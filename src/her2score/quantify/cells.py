@@ -140,11 +140,11 @@ def nucleus_threshold(hematoxylin: np.ndarray, tissue: np.ndarray | None, floor:
 
 def membrane_ridges(dab: np.ndarray, mpp: float, params: CellParams | None = None) -> np.ndarray:
     """Stained membrane lines: DAB above its local floor (a grey opening ``membrane_width_um`` wide)."""
-    from scipy import ndimage as ndi
+    from her2score.quantify.morphology import grey_opening_rect
 
     p = params or CellParams()
     width = max(3, round(_px(p.membrane_width_um, mpp)) | 1)
-    ridge = dab - ndi.grey_opening(dab, size=(width, width))
+    ridge = dab - grey_opening_rect(dab, width, width)
     return ridge > p.membrane_cut_od
 
 
@@ -162,6 +162,8 @@ def segment_nuclei(
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
 
+    from her2score.quantify import morphology as morph
+
     p = params or CellParams()
     smooth = ndi.gaussian_filter(hematoxylin.astype(np.float32), _px(p.smoothing_um, mpp))
     if p.line_removal_um > 0:
@@ -171,12 +173,12 @@ def segment_nuclei(
         from skimage.morphology import disk
 
         radius = max(1, round(_px(p.line_removal_um, mpp)))
-        smooth = ndi.grey_opening(smooth, footprint=disk(radius))
+        smooth = morph.grey_opening_disk(smooth, disk(radius))
     # White top-hat: hematoxylin above its local floor (a grey opening wider than any nucleus), so
     # that blue-grey stroma and uneven counterstain do not pass as nuclei, and pale nuclei inside
     # DAB-stained cytoplasm stand out against it.
     width = max(3, round(_px(p.background_um, mpp)))
-    contrast = smooth - ndi.grey_opening(smooth, size=(width, width))
+    contrast = smooth - morph.grey_opening_rect(smooth, width, width)
     # Otsu splits dark from pale nuclei as readily as nuclei from background; a fraction of it keeps
     # the whole extent of pale (vesicular) tumour nuclei.
     thr = max(
@@ -200,8 +202,8 @@ def segment_nuclei(
         # Only where DAB outweighs hematoxylin: the blurred edge of a nucleus inside a blushing
         # cytoplasm is a DAB step, not a membrane, and must not eat into the nucleus.
         mask &= ~(membrane_ridges(dab, mpp, p) & (dab > hematoxylin))
-    mask = ndi.binary_opening(mask, iterations=max(1, round(_px(0.5, mpp))))
-    mask = ndi.binary_fill_holes(mask)
+    mask = morph.binary_opening_cross(mask, iterations=max(1, round(_px(0.5, mpp))))
+    mask = morph.fill_holes(mask)
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
     mask = _drop_small(ndi.label(mask)[0], min_px) > 0
     if not mask.any():
@@ -215,12 +217,6 @@ def segment_nuclei(
     peaks = peak_local_max(dist, min_distance=sep, threshold_abs=0.5, exclude_border=False)
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    # Components without a peak (tiny, flat) still get one seed at their deepest point.
-    unseeded = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    if unseeded.size:
-        centres = ndi.maximum_position(dist, components, unseeded)
-        for i, c in enumerate(centres, start=len(peaks) + 1):
-            markers[c] = i
     # A component with one seed is that seed's nucleus whole: only components with several seeds
     # need the watershed (same labels, as flooding never leaves a component).
     seeded = markers > 0
@@ -230,6 +226,9 @@ def segment_nuclei(
     several[0] = False
     own = np.zeros(n_comp + 1, dtype=np.int32)
     own[components[seeded]] = markers[seeded]
+    # Components without a peak (tiny, flat) are one nucleus each, numbered after the peaks.
+    unseeded = np.flatnonzero(seeds[1:] == 0) + 1
+    own[unseeded] = np.arange(len(peaks) + 1, len(peaks) + 1 + unseeded.size, dtype=np.int32)
     split = several[components]
     labels = np.where(mask & ~split, own[components], 0).astype(np.int32)
     if split.any():
@@ -340,7 +339,7 @@ def _beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_u
 
 def cell_border_band(cells: np.ndarray, mpp: float, width_um: float) -> np.ndarray:
     """Pixels of each cell within ``width_um`` of its border (a neighbour or the background)."""
-    from scipy import ndimage as ndi
+    from her2score.quantify.morphology import binary_dilation_disk, disk_offsets
 
     inside = cells > 0
     border = np.zeros(cells.shape, dtype=bool)
@@ -349,8 +348,9 @@ def cell_border_band(cells: np.ndarray, mpp: float, width_um: float) -> np.ndarr
     border[:, :-1] |= cells[:, :-1] != cells[:, 1:]
     border[:, 1:] |= cells[:, 1:] != cells[:, :-1]
     border &= inside
-    dist = ndi.distance_transform_edt(inside & ~border)
-    return inside & (dist * mpp <= width_um)
+    # Within ``width_um`` of the border or the outside: a disk dilation (the same pixels as a
+    # distance transform thresholded at that distance, ~50x faster).
+    return inside & binary_dilation_disk(~inside | border, disk_offsets(width_um, mpp))
 
 
 def ridge_map(dab: np.ndarray, mpp: float, sigma_um: float) -> np.ndarray:
