@@ -64,3 +64,26 @@ def test_flood_matches_watershed() -> None:
     mask = elevation < np.percentile(elevation, 90)
     assert np.array_equal(flood(elevation, markers), watershed(elevation, markers))
     assert np.array_equal(flood(elevation, markers, mask=mask), watershed(elevation, markers, mask=mask))
+
+
+def test_lumen_distance_matches_distance_transform() -> None:
+    from her2score.quantify.membrane import EMPTY_OD, lumen_distance
+
+    hema = np.clip(_field((80, 100), 6, 3.0) - 0.45, 0, None)
+    dab = np.zeros_like(hema)
+    rng = np.random.default_rng(7)
+    y, x = rng.uniform(0, 79, 40), rng.uniform(0, 99, 40)
+    empty = ndi.uniform_filter(hema + dab, 2) < EMPTY_OD
+    assert empty.any() and not empty.all()
+    ref = ndi.distance_transform_edt(~empty)[np.round(y).astype(int), np.round(x).astype(int)] * 0.5
+    assert np.array_equal(lumen_distance(hema, dab, 0.5, y, x), ref)
+
+
+def test_sector_contacts_rows_are_unique_and_sorted() -> None:
+    from her2score.quantify.membrane import sector_contacts
+
+    cells = np.repeat(np.repeat(np.arange(1, 13, dtype=np.int32).reshape(3, 4), 9, axis=0), 9, axis=1)
+    cy, cx = np.repeat([4.0, 13.0, 22.0], 4), np.tile([4.0, 13.0, 22.0, 31.0], 3)
+    rows = sector_contacts(cells, cy, cx, 16)
+    assert len(rows) and np.array_equal(rows, np.unique(rows, axis=0))
+    assert set(map(tuple, rows[:, [0, 2]].tolist())) >= {(0, 1), (1, 0), (0, 4), (4, 0)}

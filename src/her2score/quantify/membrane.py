@@ -168,7 +168,12 @@ def sector_contacts(
         rows += [np.stack([ia, sa, ib, sb], axis=1), np.stack([ib, sb, ia, sa], axis=1)]
     if not rows:
         return np.zeros((0, 4), dtype=np.int64)
-    return np.unique(np.concatenate(rows), axis=0)
+    rows = np.concatenate(rows)
+    # Unique rows through one integer key per row (same order as ``np.unique(axis=0)``, faster).
+    n_keys = (int(rows[:, 0].max(initial=0)) + 1) * n_sectors
+    key = np.unique((rows[:, 0] * n_sectors + rows[:, 1]) * n_keys + rows[:, 2] * n_sectors + rows[:, 3])
+    first, second = np.divmod(key, n_keys)
+    return np.stack([*np.divmod(first, n_sectors), *np.divmod(second, n_sectors)], axis=1)
 
 
 def own_membrane(
@@ -354,14 +359,29 @@ def lumen_distance(
     """Distance (µm) from each nucleus centre to the nearest empty pixel (lumen, vessel, glass)."""
     from scipy import ndimage as ndi
 
+    from scipy.spatial import cKDTree
+
     total = ndi.uniform_filter(hematoxylin + dab, max(1, round(1.0 / mpp)))
     empty = total < EMPTY_OD
     if not empty.any():
         return np.full(len(y_px), np.inf)
-    dist = ndi.distance_transform_edt(~empty)
     yi = np.clip(np.round(y_px).astype(np.int64), 0, empty.shape[0] - 1)
     xi = np.clip(np.round(x_px).astype(np.int64), 0, empty.shape[1] - 1)
-    return dist[yi, xi] * mpp
+    # The nearest empty pixel of a filled one lies on the empty region's edge (an empty pixel with a
+    # filled 4-neighbour): a tree of those edge pixels gives the distance transform's values at the
+    # nuclei without computing it over the whole image.
+    filled = ~empty
+    edge = np.zeros_like(empty)
+    edge[1:] |= filled[:-1]
+    edge[:-1] |= filled[1:]
+    edge[:, 1:] |= filled[:, :-1]
+    edge[:, :-1] |= filled[:, 1:]
+    edge &= empty
+    dist = np.zeros(len(yi))
+    inside = filled[yi, xi]
+    if inside.any() and edge.any():
+        dist[inside], _ = cKDTree(np.argwhere(edge)).query(np.column_stack([yi[inside], xi[inside]]))
+    return dist * mpp
 
 
 def intensity_level(membrane_dab: np.ndarray, thresholds: Thresholds) -> np.ndarray:
