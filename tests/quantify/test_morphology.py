@@ -74,7 +74,8 @@ def test_lumen_distance_matches_distance_transform() -> None:
     rng = np.random.default_rng(7)
     y, x = rng.uniform(0, 79, 40), rng.uniform(0, 99, 40)
     empty = ndi.uniform_filter(hema + dab, 2) < EMPTY_OD
-    assert empty.any() and not empty.all()
+    assert empty.any()
+    assert not empty.all()
     ref = ndi.distance_transform_edt(~empty)[np.round(y).astype(int), np.round(x).astype(int)] * 0.5
     assert np.array_equal(lumen_distance(hema, dab, 0.5, y, x), ref)
 
@@ -85,5 +86,6 @@ def test_sector_contacts_rows_are_unique_and_sorted() -> None:
     cells = np.repeat(np.repeat(np.arange(1, 13, dtype=np.int32).reshape(3, 4), 9, axis=0), 9, axis=1)
     cy, cx = np.repeat([4.0, 13.0, 22.0], 4), np.tile([4.0, 13.0, 22.0, 31.0], 3)
     rows = sector_contacts(cells, cy, cx, 16)
-    assert len(rows) and np.array_equal(rows, np.unique(rows, axis=0))
+    assert len(rows)
+    assert np.array_equal(rows, np.unique(rows, axis=0))
     assert set(map(tuple, rows[:, [0, 2]].tolist())) >= {(0, 1), (1, 0), (0, 4), (4, 0)}

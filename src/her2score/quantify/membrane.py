@@ -358,7 +358,6 @@ def lumen_distance(
 ) -> np.ndarray:
     """Distance (µm) from each nucleus centre to the nearest empty pixel (lumen, vessel, glass)."""
     from scipy import ndimage as ndi
-
     from scipy.spatial import cKDTree
 
     total = ndi.uniform_filter(hematoxylin + dab, max(1, round(1.0 / mpp)))
