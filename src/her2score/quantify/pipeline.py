@@ -259,14 +259,30 @@ def _quantify_whole(
 START_METHOD = "forkserver"
 
 
+#: Modules the fork server imports once when it starts, so that each worker forked from it starts with
+#: the scoring code loaded (~0.7 s of imports per worker otherwise, every image of a batch again).
+WORKER_PRELOAD = (
+    "numpy",
+    "pandas",
+    "scipy.ndimage",
+    "scipy.spatial",
+    "skimage.segmentation",
+    "skimage.filters",
+    "skimage.morphology",
+    "her2score.slide",
+    "her2score.quantify.pipeline",
+    "her2score.quantify.tiled",
+    "her2score.quantify.nuclear",
+)
+
+
 def worker_pool(workers: int, initializer: Any = None, initargs: tuple = ()) -> Any:
-    """A process pool of ``workers`` processes started by :data:`START_METHOD`."""
+    """A process pool of ``workers`` processes started by :data:`START_METHOD` (from a fork server that
+    has imported :data:`WORKER_PRELOAD`; the preload takes effect when the server starts, with the
+    first pool of this process)."""
     import concurrent.futures as cf
     import multiprocessing
 
-    return cf.ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(START_METHOD),
-        initializer=initializer,
-        initargs=initargs,
-    )
+    context = multiprocessing.get_context(START_METHOD)
+    context.set_forkserver_preload(list(WORKER_PRELOAD))
+    return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs)

@@ -57,6 +57,11 @@ HETEROGENEITY_MIN_PERCENT = 10.0
 HOTSPOT_MIN_NUCLEI = 100
 #: Longest side of the overview (overlay and region map), px.
 OVERVIEW_MAX_SIZE = 4000
+#: The overview is never finer than this (µm/px): a dot per cell (~8 µm) reads at 1 µm/px, and a core
+#: or field read at its scan resolution would cost more to draw and compress than to score a tenth of it.
+OVERVIEW_MIN_MPP = 1.0
+#: The region map is drawn at no finer than this (µm/px): a 500 µm region is still 250 px across.
+REGION_MAP_MIN_MPP = 2.0
 #: Stain vectors and the H&E check are computed on the overview strided down to about this many pixels.
 STAIN_SAMPLE_PIXELS = 1024 * 1024
 #: Ki-67 region groups and their lower bounds (percent positive tumour nuclei).
@@ -140,14 +145,15 @@ class TileResult:
 
 
 class TileScorer:
-    """Scores tiles of one file: opens it once, reads each tile at the work resolution, keeps the cells
-    whose nucleus centre lies in the tile's core. Use as a context manager (closes the file)."""
+    """Scores tiles of one file: opens it once (or takes it open), reads each tile at the work resolution,
+    keeps the cells whose nucleus centre lies in the tile's core. Use as a context manager (closes the
+    file)."""
 
-    def __init__(self, job: TileJob) -> None:
+    def __init__(self, job: TileJob, slide: Any = None) -> None:
         from her2score.slide import open_slide
 
         self.job = job
-        self.slide = open_slide(job.path, mpp=job.mpp)
+        self.slide = slide if slide is not None else open_slide(job.path, mpp=job.mpp)
 
     def __enter__(self) -> TileScorer:
         return self
@@ -256,42 +262,77 @@ def tile_cores(tiles: list[Any]) -> list[tuple[float, float, float, float]]:
     return cores
 
 
-#: In a pool worker process only: that process's :class:`TileScorer`, set by :func:`_init_pool_worker`.
-#: The main process never sets or reads it (it scores in process with its own local scorer).
+#: In a pool worker process only: that process's :class:`TileScorer` (made by its first tile) and the
+#: file its initializer opened (:func:`_init_pool_worker`). The main process never sets or reads them
+#: (it scores in process with its own local scorer).
 _POOL_SCORER: TileScorer | None = None
+_POOL_SLIDE: Any = None
+_POOL_SOURCE: tuple[str, float | None] | None = None
 
 
-def _init_pool_worker(job: TileJob) -> None:
+def _init_pool_worker(source: tuple[str, float | None] | None) -> None:
+    """Worker start: open the file (``(path, mpp)``) once, so that a plain image is decoded while the
+    main process still reads the overview; the scoring code is imported by then (forkserver preload)."""
     import multiprocessing
 
-    global _POOL_SCORER
+    global _POOL_SLIDE, _POOL_SOURCE
     if multiprocessing.parent_process() is None:
         raise RuntimeError("_init_pool_worker runs only in worker processes")
-    _POOL_SCORER = TileScorer(job)
+    if source is not None:
+        from her2score.slide import open_slide
+
+        _POOL_SLIDE, _POOL_SOURCE = open_slide(source[0], mpp=source[1]), source
 
 
-def _pool_tile_task(tile: Any, core: tuple[float, float, float, float]) -> TileResult:
-    assert _POOL_SCORER is not None, "worker process not initialised"
+def _pool_ready() -> None:
+    """A no-op task: submitting one per worker starts the workers before there are tiles to score."""
+
+
+def _pool_tile_task(job: TileJob, tile: Any, core: tuple[float, float, float, float]) -> TileResult:
+    global _POOL_SCORER
+    if _POOL_SCORER is None or _POOL_SCORER.job != job:
+        _POOL_SCORER = TileScorer(job, _POOL_SLIDE if (job.path, job.mpp) == _POOL_SOURCE else None)
     return _POOL_SCORER.score(tile, core)
 
 
-def score_tiles(
-    job: TileJob, tiles: list[Any], cores: list[tuple[float, float, float, float]], workers: int
-) -> Iterator[TileResult]:
-    """Each tile's result, in tile order, in this process or over ``workers`` processes."""
+def start_tile_pool(path: str | Path, mpp: float | None, workers: int) -> Any:
+    """A pool of ``workers`` tile-scoring processes for one file, started now (each opens the file) so
+    that their start overlaps the main process's own work; ``None`` for ``workers`` <= 0."""
+    import threading
+
     from her2score.quantify.pipeline import worker_pool
 
+    if workers <= 0:
+        return None
+    pool = worker_pool(workers, _init_pool_worker, ((str(path), mpp),))
+    # Starting a worker waits for the fork server (its imports, the first time): from a thread, so
+    # that this process goes on meanwhile; the pool's own lock orders these with later submissions.
+    threading.Thread(target=lambda: [pool.submit(_pool_ready) for _ in range(workers)], daemon=True).start()
+    return pool
+
+
+def score_tiles(
+    job: TileJob,
+    tiles: list[Any],
+    cores: list[tuple[float, float, float, float]],
+    workers: int,
+    pool: Any = None,
+) -> Iterator[TileResult]:
+    """Each tile's result, in tile order, in this process or over ``workers`` processes (``pool``, from
+    :func:`start_tile_pool`, or one started here)."""
     if workers <= 0 or len(tiles) <= 1:
         with TileScorer(job) as scorer:
             for tile, core in zip(tiles, cores, strict=True):
                 yield scorer.score(tile, core)
         return
-    # A bounded window of tiles in flight keeps memory flat; results are taken in tile order so that
-    # the output does not depend on timing.
-    with worker_pool(workers, _init_pool_worker, (job,)) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(start_tile_pool(job.path, job.mpp, workers))
+        # A bounded window of tiles in flight keeps memory flat; results are taken in tile order so
+        # that the output does not depend on timing.
         window: collections.deque = collections.deque()
         for tile, core in zip(tiles, cores, strict=True):
-            window.append(pool.submit(_pool_tile_task, tile, core))
+            window.append(pool.submit(_pool_tile_task, job, tile, core))
             if len(window) >= 2 * workers:
                 yield window.popleft().result()
         while window:
@@ -468,6 +509,36 @@ def quantify_tiled(
     Writes ``<stem>.cells.parquet`` (one row per cell or nucleus, level-0 px), ``<stem>.overlay.png``
     (a dot per tumour cell over the overview), ``<stem>.regions.csv`` and ``<stem>.regions.png``.
     """
+    if not (region_um > 0 and math.isfinite(region_um)):
+        raise ValueError(f"region_um must be a positive number (got {region_um!r})")
+    with contextlib.ExitStack() as stack:
+        # Workers start (import, open the file) while this process reads the overview.
+        pool = start_tile_pool(path, mpp, workers)
+        if pool is not None:
+            stack.enter_context(pool)
+        return _quantify_tiled(
+            slide, path, stem, out_dir, mpp, work, marker, t, p, stains, workers, progress,
+            nuclear_thresholds, region_um, pool,
+        )  # fmt: skip
+
+
+def _quantify_tiled(
+    slide: Any,
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    mpp: float | None,
+    work: float,
+    marker: str,
+    t: Thresholds,
+    p: CellParams,
+    stains: str,
+    workers: int,
+    progress: Any,
+    nuclear_thresholds: Any,
+    region_um: float,
+    pool: Any,
+) -> TiledOutputs:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -476,9 +547,7 @@ def quantify_tiled(
     from her2score.slide.tissue import tile_grid
     from her2score.stain.detect import choose_stain_vectors, looks_like_he
 
-    if not (region_um > 0 and math.isfinite(region_um)):
-        raise ValueError(f"region_um must be a positive number (got {region_um!r})")
-    overview, overview_mpp = slide.read_overview(max_size=OVERVIEW_MAX_SIZE)
+    overview, overview_mpp = slide.read_overview(mpp=OVERVIEW_MIN_MPP, max_size=OVERVIEW_MAX_SIZE)
     tissue = tissue_mask_for(overview, overview_mpp, mask_mpp=max(overview_mpp, 2.0))
     if tissue.sum() * overview_mpp**2 < 500.0:
         raise NoTissueError("no tissue found in the image", path)
@@ -505,7 +574,7 @@ def quantify_tiled(
         writer = None
         next_id = 1
         try:
-            with contextlib.closing(score_tiles(job, tiles, cores, workers)) as results:
+            with contextlib.closing(score_tiles(job, tiles, cores, workers, pool)) as results:
                 for part in results:
                     cells = part.cells
                     cells["cell_id"] = np.arange(next_id, next_id + len(cells), dtype=np.int64)
@@ -547,8 +616,10 @@ def quantify_tiled(
     overlay_path = _write_png_fast(
         out_dir / f"{stem}.overlay.png", draw(overview, xs, ys, cs, row, overview_mpp)
     )
+    k = max(1, int(REGION_MAP_MIN_MPP / overview_mpp))
     map_path = _write_png_fast(
-        out_dir / f"{stem}.regions.png", region_map(overview, overview_mpp, tissue, regions, marker, row)
+        out_dir / f"{stem}.regions.png",
+        region_map(overview[::k, ::k], overview_mpp * k, tissue[::k, ::k], regions, marker, row),
     )
     return TiledOutputs(row, cells_path, overlay_path, regions_path, map_path)
 
@@ -567,10 +638,16 @@ def _write_png_fast(path: Path, image: np.ndarray) -> Path:
 
 def _dot_classes(tumour: Any, marker: str) -> np.ndarray:
     if marker == "her2":
+        import pandas as pd
+
         from her2score.rules import MEMBRANE_CLASSES
 
+        classes = tumour["membrane_class"]
+        categorical = isinstance(classes.dtype, pd.CategoricalDtype)
+        if categorical and tuple(classes.cat.categories) == tuple(MEMBRANE_CLASSES):
+            return classes.cat.codes.to_numpy(dtype=np.int8)  # the class's index, without strings
         index = {c: i for i, c in enumerate(MEMBRANE_CLASSES)}
-        return tumour["membrane_class"].astype(str).map(index).to_numpy(dtype=np.int8)
+        return classes.astype(str).map(index).to_numpy(dtype=np.int8)
     return tumour["intensity"].to_numpy(dtype=np.int8)
 
 
