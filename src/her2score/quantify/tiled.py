@@ -547,7 +547,7 @@ def _quantify_tiled(
     from her2score.slide.tissue import tile_grid
     from her2score.stain.detect import choose_stain_vectors, looks_like_he
 
-    overview, overview_mpp = slide.read_overview(mpp=OVERVIEW_MIN_MPP, max_size=OVERVIEW_MAX_SIZE)
+    overview, overview_mpp = slide.read_overview(max_size=OVERVIEW_MAX_SIZE)
     tissue = tissue_mask_for(overview, overview_mpp, mask_mpp=max(overview_mpp, 2.0))
     if tissue.sum() * overview_mpp**2 < 500.0:
         raise NoTissueError("no tissue found in the image", path)
@@ -558,6 +558,8 @@ def _quantify_tiled(
     if looks_like_he(sample, sample_tissue):
         raise StainError("looks like H&E (eosin-pink, no DAB): pass an IHC image", path)
     matrix, source = choose_stain_vectors(sample, stains)  # one set for the whole image: consistent
+    # The overlay and region map are drawn on a coarser copy (see OVERVIEW_MIN_MPP).
+    overview, tissue, overview_mpp = _coarser(overview, tissue, overview_mpp, OVERVIEW_MIN_MPP)
     tiles = tile_grid(slide, TILE_SIZE, work, overlap=TILE_OVERLAP, min_tissue=0.02)
     if not tiles:
         raise NoTissueError("no tile holds enough tissue", path)
@@ -616,12 +618,27 @@ def _quantify_tiled(
     overlay_path = _write_png_fast(
         out_dir / f"{stem}.overlay.png", draw(overview, xs, ys, cs, row, overview_mpp)
     )
-    k = max(1, int(REGION_MAP_MIN_MPP / overview_mpp))
+    small, small_tissue, small_mpp = _coarser(overview, tissue, overview_mpp, REGION_MAP_MIN_MPP)
     map_path = _write_png_fast(
-        out_dir / f"{stem}.regions.png",
-        region_map(overview[::k, ::k], overview_mpp * k, tissue[::k, ::k], regions, marker, row),
+        out_dir / f"{stem}.regions.png", region_map(small, small_mpp, small_tissue, regions, marker, row)
     )
     return TiledOutputs(row, cells_path, overlay_path, regions_path, map_path)
+
+
+def _coarser(
+    image: np.ndarray, mask: np.ndarray, mpp: float, min_mpp: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``image`` (box-averaged) and ``mask`` (strided) reduced by the integer factor that brings ``mpp``
+    closest to ``min_mpp`` from below (unchanged when already that coarse), and their µm/px."""
+    from PIL import Image
+
+    k = int(min_mpp / mpp + 1e-9)
+    if k <= 1:
+        return image, mask, mpp
+    h, w = image.shape[0] // k, image.shape[1] // k
+    small = Image.fromarray(np.ascontiguousarray(image[: h * k, : w * k, :3]))
+    small = np.asarray(small.resize((w, h), resample=Image.Resampling.BOX))
+    return small, mask[: h * k : k, : w * k : k], mpp * k
 
 
 def _write_png_fast(path: Path, image: np.ndarray) -> Path:
