@@ -101,6 +101,10 @@ class CellParams:
     background_min_um: float = 5.0
     background_dab_od: float = 0.06
     background_smoothing_um: float = 2.0
+    #: Membrane model: µm/px of the grid on which cells are grown (distances, ridge map, watershed), by
+    #: an integer factor from the image's (0 or finer than the image: the image's own). Cell borders
+    #: then fall on that grid; the border band and the cytoplasm are cut at the image's resolution.
+    growth_mpp: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -446,9 +450,31 @@ def grow_cells_to_membranes(
     ring is the band ``membrane_band_um`` wide along the cell's border (where its membrane lies);
     the cytoplasm, the inside of the cell between the nucleus edge and that band.
     """
-    from scipy import ndimage as ndi
+    from her2score.quantify.morphology import binary_dilation_disk, disk_offsets
 
     p = params or CellParams()
+    factor = int(p.growth_mpp / mpp + 1e-9) if p.growth_mpp > 0 else 1
+    if factor >= 2:
+        cells = _grow_on_coarser_grid(nuclei, mpp, dab, tissue, p, factor)
+    else:
+        cells = _flood_cells(nuclei, mpp, dab, tissue, p)
+    border = cell_border_band(cells, mpp, p.membrane_band_um)
+    rings = np.where(border, cells, 0).astype(np.int32)
+    # The cytoplasm starts ``nuclear_edge_um`` outside the nucleus (a disk dilation: the pixels a
+    # distance transform would put within that distance).
+    near_nucleus = binary_dilation_disk(nuclei > 0, disk_offsets(p.nuclear_edge_um, mpp))
+    cytoplasm = np.where(~border & ~near_nucleus, cells, 0).astype(np.int32)
+    return CellSegmentation(
+        nuclei=nuclei, cells=cells, rings=rings, cytoplasm=cytoplasm, hematoxylin_threshold=0.0
+    )
+
+
+def _flood_cells(
+    nuclei: np.ndarray, mpp: float, dab: np.ndarray, tissue: np.ndarray | None, p: CellParams
+) -> np.ndarray:
+    """The cell labels of :func:`grow_cells_to_membranes` (the watershed and its leak check)."""
+    from scipy import ndimage as ndi
+
     n = int(nuclei.max())
     dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
     dist_um = (dist * mpp).astype(np.float32)
@@ -471,12 +497,39 @@ def grow_cells_to_membranes(
     # A cell that flooded round a neighbour into a basin beyond its own reach gives it back.
     leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
     cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nearest[leak], 0)
-    border = cell_border_band(cells, mpp, p.membrane_band_um)
-    rings = np.where(border, cells, 0).astype(np.int32)
-    cytoplasm = np.where(~border & (nuclei == 0) & (dist_um > p.nuclear_edge_um), cells, 0).astype(np.int32)
-    return CellSegmentation(
-        nuclei=nuclei, cells=cells, rings=rings, cytoplasm=cytoplasm, hematoxylin_threshold=0.0
-    )
+    return cells
+
+
+def _grow_on_coarser_grid(
+    nuclei: np.ndarray, mpp: float, dab: np.ndarray, tissue: np.ndarray | None, p: CellParams, k: int
+) -> np.ndarray:
+    """:func:`_flood_cells` on a grid ``k`` times coarser (DAB averaged over k x k blocks, nuclei and
+    tissue sampled at block centres, every nucleus keeping at least its centre block), the labels
+    brought back to the image's grid, each nucleus's own pixels its own."""
+    h, w = nuclei.shape
+    rows, cols = -(-h // k), -(-w // k)
+    pad = ((0, rows * k - h), (0, cols * k - w))
+    coarse_dab = np.pad(dab.astype(np.float32), pad, mode="edge").reshape(rows, k, cols, k).mean(axis=(1, 3))
+    centre = (slice(k // 2, None, k), slice(k // 2, None, k))
+    coarse_nuclei = np.pad(nuclei, pad)[centre]
+    n = int(nuclei.max())
+    missing = np.ones(n + 1, dtype=bool)
+    missing[coarse_nuclei.ravel()] = False
+    missing[0] = False
+    if missing.any():  # a nucleus no block centre fell on is seeded at its centroid's block
+        yy, xx = np.nonzero(nuclei)
+        ids = nuclei[yy, xx]
+        count = np.maximum(np.bincount(ids, minlength=n + 1), 1)
+        cy = (np.bincount(ids, weights=yy, minlength=n + 1) / count).astype(np.int64) // k
+        cx = (np.bincount(ids, weights=xx, minlength=n + 1) / count).astype(np.int64) // k
+        lost = np.flatnonzero(missing)
+        coarse_nuclei[cy[lost], cx[lost]] = lost
+    coarse_tissue = None if tissue is None else np.pad(tissue, pad)[centre]
+    coarse = _flood_cells(coarse_nuclei, mpp * k, coarse_dab, coarse_tissue, p)
+    cells = np.repeat(np.repeat(coarse, k, axis=0), k, axis=1)[:h, :w]
+    own = nuclei > 0
+    cells[own] = nuclei[own]
+    return np.ascontiguousarray(cells)
 
 
 def segment_cells(
