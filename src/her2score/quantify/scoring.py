@@ -34,6 +34,21 @@ def not_scorable_reason(n_tumour: int, thresholds: Thresholds) -> str:
     return ""
 
 
+def _add_counts(counts: dict[str, int], column: Any, keep: np.ndarray | None) -> None:
+    """Add how many rows of ``column`` (optionally only ``keep``) hold each value to ``counts``."""
+    import pandas as pd
+
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        codes = codes if keep is None else codes[keep]
+        found = np.bincount(codes[codes >= 0].astype(np.int64), minlength=len(column.cat.categories))
+        for i in np.flatnonzero(found).tolist():
+            counts[str(column.cat.categories[i])] += int(found[i])
+        return
+    for name, count in (column if keep is None else column[keep]).value_counts().items():
+        counts[str(name)] += int(count)
+
+
 class ScoreAccumulator:
     """Running sums over tumour cells (tile by tile) for the image/slide score; memory stays flat."""
 
@@ -49,17 +64,22 @@ class ScoreAccumulator:
         self.kind_counts = dict.fromkeys(CELL_KINDS, 0)
 
     def add_cells(self, cells: Any) -> None:
+        # Column by column on arrays (no filtered copy of the frame, no value_counts): this runs per
+        # tile and per region of a tile.
         self.n_cells += len(cells)
-        tumour = cells[cells["is_tumour"].to_numpy(dtype=bool)]
-        self.n_tumour += len(tumour)
+        tumour = cells["is_tumour"].to_numpy(dtype=bool)
+        self.n_tumour += int(tumour.sum())
         if "cell_kind" in cells:
-            for name, count in cells["cell_kind"].value_counts().items():
-                self.kind_counts[str(name)] += int(count)
-        for name, count in tumour["membrane_class"].value_counts().items():
-            self.class_counts[str(name)] += int(count)
-        for level, count in tumour["intensity"].value_counts().items():
-            self.intensity_counts[int(level)] += int(count)
-        self.index_sum += float((tumour["membrane_dab"] * tumour["completeness"]).sum())
+            _add_counts(self.kind_counts, cells["cell_kind"], None)
+        _add_counts(self.class_counts, cells["membrane_class"], tumour)
+        levels = np.bincount(cells["intensity"].to_numpy()[tumour].astype(np.int64), minlength=4)
+        for level in np.flatnonzero(levels).tolist():
+            self.intensity_counts[level] += int(levels[level])
+        product = cells["membrane_dab"].to_numpy()[tumour] * cells["completeness"].to_numpy()[tumour]
+        if product.dtype.kind == "f":  # as pandas sums: NaN as 0, in the column's own precision
+            product = np.where(np.isnan(product), 0, product).astype(product.dtype)
+        precision = np.float64 if product.dtype == np.float16 else product.dtype
+        self.index_sum += float(product.sum(dtype=precision))
 
     def merge(self, part: ScoreAccumulator) -> None:
         """Add another accumulator's sums (a tile's) to this one."""

@@ -153,7 +153,8 @@ class TileScorer:
         from her2score.slide import open_slide
 
         self.job = job
-        self.slide = slide if slide is not None else open_slide(job.path, mpp=job.mpp)
+        self._owns_slide = slide is None  # a file it was given stays open for its owner
+        self.slide = open_slide(job.path, mpp=job.mpp) if slide is None else slide
 
     def __enter__(self) -> TileScorer:
         return self
@@ -162,7 +163,8 @@ class TileScorer:
         self.close()
 
     def close(self) -> None:
-        self.slide.close()
+        if self._owns_slide:
+            self.slide.close()
 
     def score(self, tile: Any, core: tuple[float, float, float, float]) -> TileResult:
         """Score one tile; ``core`` is its level-0 ``(x0, y0, x1, y1)``."""
@@ -317,11 +319,13 @@ def score_tiles(
     cores: list[tuple[float, float, float, float]],
     workers: int,
     pool: Any = None,
+    slide: Any = None,
 ) -> Iterator[TileResult]:
-    """Each tile's result, in tile order, in this process or over ``workers`` processes (``pool``, from
+    """Each tile's result, in tile order, in this process (reading the open ``slide`` when given, so a
+    plain image is not decoded twice) or over ``workers`` processes (``pool``, from
     :func:`start_tile_pool`, or one started here)."""
     if workers <= 0 or len(tiles) <= 1:
-        with TileScorer(job) as scorer:
+        with TileScorer(job, slide) as scorer:
             for tile, core in zip(tiles, cores, strict=True):
                 yield scorer.score(tile, core)
         return
@@ -576,7 +580,7 @@ def _quantify_tiled(
         writer = None
         next_id = 1
         try:
-            with contextlib.closing(score_tiles(job, tiles, cores, workers, pool)) as results:
+            with contextlib.closing(score_tiles(job, tiles, cores, workers, pool, slide)) as results:
                 for part in results:
                     cells = part.cells
                     cells["cell_id"] = np.arange(next_id, next_id + len(cells), dtype=np.int64)
