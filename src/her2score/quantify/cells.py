@@ -246,17 +246,13 @@ def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = 
     could not flood anything), so only the markers' frontier does."""
     from skimage.segmentation import watershed
 
+    from her2score.quantify.morphology import touches
+
     markers = np.asarray(markers, dtype=np.int32)
     if mask is not None:
         markers = np.where(mask, markers, 0)
     labelled = markers > 0
-    open_ = ~labelled if mask is None else mask & ~labelled
-    frontier = np.zeros_like(labelled)
-    frontier[1:] |= open_[:-1]
-    frontier[:-1] |= open_[1:]
-    frontier[:, 1:] |= open_[:, :-1]
-    frontier[:, :-1] |= open_[:, 1:]
-    interior = labelled & ~frontier
+    interior = labelled & ~touches(~labelled if mask is None else mask & ~labelled)
     if not interior.any():
         return watershed(elevation, markers, mask=mask).astype(np.int32)
     allowed = ~interior if mask is None else mask & ~interior

@@ -360,6 +360,8 @@ def lumen_distance(
     from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
 
+    from her2score.quantify.morphology import touches
+
     total = ndi.uniform_filter(hematoxylin + dab, max(1, round(1.0 / mpp)))
     empty = total < EMPTY_OD
     if not empty.any():
@@ -370,12 +372,7 @@ def lumen_distance(
     # filled 4-neighbour): a tree of those edge pixels gives the distance transform's values at the
     # nuclei without computing it over the whole image.
     filled = ~empty
-    edge = np.zeros_like(empty)
-    edge[1:] |= filled[:-1]
-    edge[:-1] |= filled[1:]
-    edge[:, 1:] |= filled[:, :-1]
-    edge[:, :-1] |= filled[:, 1:]
-    edge &= empty
+    edge = empty & touches(filled)
     dist = np.zeros(len(yi))
     inside = filled[yi, xi]
     if inside.any() and edge.any():

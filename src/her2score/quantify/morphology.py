@@ -122,23 +122,24 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~outside[background]
 
 
+def touches(mask: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour in ``mask`` (nothing beyond the image edge)."""
+    out = np.zeros_like(mask, dtype=bool)
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
 def binary_opening_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
-    """``ndi.binary_opening(mask, iterations=iterations)`` (4-connected cross, nothing beyond the edge)."""
+    """``ndi.binary_opening(mask, iterations=iterations)`` (4-connected cross, nothing beyond the edge:
+    an eroded pixel has no 4-neighbour outside the mask, nor the edge beside it)."""
     out = np.asarray(mask, dtype=bool)
     for _ in range(iterations):
-        eroded = out.copy()
-        eroded[1:] &= out[:-1]
-        eroded[:-1] &= out[1:]
-        eroded[:, 1:] &= out[:, :-1]
-        eroded[:, :-1] &= out[:, 1:]
-        eroded[0] = eroded[-1] = False
-        eroded[:, 0] = eroded[:, -1] = False
-        out = eroded
+        out = out & ~touches(~out)
+        out[0] = out[-1] = False
+        out[:, 0] = out[:, -1] = False
     for _ in range(iterations):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
+        out = out | touches(out)
     return out
