@@ -307,9 +307,17 @@ def start_tile_pool(path: str | Path, mpp: float | None, workers: int) -> Any:
     if workers <= 0:
         return None
     pool = worker_pool(workers, _init_pool_worker, ((str(path), mpp),))
+
+    def warm() -> None:
+        try:
+            for _ in range(workers):
+                pool.submit(_pool_ready)
+        except RuntimeError:  # the pool was shut down first (the image failed before its tiles)
+            pass
+
     # Starting a worker waits for the fork server (its imports, the first time): from a thread, so
     # that this process goes on meanwhile; the pool's own lock orders these with later submissions.
-    threading.Thread(target=lambda: [pool.submit(_pool_ready) for _ in range(workers)], daemon=True).start()
+    threading.Thread(target=warm, daemon=True).start()
     return pool
 
 
