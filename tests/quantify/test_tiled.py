@@ -140,3 +140,21 @@ def test_nuclear_tiled_matches_truth_and_maps_ki67_groups(tmp_path: Path) -> Non
     assert (regions.loc[regions["region_col"] >= 2, "category"].isin(["low", NOT_SCORABLE])).all()
     assert row["ki67_hotspot_index"] >= row["pct_positive"]
     assert int(regions["n_tumour"].sum()) == row["n_nuclei"]
+
+
+def test_tile_workers_give_the_cells_of_one_process(tmp_path: Path) -> None:
+    """Tiles over two worker processes (started before the overview is read, the file opened by each)
+    give the same cells, regions and row as tiles in this process."""
+    from PIL import Image
+
+    rgb, _ = render_ihc_patch("3+", size=(640, 640), mpp=MPP, seed=3)
+    path = tmp_path / "field.png"
+    Image.fromarray(np.concatenate([rgb, rgb[:, ::-1]], axis=1)).save(path)  # 1280 px wide: 2 tiles
+    one = _tiled(path, tmp_path / "one", "her2", region_um=256.0, workers=0)
+    two = _tiled(path, tmp_path / "two", "her2", region_um=256.0, workers=2)
+    assert one.row["mode"] == two.row["mode"] == "tiled (2 tiles)"
+    pd.testing.assert_frame_equal(pd.read_parquet(one.cells_path), pd.read_parquet(two.cells_path))
+    pd.testing.assert_frame_equal(pd.read_csv(one.regions_path), pd.read_csv(two.regions_path))
+    assert {k: v for k, v in one.row.items() if k != "tiles_cpu_s"} == {
+        k: v for k, v in two.row.items() if k != "tiles_cpu_s"
+    }
