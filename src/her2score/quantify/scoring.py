@@ -2,8 +2,9 @@
 
 Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
 the 10 % rule, the HER2-0 subtype (``null`` / ``ultralow``), the 3-way group, the H-score and a
-continuous HER2 index (100 x mean over tumour cells of membrane DAB x completeness), and DAB
-statistics over the tissue. The rules themselves live in :mod:`her2score.rules`.
+continuous HER2 index (100 x mean over tumour cells of the membrane DAB above the image's unstained
+background x completeness; :func:`~her2score.quantify.membrane.background_dab`), and DAB statistics
+over the tissue. The rules themselves live in :mod:`her2score.rules`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class ScoreAccumulator:
             self.class_counts[str(name)] += int(count)
         for level, count in tumour["intensity"].value_counts().items():
             self.intensity_counts[int(level)] += int(count)
-        self.index_sum += float((tumour["membrane_dab"] * tumour["completeness"]).sum())
+        above = tumour["membrane_dab"].to_numpy(dtype=np.float64)
+        if "background_dab" in tumour:  # membrane DAB above the image's unstained background
+            above = np.where(above > 0, np.maximum(above - tumour["background_dab"].to_numpy(), 0.0), 0.0)
+        self.index_sum += float((above * tumour["completeness"].to_numpy(dtype=np.float64)).sum())
 
     def merge(self, part: ScoreAccumulator) -> None:
         """Add another accumulator's sums (a tile's) to this one."""
