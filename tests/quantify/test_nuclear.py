@@ -250,3 +250,23 @@ def test_merged_nuclei_count_as_several_in_the_index() -> None:
     row = acc.summary("ki67", Thresholds())
     assert row["n_nuclei"] == int(nuclei["n_nuclei_est"].sum())
     assert row["ki67_index"] == pytest.approx(100 * 6 / row["n_nuclei"])
+
+
+def test_an_object_too_large_for_a_clump_of_nuclei_is_not_scored() -> None:
+    """A brown blob the size of ~40 nuclei inside a nest (a fold, stain precipitate) is not counted."""
+    from skimage.draw import disk, ellipse
+
+    from her2score.quantify.nuclear import MAX_NUCLEI_PER_OBJECT, measure_nuclei
+
+    labels = np.zeros((200, 200), np.int32)
+    for i, (y, x) in enumerate(((y, x) for y in range(12, 200, 24) for x in range(12, 200, 24)), start=1):
+        labels[disk((y, x), 9, shape=labels.shape)] = i
+    blob = labels.max() + 1
+    labels[ellipse(100, 100, 40, 80, shape=labels.shape)] = blob
+    hema = np.where(labels > 0, 0.3, 0.02).astype(np.float32)
+    dab = np.where(labels == blob, 0.6, 0.0).astype(np.float32)
+    nuclei = measure_nuclei(labels, hema, dab, MPP).set_index("cell_id")
+    assert (nuclei.loc[nuclei.index != blob, "n_nuclei_est"] <= 1).all()  # singles (some cut)
+    assert not nuclei.loc[blob, "is_tumour"]
+    assert nuclei.loc[blob, "n_nuclei_est"] == 0
+    assert nuclei["n_nuclei_est"].max() <= MAX_NUCLEI_PER_OBJECT
