@@ -143,12 +143,41 @@ def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.
             result = quantify_file(path, folder / "out", thresholds=SYNTHETIC_LAB)
         except Her2ScoreError as exc:  # counted as a miss, and said
             print(f"slide {rec.slide}: {exc}")
-            rows.append((str(rec.her2), "failed"))
+            rows.append({"slide": f"{seed}/{rec.slide}", "truth": str(rec.her2), "found": "failed"})
             continue
-        rows.append((str(rec.her2), result.row["category"]))
+        row = result.row
+        rows.append(
+            {
+                "slide": f"{seed}/{rec.slide}",
+                "truth": str(rec.her2),
+                "found": row["category"],
+                "her2_index": row["her2_index"],
+                "h_score": row["h_score"],
+                "tumour": row["n_tumour_cells"],
+                **{c[:10]: row[f"pct_{c.replace('-', '_')}"] for c in CLASSES[1:]},
+            }
+        )
         truth = pd.read_parquet(path.with_name(path.stem + ".cells.parquet"))
         pairs.append(_match(pd.read_parquet(result.cells_path), truth))
-    return pd.DataFrame(rows, columns=["truth", "found"]), pd.concat(pairs)
+    return pd.DataFrame(rows), pd.concat(pairs)
+
+
+def rank_agreement(scores: pd.DataFrame) -> str:
+    """Spearman of the continuous scores against the true category, and the AUC of each for 3+
+    against the rest (how well they would rank cores by a pathologist's score)."""
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    ok = scores[scores["found"] != "failed"]
+    level = ok["truth"].map({c: i for i, c in enumerate(CATEGORIES)})
+    parts = []
+    for col in ("her2_index", "h_score"):
+        rho = spearmanr(level, ok[col]).statistic
+        pos, neg = ok.loc[level == 3, col], ok.loc[level < 3, col]
+        auc = float("nan")
+        if len(pos) and len(neg):
+            auc = mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg))
+        parts.append(f"{col} Spearman {rho:.3f}, 3+ vs rest AUC {auc:.3f}")
+    return "; ".join(parts)
 
 
 def real_images(folder: Path) -> pd.DataFrame:
@@ -221,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
         print(confusion(scores.truth, scores.found, CATEGORIES))
         right = int((scores.truth == scores.found).sum())
         print(f"slide category agreement: {right}/{len(scores)} = {right / len(scores):.1%}")
+        missed = scores[scores.truth != scores.found]
+        if len(missed):
+            print("slides read wrong (class shares in % of tumour cells):")
+            print(missed.round(1).to_string(index=False))
+        print(rank_agreement(scores))
         print("slide cell membrane-class confusion (rows truth):")
         print(confusion(cells.truth, cells.found, CLASSES))
         print(f"slide cell agreement: {(cells.truth == cells.found).mean():.1%} over {len(cells)} cells")

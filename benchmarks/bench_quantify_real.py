@@ -29,6 +29,31 @@ def real_ihc_images(folder: Path) -> list[Path]:
     return files + sorted(p for p in (folder / "mist-her2-pairs" / "IHC").glob("*") if p.is_file())
 
 
+#: The level each BCI patch shows by eye (README table "Each BCI patch by eye"; 0/1+ = 0.5, stroma or fat
+#: without tumour = 0): what the continuous scores should rank by, as a pathologist's score would.
+BY_EYE = {
+    "00052": 3, "00057": 3, "00361": 2, "00249": 2, "00003": 1, "00640": 0.5, "00000": 0.5, "00007": 0.5,
+    "00004": 0, "00118": 0, "00002": 0, "00001": 0, "00011": 0,
+}  # fmt: skip
+
+
+def by_eye_ranking(table: pd.DataFrame) -> str:
+    """Spearman's rho of the HER2 index and the H-score against the by-eye levels (all labelled BCI
+    patches, and those with at least 20 tumour cells)."""
+    from scipy.stats import spearmanr
+
+    stems = table["image"].str.split("/").str[-1].str[:5]
+    eye = stems.map(BY_EYE)
+    rows = table[eye.notna()].assign(eye=eye[eye.notna()])
+    scorable = rows[rows["tumour_cells"] >= 20]
+    parts = [
+        f"{col} {spearmanr(rows['eye'], rows[col]).statistic:.3f} "
+        f"({spearmanr(scorable['eye'], scorable[col]).statistic:.3f} over the {len(scorable)} scorable)"
+        for col in ("her2_index", "h_score")
+    ]
+    return f"Spearman against the by-eye levels ({len(rows)} BCI patches): " + ", ".join(parts)
+
+
 def label_of(path: Path) -> str:
     """The BCI slide-level label (``NNNNN_{train,test}_{0,1+,2+,3+}``), ``-`` for unlabelled images."""
     if path.parent.parent.name.startswith("bci"):
@@ -79,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{len(table)} images ({len(labelled)} labelled, {same} read their slide's label), "
         f"{len(result.failed)} failed, {time.perf_counter() - started:.0f} s; overlays in {args.out}"
+    )
+    print(
+        by_eye_ranking(
+            table.assign(her2_index=frame["her2_index"].to_numpy(), h_score=frame["h_score"].to_numpy())
+        )
     )
     print("command:", " ".join(["python", *sys.argv]))
     return 0

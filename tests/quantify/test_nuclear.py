@@ -219,3 +219,54 @@ def test_real_her2_stained_nuclei_read_negative_as_a_nuclear_marker() -> None:
         row = result.accumulator.summary("ki67", Thresholds())
         assert "nuclear-hematoxylin" in result.stain_source
         assert row["pct_positive"] < 5.0, (name, row["pct_positive"])
+
+
+def test_merged_nuclei_count_as_several_in_the_index() -> None:
+    """A blob of two touching negative nuclei counts twice in the denominator; a clump too large for
+    one nucleus is scored as several tumour nuclei, not dropped (dropping it over-calls the index)."""
+    from skimage.draw import disk, ellipse
+
+    from her2score.quantify.membrane import nucleus_shapes
+    from her2score.quantify.nuclear import NuclearAccumulator, measure_nuclei
+
+    labels = np.zeros((240, 240), np.int32)
+    centres = [(20 + 24 * (i // 8), 20 + 24 * (i % 8)) for i in range(24)]  # a nest at 12 µm spacing
+    for i, (y, x) in enumerate(centres, start=1):
+        labels[disk((y, x), 9, shape=labels.shape)] = i  # ~64 µm² at 0.5 µm/px: one nucleus
+    labels[ellipse(100, 40, 9, 18, shape=labels.shape)] = 25  # two touching nuclei as one object
+    labels[ellipse(122, 130, 18, 36, shape=labels.shape)] = 26  # a clump of ~8 (over 250 µm²)
+    hema = np.where(labels > 0, 0.3, 0.02).astype(np.float32)
+    dab = np.where(labels <= 6, 0.4, 0.0).astype(np.float32) * (labels > 0)  # six single positives
+    nuclei = measure_nuclei(labels, hema, dab, MPP)
+    est = dict(zip(nuclei["cell_id"], nuclei["n_nuclei_est"], strict=True))
+    assert nuclei["is_tumour"].all(), nuclei["kind"].value_counts()
+    assert est[1] == 1
+    assert est[25] == 2
+    assert est[26] >= 6
+    area = nucleus_shapes(labels, hema)["area"] * MPP**2
+    assert area[25] > Thresholds().tumour_nucleus_max_um2  # label 26: too large for one nucleus
+    acc = NuclearAccumulator()
+    acc.add_nuclei(nuclei)
+    row = acc.summary("ki67", Thresholds())
+    assert row["n_nuclei"] == int(nuclei["n_nuclei_est"].sum())
+    assert row["ki67_index"] == pytest.approx(100 * 6 / row["n_nuclei"])
+
+
+def test_an_object_too_large_for_a_clump_of_nuclei_is_not_scored() -> None:
+    """A brown blob the size of ~40 nuclei inside a nest (a fold, stain precipitate) is not counted."""
+    from skimage.draw import disk, ellipse
+
+    from her2score.quantify.nuclear import MAX_NUCLEI_PER_OBJECT, measure_nuclei
+
+    labels = np.zeros((200, 200), np.int32)
+    for i, (y, x) in enumerate(((y, x) for y in range(12, 200, 24) for x in range(12, 200, 24)), start=1):
+        labels[disk((y, x), 9, shape=labels.shape)] = i
+    blob = labels.max() + 1
+    labels[ellipse(100, 100, 40, 80, shape=labels.shape)] = blob
+    hema = np.where(labels > 0, 0.3, 0.02).astype(np.float32)
+    dab = np.where(labels == blob, 0.6, 0.0).astype(np.float32)
+    nuclei = measure_nuclei(labels, hema, dab, MPP).set_index("cell_id")
+    assert (nuclei.loc[nuclei.index != blob, "n_nuclei_est"] <= 1).all()  # singles (some cut)
+    assert not nuclei.loc[blob, "is_tumour"]
+    assert nuclei.loc[blob, "n_nuclei_est"] == 0
+    assert nuclei["n_nuclei_est"].max() <= MAX_NUCLEI_PER_OBJECT

@@ -425,7 +425,8 @@ def test_real_bci_controls_that_read_their_level_calibrate_near_the_defaults() -
 #: What the real BCI patches show by eye (README, "The quantifier on real tissue"): the clearest 3+
 #: (complete dark chicken-wire membranes over most tumour nests), a 3+ nest at the edge of a stromal
 #: patch, the 2+ (moderate complete membranes with a blush), a faint 1+ tumour, the HER2-0 slide's
-#: patch (faint stroma, a duct), and stroma or fat without tumour (too few tumour cells, or 0/1+).
+#: patch (faint stroma, a duct), and stroma or fat without tumour (too few tumour cells, or 0/1+: cellular
+#: stroma with a tan tint still passes the tumour filter, README "Stroma read 1+").
 REAL_BY_EYE = {
     "00052_test_3+": ("3+",),
     "00057_test_3+": ("3+",),
@@ -434,6 +435,7 @@ REAL_BY_EYE = {
     "00118_test_0": ("0", "1+"),
     "00011_test_3+": ("not scorable", "0", "1+"),
     "00001_train_3+": ("not scorable", "0", "1+"),
+    "00002_train_3+": ("not scorable", "0", "1+"),
 }
 
 
@@ -456,8 +458,11 @@ def test_real_bci_patches_read_what_is_seen_by_eye() -> None:
         index[name] = row["her2_index"]
     # the continuous index ranks the stained patches above the faint and unstained ones
     assert min(index["00052_test_3+"], index["00057_test_3+"], index["00361_test_2+"]) > 2 * max(
-        index["00003_train_1+"], index["00118_test_0"], index["00001_train_3+"]
+        index["00003_train_1+"], index["00118_test_0"], index["00001_train_3+"], index["00002_train_3+"]
     )
+    # ... and above the image's own background: the tan tint of a dim scan of stroma (00002, DAB floor
+    # 0.17 OD) does not outrank the faint membranes of a 1+ tumour (the raw index read 6.8 vs 6.3)
+    assert index["00002_train_3+"] < index["00003_train_1+"]
 
 
 # ------------------------------------------------------------------------ shared membranes
@@ -554,3 +559,35 @@ def test_a_ring_broken_by_one_long_gap_is_incomplete() -> None:
     ]
     off = Thresholds(complete_fraction=0.8, max_gap_fraction=1.0)
     assert classify_membrane(intensity, completeness, off, gap).tolist()[1] == "intense-complete"
+
+
+# ------------------------------------------------------------------------ background of the index
+def test_her2_index_counts_membrane_dab_above_the_image_background() -> None:
+    """A uniform DAB tint (a dim scan, a tan stroma) raises every membrane reading by the same amount;
+    the background read off the tissue outside the cells takes it back out of the HER2 index."""
+    from her2score.quantify.cells import CellSegmentation
+    from her2score.quantify.membrane import background_dab
+    from her2score.quantify.scoring import ScoreAccumulator
+
+    cells = np.zeros((100, 100), np.int32)
+    cells[10:40, 10:40], cells[10:40, 50:80] = 1, 2
+    seg = CellSegmentation(nuclei=cells, cells=cells, rings=cells, cytoplasm=cells, hematoxylin_threshold=0.0)
+    hema = np.full(cells.shape, 0.05, np.float32)
+    rng = np.random.default_rng(0)
+    for tint in (0.0, 0.15):
+        dab = (tint + rng.uniform(0.0, 0.02, cells.shape)).astype(np.float32)
+        background = background_dab(seg, hema, dab, np.array([0.1, 0.1]))
+        assert background == pytest.approx(tint + 0.005, abs=0.003)
+    frame = pd.DataFrame(
+        {
+            "is_tumour": [True, True],
+            "membrane_dab": [0.35, 0.0],
+            "completeness": [1.0, 0.0],
+            "background_dab": [0.15, 0.15],
+            "intensity": [2, 0],
+            "membrane_class": pd.Categorical(["moderate-complete", "none"], categories=MEMBRANE_CLASSES),
+        }
+    )
+    acc = ScoreAccumulator()
+    acc.add_cells(frame)
+    assert acc.summary(Thresholds())["her2_index"] == pytest.approx(100 * 0.20 / 2)

@@ -2,8 +2,9 @@
 
 Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
 the 10 % rule, the HER2-0 subtype (``null`` / ``ultralow``), the 3-way group, the H-score and a
-continuous HER2 index (100 x mean over tumour cells of membrane DAB x completeness), and DAB
-statistics over the tissue. The rules themselves live in :mod:`her2score.rules`.
+continuous HER2 index (100 x mean over tumour cells of the membrane DAB above the image's unstained
+background x completeness; :func:`~her2score.quantify.membrane.background_dab`), and DAB statistics
+over the tissue. The rules themselves live in :mod:`her2score.rules`.
 """
 
 from __future__ import annotations
@@ -75,11 +76,13 @@ class ScoreAccumulator:
         levels = np.bincount(cells["intensity"].to_numpy()[tumour].astype(np.int64), minlength=4)
         for level in np.flatnonzero(levels).tolist():
             self.intensity_counts[level] += int(levels[level])
-        product = cells["membrane_dab"].to_numpy()[tumour] * cells["completeness"].to_numpy()[tumour]
-        if product.dtype.kind == "f":  # as pandas sums: NaN as 0, in the column's own precision
-            product = np.where(np.isnan(product), 0, product).astype(product.dtype)
-        precision = np.float64 if product.dtype == np.float16 else product.dtype
-        self.index_sum += float(product.sum(dtype=precision))
+        above = cells["membrane_dab"].to_numpy(dtype=np.float64)[tumour]
+        if "background_dab" in cells:  # membrane DAB above the image's unstained background
+            background = cells["background_dab"].to_numpy(dtype=np.float64)[tumour]
+            above = np.where(above > 0, np.maximum(above - background, 0.0), 0.0)
+        else:  # NaN (no membrane measured) counts as 0, as pandas sums
+            above = np.where(np.isnan(above), 0.0, above)
+        self.index_sum += float((above * cells["completeness"].to_numpy(dtype=np.float64)[tumour]).sum())
 
     def merge(self, part: ScoreAccumulator) -> None:
         """Add another accumulator's sums (a tile's) to this one."""
