@@ -208,13 +208,13 @@ def segment_nuclei(
     mask = morph.binary_opening_cross(mask, iterations=max(1, round(_px(0.5, mpp))))
     mask = morph.fill_holes(mask)
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
+    # One labelling serves the size filter and the split below: the components keep their numbers
+    # (gaps where small ones were dropped; the final relabelling closes them, in the same order).
     components, n_comp = ndi.label(mask)
     components = _drop_small(components, min_px)
     mask = components > 0
     if not mask.any():
         return np.zeros(hematoxylin.shape, dtype=np.int32), thr
-    # The components keep their numbers (gaps where small ones were dropped; the final relabelling
-    # closes them, in the same order).
     dist = ndi.distance_transform_edt(mask)
     dist = ndi.gaussian_filter(dist, 1.0)
     sep = max(1, round(_px(p.min_nucleus_separation_um, mpp) / 2))
