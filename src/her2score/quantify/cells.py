@@ -168,7 +168,7 @@ def segment_nuclei(
     from her2score.quantify import morphology as morph
 
     p = params or CellParams()
-    smooth = ndi.gaussian_filter(hematoxylin.astype(np.float32), _px(p.smoothing_um, mpp))
+    smooth = ndi.gaussian_filter(np.asarray(hematoxylin, dtype=np.float32), _px(p.smoothing_um, mpp))
     if p.line_removal_um > 0:
         # Dark DAB membranes leak into the hematoxylin channel (DAB does not follow Beer-Lambert
         # and real counterstains are greyer than the reference vector): a grey opening with a
@@ -208,12 +208,15 @@ def segment_nuclei(
     mask = morph.binary_opening_cross(mask, iterations=max(1, round(_px(0.5, mpp))))
     mask = morph.fill_holes(mask)
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
-    mask = _drop_small(ndi.label(mask)[0], min_px) > 0
+    # One labelling serves the size filter and the split below: the components keep their numbers
+    # (gaps where small ones were dropped; the final relabelling closes them, in the same order).
+    components, n_comp = ndi.label(mask)
+    components = _drop_small(components, min_px)
+    mask = components > 0
     if not mask.any():
         return np.zeros(hematoxylin.shape, dtype=np.int32), thr
     dist = ndi.distance_transform_edt(mask)
     dist = ndi.gaussian_filter(dist, 1.0)
-    components, _ = ndi.label(mask)
     sep = max(1, round(_px(p.min_nucleus_separation_um, mpp) / 2))
     # Without ``labels`` (a per-object loop, slow): background has distance 0, so peaks cannot merge
     # across objects anyway.
@@ -223,7 +226,6 @@ def segment_nuclei(
     # A component with one seed is that seed's nucleus whole: only components with several seeds
     # need the watershed (same labels, as flooding never leaves a component).
     seeded = markers > 0
-    n_comp = int(components.max())
     seeds = np.bincount(components[seeded], minlength=n_comp + 1)
     several = seeds >= 2
     several[0] = False
@@ -420,13 +422,24 @@ def ridge_map(dab: np.ndarray, mpp: float, sigma_um: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     sigma = max(sigma_um / mpp, 0.7)
-    img = dab.astype(np.float32)
+    img = np.asarray(dab, dtype=np.float32)
     hyy = ndi.gaussian_filter(img, sigma, order=(2, 0))
     hxx = ndi.gaussian_filter(img, sigma, order=(0, 2))
     hxy = ndi.gaussian_filter(img, sigma, order=(1, 1))
-    half_trace = (hyy + hxx) / 2
-    root = np.sqrt(((hyy - hxx) / 2) ** 2 + hxy**2)
-    return np.maximum(-(half_trace - root), 0) * np.float32(sigma**2)
+    # -(half trace - sqrt(((hyy - hxx) / 2)² + hxy²)), in place (the same float32 operations).
+    root = np.subtract(hyy, hxx)
+    root /= 2
+    root *= root
+    hxy *= hxy
+    root += hxy
+    np.sqrt(root, out=root)
+    hyy += hxx
+    hyy /= 2
+    hyy -= root
+    np.negative(hyy, out=hyy)
+    np.maximum(hyy, 0, out=hyy)
+    hyy *= np.float32(sigma**2)
+    return hyy
 
 
 def grow_cells_to_membranes(
@@ -474,8 +487,7 @@ def _flood_cells(
     n = int(nuclei.max())
     dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
     dist_um = (dist * mpp).astype(np.float32)
-    nearest = nuclei[iy, ix]
-    smooth = ndi.gaussian_filter(dab.astype(np.float32), p.background_smoothing_um / mpp)
+    smooth = ndi.gaussian_filter(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
     background = (dist_um > p.max_cell_radius_um) | (
         (dist_um > p.background_min_um) & (smooth < p.background_dab_od)
     )
@@ -485,14 +497,14 @@ def _flood_cells(
     markers[background] = n + 1
     elevation = (
         ridge_map(dab, mpp, p.ridge_sigma_um)
-        + np.float32(0.5) * dab.astype(np.float32)
+        + np.float32(0.5) * np.asarray(dab, dtype=np.float32)
         + np.float32(p.distance_weight_od_per_um) * dist_um
     )
     cells = flood(elevation, markers)
     cells[cells == n + 1] = 0
     # A cell that flooded round a neighbour into a basin beyond its own reach gives it back.
     leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
-    cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nearest[leak], 0)
+    cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nuclei[iy[leak], ix[leak]], 0)
     return cells
 
 

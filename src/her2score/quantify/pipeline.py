@@ -267,8 +267,12 @@ WORKER_PRELOAD = (
     "scipy.ndimage",
     "scipy.spatial",
     "skimage.segmentation",
+    "skimage.segmentation._watershed",  # skimage loads its submodules lazily, on first use
     "skimage.filters",
+    "skimage.filters.thresholding",
     "skimage.morphology",
+    "pyarrow.pandas_compat",
+    "her2score.quantify.morphology",
     "her2score.slide",
     "her2score.quantify.pipeline",
     "her2score.quantify.tiled",
