@@ -38,6 +38,27 @@ How the definitions are read here, where they leave a gap:
   cells count as staining like any other (towards 1+ and the HER2-0 subtype).
 * "> 10 %" is strict: exactly 10 % is not more than 10 %.
 
+**HER2 IHC, gastric and gastro-oesophageal adenocarcinoma (Hofmann et al., Histopathology 2008;
+52:797-805; Rüschoff et al., Virchows Arch 2012; adopted by the ASCO/CAP/ASCP guideline, Bartley et
+al., J Clin Oncol 2017;35:446-464, Table 3)**, surgical (resection) specimens, over tumour cells:
+
+* **3+ (positive)**: strong complete, basolateral or lateral membranous reactivity in ≥ 10 % of
+  tumour cells.
+* **2+ (equivocal)**: weak to moderate complete, basolateral or lateral membranous reactivity in
+  ≥ 10 % of tumour cells.
+* **1+ (negative)**: faint / barely perceptible membranous reactivity in ≥ 10 % of tumour cells;
+  cells are reactive only in part of their membrane.
+* **0 (negative)**: no reactivity, or membranous reactivity in < 10 % of tumour cells.
+
+Two things differ from the breast rules. Glandular (columnar) cells rarely stain on their luminal
+(apical) side, so a **"U-shaped" basolateral or lateral membrane counts like a complete one**: the
+membrane quantifier reads it as ``*-complete`` (:func:`her2score.quantify.membrane.classify_membrane`
+with ``her2_rules="gastric"``). And the cut-off is **≥ 10 %** (the breast "> 10 %" is strict); the
+2018 breast-only "intense complete in ≤ 10 % is 2+" pattern does not exist here. The same cumulative
+reading as above applies (intense complete cells count as complete, any staining towards 1+). The
+guideline's biopsy rule (a cohesive cluster of ≥ 5 tumour cells, whatever share of the sample it is)
+is not implemented: it needs the cells' clustering, not their counts.
+
 **HER2-low and HER2-ultralow (ASCO/CAP 2023 update; DESTINY-Breast04/06)**: HER2-low is IHC 1+, or
 IHC 2+ with a negative ISH; HER2-ultralow is IHC 0 with faint / barely perceptible incomplete
 membrane staining in > 0 % and ≤ 10 % of tumour cells; HER2-null (IHC 0 with no staining at all)
@@ -78,6 +99,9 @@ MEMBRANE_CLASSES = ("none", "faint-incomplete", "faint-complete", "moderate-comp
 MEMBRANE_INTENSITY = (0, 1, 1, 2, 3)
 #: Classes whose membrane is complete (circumferential).
 COMPLETE_CLASSES = ("faint-complete", "moderate-complete", "intense-complete")
+#: HER2 rulebooks by organ: ``breast`` (ASCO/CAP 2018, the default) and ``gastric`` (Hofmann 2008 /
+#: ASCO/CAP/ASCP 2016 gastro-oesophageal, surgical specimens).
+HER2_RULES = ("breast", "gastric")
 #: Subtypes of HER2 0 (ASCO/CAP 2023).
 HER2_0_SUBTYPES = ("null", "ultralow")
 #: Three groups for models: 0 / low / high.
@@ -124,25 +148,38 @@ def _check_counts(counts: Mapping[str, float]) -> None:
         )
 
 
+def check_her2_rules(name: str) -> str:
+    """``name`` if it is one of :data:`HER2_RULES`, else a :class:`ConfigError` naming the choices."""
+    if name not in HER2_RULES:
+        raise ConfigError(f"HER2 rules must be one of {', '.join(HER2_RULES)} (got {name!r})")
+    return name
+
+
 def her2_category(
     counts: Mapping[str, float],
     *,
     positive_percent: float = POSITIVE_PERCENT,
     intense_minority_percent: float = INTENSE_MINORITY_PERCENT,
+    organ: str = "breast",
 ) -> str:
-    """ASCO/CAP 2018 HER2 IHC category (``0``, ``1+``, ``2+``, ``3+``) from tumour-cell counts per class.
+    """HER2 IHC category (``0``, ``1+``, ``2+``, ``3+``) from tumour-cell counts per class.
 
     ``counts`` maps membrane classes (:data:`MEMBRANE_CLASSES`) to numbers of tumour cells (missing
-    classes: 0). 3+: intense complete in > 10 %; 2+: complete staining of any intensity in > 10 %, or
-    intense complete in ``intense_minority_percent``-10 %; 1+: membrane staining of any kind in
-    > 10 %; else 0. No tumour cells: 0.
+    classes: 0). ``organ="breast"`` (ASCO/CAP 2018): 3+: intense complete in > 10 %; 2+: complete
+    staining of any intensity in > 10 %, or intense complete in ``intense_minority_percent``-10 %;
+    1+: membrane staining of any kind in > 10 %; else 0. ``organ="gastric"`` (Hofmann 2008): the same
+    patterns in ≥ 10 % (complete classes include basolateral / lateral membranes there), no
+    intense-minority 2+. No tumour cells: 0.
 
         >>> her2_category({"none": 90, "intense-complete": 10})  # not > 10 %: the 2+ minority pattern
         '2+'
+        >>> her2_category({"none": 90, "intense-complete": 10}, organ="gastric")  # ≥ 10 %
+        '3+'
         >>> her2_category({"none": 89, "faint-incomplete": 11})
         '1+'
     """
     _check_counts(counts)
+    gastric = check_her2_rules(organ) == "gastric"
     n = sum(counts.get(c, 0) for c in MEMBRANE_CLASSES)
     if n <= 0:
         return "0"
@@ -150,19 +187,20 @@ def her2_category(
     complete = sum(counts.get(c, 0) for c in COMPLETE_CLASSES)
     stained = n - counts.get("none", 0)
 
-    def over(count: float, percent: float) -> bool:  # count > percent % of n, exact for whole counts
-        return 100 * count > percent * n
+    def over(count: float, percent: float) -> bool:  # count > (gastric: >=) percent % of n, exact
+        return 100 * count >= percent * n if gastric else 100 * count > percent * n
 
+    minority = not gastric and intense > 0 and 100 * intense >= intense_minority_percent * n
     if over(intense, positive_percent):
         return "3+"
-    if over(complete, positive_percent) or (intense > 0 and 100 * intense >= intense_minority_percent * n):
+    if over(complete, positive_percent) or minority:
         return "2+"
     if over(stained, positive_percent):
         return "1+"
     return "0"
 
 
-def her2_category_of_cells(membrane_class: Sequence[str] | np.ndarray, **rule: float) -> str:
+def her2_category_of_cells(membrane_class: Sequence[str] | np.ndarray, **rule: float | str) -> str:
     """:func:`her2_category` of a set of tumour cells given by their membrane classes (names or indices).
 
     >>> her2_category_of_cells(["none"] * 89 + ["intense-complete"] * 11)

@@ -179,3 +179,48 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys; import her2score.cli.main, her2score.cli.quantify; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_rules_option_reaches_the_results(images: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["quantify", str(images["strong"]), "--mpp", "0.5", "--rules", "gastric", "--out", str(out), "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out / "results.csv").loc[0]
+    assert row["her2_rules"] == "gastric"
+    assert row["category"] == "3+"
+    assert json.loads((out / "thresholds.json").read_text())["thresholds"]["her2_rules"] == "gastric"
+    default = tmp_path / "default"
+    result = CliRunner().invoke(
+        app, ["quantify", str(images["strong"]), "--mpp", "0.5", "--out", str(default), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(default / "results.csv").loc[0, "her2_rules"] == "breast"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--rules", "lung"), "HER2 rules must be one of breast, gastric (got 'lung')"),
+        (("--rules", "gastric", "--marker", "ki67"), "--rules applies to --marker her2"),
+    ],
+)
+def test_bad_rules_are_one_line_and_exit_2(
+    images: dict[str, Path], tmp_path: Path, extra: tuple[str, ...], message: str
+) -> None:
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "her2score", "quantify", str(images["strong"]), "--mpp", "0.5"),
+            *extra,
+            *("--out", str(tmp_path / "o")),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is written

@@ -56,6 +56,15 @@ def quantify(
             help="Nuclear markers: mean nuclear DAB OD from which a nucleus is positive (default 0.12).",
         ),
     ] = None,
+    rules: Annotated[
+        str | None,
+        typer.Option(
+            "--rules",
+            help="HER2 rulebook: breast (ASCO/CAP 2018, the default) or gastric (Hofmann 2008 / "
+            "ASCO/CAP/ASCP 2016 gastro-oesophageal: basolateral or lateral U-shaped membranes count as "
+            "complete, >= 10 % of tumour cells). Replaces her2_rules of --thresholds.",
+        ),
+    ] = None,
     quiet: Quiet = False,
     scheduler: Scheduler = None,
 ) -> None:
@@ -78,6 +87,12 @@ def quantify(
     from her2score.quantify.nuclear import check_marker, load_nuclear_thresholds
 
     marker = check_marker(marker)
+    if rules is not None:
+        from her2score.rules import check_her2_rules
+
+        check_her2_rules(rules)
+        if marker != "her2":
+            raise ConfigError("--rules applies to --marker her2 (membrane scoring)")
     if marker == "her2" and (nuclear_thresholds is not None or positive_od is not None):
         raise ConfigError("--nuclear-thresholds and --positive-od apply to --marker er, pr or ki67")
     nuclear = load_nuclear_thresholds(nuclear_thresholds, {"weak": positive_od})
@@ -89,7 +104,7 @@ def quantify(
         on_cluster = {"scheduler": scheduler} if scheduler else {}
         if marker == "her2":
             result = quantify_batch(
-                images, out, thresholds, mpp, workers, quiet, stains=stain_vectors, **on_cluster
+                images, out, thresholds, mpp, workers, quiet, stains=stain_vectors, rules=rules, **on_cluster
             )
         else:
             result = quantify_batch(

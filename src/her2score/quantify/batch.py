@@ -67,6 +67,7 @@ def quantify_batch(
     marker: str = "her2",
     nuclear_thresholds: Any = None,
     scheduler: str | None = None,
+    rules: str | None = None,
 ) -> BatchResult:
     """Score each image or slide of ``inputs`` (files, or folders: the slides and images in them, by
     content) and write ``results.csv``, ``thresholds.json`` and per input ``<stem>.cells.parquet`` and
@@ -92,6 +93,10 @@ def quantify_batch(
     starts with :data:`~her2score.quantify.nuclear.NUCLEAR_RESULT_COLUMNS`, and ``thresholds.json``
     holds the nuclear thresholds too.
 
+    ``rules``: the HER2 rulebook, ``breast`` (ASCO/CAP 2018) or ``gastric`` (Hofmann 2008 /
+    ASCO/CAP/ASCP 2016; :mod:`her2score.rules`); it replaces ``thresholds.her2_rules`` (None: keep that,
+    ``breast`` by default). Each row records it in ``her2_rules``, ``thresholds.json`` in its thresholds.
+
     ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:port``): each input is then
     scored on one of its workers (:mod:`her2score.cluster`; they write its cells and overlay into
     ``out_dir``, which they must see at the same path), and this process writes ``results.csv`` as the
@@ -103,6 +108,12 @@ def quantify_batch(
     from her2score.slide.discover import expand_inputs
 
     t = load_thresholds(thresholds)
+    if rules is not None:
+        from dataclasses import replace
+
+        from her2score.rules import check_her2_rules
+
+        t = replace(t, her2_rules=check_her2_rules(rules))
     marker = check_marker(marker)
     nt = nuclear_thresholds or NuclearThresholds()
     if stains not in ("auto", "default"):

@@ -433,13 +433,28 @@ def classify_membrane(
 
     Incomplete rings count as ``faint-incomplete`` whatever their intensity: ASCO/CAP 2018 only
     grades complete (circumferential) staining by intensity; incomplete staining is the 1+ pattern.
-    A ring is complete when stained far enough round and (given ``gap``, the longest unstained
-    run as a fraction of the ring) broken nowhere by more than ``max_gap_fraction``.
+    Breast rules (``thresholds.her2_rules``): a ring is complete when stained far enough round
+    (``complete_fraction``) and (given ``gap``, the longest unstained run as a fraction of the ring)
+    broken nowhere by more than ``max_gap_fraction``.
+
+    Gastric rules (Hofmann 2008; :mod:`her2score.rules`): basolateral or lateral ("U-shaped")
+    staining counts as complete, as a gland cell's luminal side rarely stains. A ring is complete
+    when its stained part is one arc covering at least ``gastric_arc_fraction`` of it (a U: base and
+    both sides): stained share >= ``gastric_arc_fraction`` and, outside its longest unstained run
+    (``gap``, the luminal side), stained at ``complete_fraction`` or more, i.e. ``completeness >=
+    complete_fraction x (1 - gap)``. A closed ring (gap ~0) is complete by both rules; two separate
+    arcs (two gaps) or a short arc stay incomplete.
     """
     classes = np.asarray(MEMBRANE_CLASSES, dtype=object)
-    complete = np.asarray(completeness) >= thresholds.complete_fraction
-    if gap is not None:
-        complete &= np.asarray(gap) <= thresholds.max_gap_fraction
+    t = thresholds
+    completeness = np.asarray(completeness, dtype=np.float64)
+    if t.her2_rules == "gastric":
+        rest = 1.0 - (np.asarray(gap, dtype=np.float64) if gap is not None else 0.0)
+        complete = (completeness >= t.gastric_arc_fraction) & (completeness >= t.complete_fraction * rest)
+    else:
+        complete = completeness >= t.complete_fraction
+        if gap is not None:
+            complete &= np.asarray(gap) <= t.max_gap_fraction
     idx = np.where(intensity == 0, 0, np.where(complete, 1 + np.asarray(intensity), 1))
     return classes[idx]
 

@@ -145,7 +145,8 @@ def score_counts(
     index_sum: float,
     thresholds: Thresholds,
 ) -> dict[str, Any]:
-    """ASCO/CAP 2018 category and companions from tumour-cell class counts (rules: :mod:`her2score.rules`).
+    """HER2 category and companions from tumour-cell class counts (rules: :mod:`her2score.rules`, the
+    rulebook ``thresholds.her2_rules``, recorded in the row as ``her2_rules``).
 
     Fewer tumour cells than ``thresholds.min_tumour_cells``: category :data:`NOT_SCORABLE`,
     ``scorable`` False and the ``reason`` (no tumour cells, too few); otherwise ``scorable`` True and:
@@ -163,8 +164,12 @@ def score_counts(
             class_counts,
             positive_percent=thresholds.positive_percent,
             intense_minority_percent=thresholds.intense_minority_percent,
+            organ=thresholds.her2_rules,
         )
-        subtype, group = rules.her2_0_subtype(category, class_counts), rules.her2_3way(category)
+        # HER2-ultralow / null is a breast subtype (ASCO/CAP 2023); gastric rules leave it empty.
+        breast = thresholds.her2_rules == "breast"
+        subtype = rules.her2_0_subtype(category, class_counts) if breast else ""
+        group = rules.her2_3way(category)
     n_t = max(n_tumour, 1)
     h_score = sum(level * 100.0 * count / n_t for level, count in enumerate(intensity_counts))
     row: dict[str, Any] = {
@@ -177,6 +182,7 @@ def score_counts(
         "her2_index": 100.0 * index_sum / n_t,
         "n_cells": n_cells,
         "n_tumour_cells": n_tumour,
+        "her2_rules": thresholds.her2_rules,
     }
     for c in MEMBRANE_CLASSES:
         row[f"n_{c.replace('-', '_')}"] = int(class_counts.get(c, 0))

@@ -12,6 +12,7 @@ from her2score import rules
 from her2score.errors import ConfigError
 
 _INT_KEYS = ("n_sectors", "nest_neighbours", "cohesion_neighbours", "min_tumour_cells")
+_TEXT_KEYS = ("her2_rules",)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class Thresholds:
     #: otherwise make an 80 % arc measure as complete). Sectors that face a stained neighbour or lie
     #: outside the image break a run rather than extend it. 1.0 turns the rule off.
     max_gap_fraction: float = 0.1
+    #: Gastric rules (``her2_rules="gastric"``): a basolateral or lateral ("U-shaped") membrane counts as
+    #: complete when its stained part covers at least this fraction of the ring (a U is the base and both
+    #: sides of a cell: half its border or more) and is one arc: the ring outside its longest unstained run
+    #: is stained at ``complete_fraction`` (the breast rule's tolerance for lost sectors). See
+    #: :func:`~her2score.quantify.membrane.classify_membrane`.
+    gastric_arc_fraction: float = 0.5
     #: Low hysteresis threshold for completeness, as a fraction of ``faint``: 0.1125 OD by default,
     #: just above the 0.05-0.11 OD that unstained rings reach from noise and neighbouring membranes,
     #: so that a faint arc is not closed into a "complete" ring by noise (a lower floor, 0.09 OD, read
@@ -112,9 +119,18 @@ class Thresholds:
     #: Fewer invasive tumour cells than this in an image or slide: "not scorable" (one cell would be
     #: more than 5 % of the 10 % rule's denominator; see :func:`~her2score.quantify.scoring.score_counts`).
     min_tumour_cells: int = 20
+    #: The HER2 rulebook (:data:`her2score.rules.HER2_RULES`): ``breast`` (ASCO/CAP 2018) or ``gastric``
+    #: (Hofmann 2008 / ASCO/CAP/ASCP 2016: U-shaped membranes complete, ≥ 10 %, no intense-minority 2+;
+    #: ``max_gap_fraction`` and ``intense_minority_percent`` then do not apply).
+    her2_rules: str = "breast"
 
     def __post_init__(self) -> None:
+        rules.check_her2_rules(self.her2_rules)
+        if not 0 < self.gastric_arc_fraction <= 1:
+            raise ConfigError(f"gastric_arc_fraction must be in (0, 1] (got {self.gastric_arc_fraction})")
         for f in fields(self):
+            if f.name in _TEXT_KEYS:
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number (got {value!r})")
@@ -186,7 +202,10 @@ class Thresholds:
         if unknown:
             raise ConfigError(f"unknown threshold keys {unknown}; known: {sorted(known)}", path)
         try:
-            values = {k: (int(v) if k in _INT_KEYS else float(v)) for k, v in data.items()}
+            values = {
+                k: (str(v) if k in _TEXT_KEYS else int(v) if k in _INT_KEYS else float(v))
+                for k, v in data.items()
+            }
             return cls(**values)
         except ConfigError as exc:
             raise ConfigError(exc.cause, path) from None
