@@ -50,7 +50,6 @@ def main() -> None:
             f"{f1.get(m, float('nan')):.3f}" for m in ("lgd-net", "he-only", "ihc-only", "virtual-stain")
         )
         lines.append(f"| {seed} | {seed + 1} | {scores} | {gain:+.1f} | {wall:.1f} | {used:.1f} |")
-        # the columns in the header's order: F1 of the four models, then the gain
         print(lines[-1], flush=True)
     print(
         "\n| seed | sites | LGD-Net F1 | H&E-only F1 | IHC-only F1 | virtual-stain F1 | gain (points) "
