@@ -205,3 +205,23 @@ def test_a_teacher_frozen_after_warmup_stays_fixed(tmp_path: Path, pair_cohort: 
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert "train_teacher_ce" not in history.columns
     assert "train_align" in history.columns
+
+
+@pytest.mark.slow
+def test_the_benchmark_hands_lgd_net_the_ihc_only_classifier_as_teacher(
+    tmp_path: Path, pair_cohort: Path
+) -> None:
+    from her2score.cli.benchmark import run_bci_benchmark
+
+    logs: list[str] = []
+    frame = run_bci_benchmark(
+        pair_cohort.parent, tmp_path / "out", size=64, epochs=1, models=["lgd-net"], batch_size=4,
+        n_boot=10, log=logs.append,
+    )  # fmt: skip
+    assert list(frame["model"]) == ["lgd-net", "ihc-only"]  # the teacher was trained although not asked
+    teacher = tmp_path / "out" / "runs" / "ihc-only" / "model.safetensors"
+    assert any(f"IHC teacher: {teacher} (frozen)" in line for line in logs)
+    assert any("loaded IHC teacher (frozen) agrees with" in line for line in logs)
+    history = pd.read_csv(tmp_path / "out" / "runs" / "lgd-net" / "history.csv")
+    assert "train_kd" in history.columns
+    assert "train_teacher_ce" not in history.columns

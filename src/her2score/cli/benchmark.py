@@ -35,7 +35,11 @@ class BenchmarkModel:
 
 BENCHMARK_MODELS = (
     BenchmarkModel(
-        "lgd-net", "pairs", "lgd-net", what="LGD-Net (all losses, nuclear-statistics head), predicts from H&E"
+        "lgd-net",
+        "pairs",
+        "lgd-net",
+        what="LGD-Net (the ihc-only classifier as frozen teacher, alignment, distillation, auxiliary tasks, "
+        "nuclear-statistics head), predicts from H&E",
     ),
     BenchmarkModel("he-only", "he", "lowres-resnet", stain_head=False, what="ResNet-18 on H&E alone"),
     BenchmarkModel(
@@ -72,6 +76,14 @@ BENCHMARK_MODELS = (
         "lgd-net",
         {"knowledge": False},
         what="without the H&E nuclear-statistics head",
+        default=False,
+    ),
+    BenchmarkModel(
+        "lgd-net-no-kd",
+        "pairs",
+        "lgd-net",
+        {"kd_weight": 0.0},
+        what="without distillation of the teacher's predictions",
         default=False,
     ),
     BenchmarkModel(
