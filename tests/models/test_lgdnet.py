@@ -215,13 +215,14 @@ def test_the_benchmark_hands_lgd_net_the_ihc_only_classifier_as_teacher(
 
     logs: list[str] = []
     frame = run_bci_benchmark(
-        pair_cohort.parent, tmp_path / "out", size=64, epochs=1, models=["lgd-net"], batch_size=4,
-        n_boot=10, log=logs.append,
+        pair_cohort.parent, tmp_path / "out", size=64, epochs=1, models=["lgd-net-ihc-teacher"],
+        batch_size=4, n_boot=10, log=logs.append,
     )  # fmt: skip
-    assert list(frame["model"]) == ["lgd-net", "ihc-only"]  # the teacher was trained although not asked
+    # the teacher was trained although not asked
+    assert list(frame["model"]) == ["ihc-only", "lgd-net-ihc-teacher"]
     teacher = tmp_path / "out" / "runs" / "ihc-only" / "model.safetensors"
     assert any(f"IHC teacher: {teacher} (frozen)" in line for line in logs)
     assert any("loaded IHC teacher (frozen) agrees with" in line for line in logs)
-    history = pd.read_csv(tmp_path / "out" / "runs" / "lgd-net" / "history.csv")
+    history = pd.read_csv(tmp_path / "out" / "runs" / "lgd-net-ihc-teacher" / "history.csv")
     assert "train_kd" in history.columns
     assert "train_teacher_ce" not in history.columns

@@ -31,6 +31,7 @@ class BenchmarkModel:
     what: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # training settings of this row (e.g. lr)
     default: bool = True  # run without --models
+    ihc_teacher: bool = False  # LGD-Net with the ihc-only classifier as its frozen teacher
 
 
 BENCHMARK_MODELS = (
@@ -38,8 +39,7 @@ BENCHMARK_MODELS = (
         "lgd-net",
         "pairs",
         "lgd-net",
-        what="LGD-Net (the ihc-only classifier as frozen teacher, alignment, distillation, auxiliary tasks, "
-        "nuclear-statistics head), predicts from H&E",
+        what="LGD-Net (joint IHC teacher, all losses, nuclear-statistics head), predicts from H&E",
     ),
     BenchmarkModel("he-only", "he", "lowres-resnet", stain_head=False, what="ResNet-18 on H&E alone"),
     BenchmarkModel(
@@ -79,12 +79,21 @@ BENCHMARK_MODELS = (
         default=False,
     ),
     BenchmarkModel(
-        "lgd-net-no-kd",
+        "lgd-net-ihc-teacher",
+        "pairs",
+        "lgd-net",
+        what="the ihc-only classifier as frozen teacher, with distillation of its predictions",
+        default=False,
+        ihc_teacher=True,
+    ),
+    BenchmarkModel(
+        "lgd-net-ihc-teacher-no-kd",
         "pairs",
         "lgd-net",
         {"kd_weight": 0.0},
-        what="without distillation of the teacher's predictions",
+        what="the ihc-only classifier as frozen teacher, without distillation",
         default=False,
+        ihc_teacher=True,
     ),
     BenchmarkModel(
         "lgd-net-membrane-only",
@@ -167,10 +176,11 @@ def run_bci_benchmark(
 ) -> Any:
     """Run the protocol (see the module docstring); returns the results table.
 
-    The ``ihc-only`` classifier trains first: it is LGD-Net's frozen IHC teacher and virtual-stain's
-    scorer (trained even when not asked, if a model needs it). ``teacher``: an ``ihc-only`` model saved
-    by an earlier run on the same folder, used instead of training one; ``overrides``: further model
-    options per benchmark model name (e.g. ``{"lgd-net": {"kd_weight": 0}}``, for benchmark scripts)."""
+    The ``ihc-only`` classifier trains first: it is virtual-stain's scorer and the frozen IHC teacher of
+    ``lgd-net-ihc-teacher`` (trained even when not asked, if a model needs it). ``teacher``: an
+    ``ihc-only`` model saved by an earlier run on the same folder, used instead of training one;
+    ``overrides``: further model options per benchmark model name (e.g. ``{"lgd-net": {"align_weight":
+    0}}``, for benchmark scripts)."""
     import pandas as pd
 
     from her2score.data.bci import BCI_MPP, LABEL_WARNING, _image_size, find_bci_pairs, write_bci_manifests
@@ -188,9 +198,9 @@ def run_bci_benchmark(
         raise ConfigError(f"unknown benchmark model(s) {', '.join(unknown)}; known: {', '.join(known)}")
     # in the table's order, whatever the order asked: ihc-only before virtual-stain, which it scores
     chosen = [m for m in BENCHMARK_MODELS if (m.name in models if models else m.default)]
-    needs_teacher = any(m.model in ("lgd-net", "virtual-stain") for m in chosen)
+    needs_teacher = any(m.model == "virtual-stain" or m.ihc_teacher for m in chosen)
     if needs_teacher and teacher is None and "ihc-only" not in {m.name for m in chosen}:
-        log("ihc-only: trained as the IHC teacher of LGD-Net / the scorer of virtual-stain")
+        log("ihc-only: trained as the scorer of virtual-stain / the frozen IHC teacher of LGD-Net")
         chosen = [m for m in BENCHMARK_MODELS if m in chosen or m.name == "ihc-only"]
     # the IHC classifier first: the others use it
     order = sorted(chosen, key=lambda m: m.name != "ihc-only")
@@ -213,7 +223,7 @@ def run_bci_benchmark(
         model_args = {**spec.model_args, **(overrides or {}).get(spec.name, {})}
         if spec.model == "virtual-stain" and "ihc-only" in trained:
             model_args.setdefault("scorer", str(trained["ihc-only"]))  # exactly the IHC-only classifier
-        if spec.model == "lgd-net" and "ihc-only" in trained:
+        if spec.ihc_teacher and "ihc-only" in trained:
             model_args.setdefault("teacher", str(trained["ihc-only"]))  # the IHC-only classifier, frozen
         cfg = load_config(
             None, model=spec.model, task=TASK, epochs=epochs, batch_size=batch_size, device=device,
