@@ -23,7 +23,7 @@ Only the abstract is public; where it is silent the choices below are ours (and 
 * **Teacher schedule**: ``teacher=PATH`` loads a saved IHC classifier of the ``lowres`` family (the
   ``ihc-only`` run of ``her2score benchmark bci``, trained to its best validation epoch by the engine)
   and freezes it: the paper's "IHC teacher trained first" (``lgd-net-ihc-teacher`` in the benchmark; on
-  three synthetic cohorts no better than the joint teacher, README "LGD-Net"). Without it, ``joint``
+  four synthetic cohorts no better than the joint teacher, README "LGD-Net"). Without it, ``joint``
   (default) trains the
   teacher beside the student from the first step; ``frozen-after-warmup`` trains it alone on IHC for
   ``teacher_warmup_epochs`` epochs before the first epoch (un-augmented batches) and then freezes it
