@@ -52,7 +52,7 @@ def main() -> None:
         lines.append(f"| {seed} | {seed + 1} | {scores} | {gain:+.1f} | {wall:.1f} | {used:.1f} |")
         print(lines[-1], flush=True)
     print(
-        "\n| seed | sites | LGD-Net F1 | H&E-only F1 | gain (points) | IHC-only F1 | virtual-stain F1 "
+        "\n| seed | sites | LGD-Net F1 | H&E-only F1 | IHC-only F1 | virtual-stain F1 | gain (points) "
         "| wall min | CPU min |"
     )
     print("|---|---|---|---|---|---|---|---|---|")

@@ -99,6 +99,46 @@ def test_every_loss_is_logged_and_weights_switch_terms_off() -> None:
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
 
 
+def _saved_ihc_classifier(path: Path, num_classes: int = 3) -> Path:
+    from her2score.engine.checkpoint import save_model
+
+    model = create_model("lowres-resnet", num_classes, backbone="resnet18")
+    meta = {
+        "task": "her2-3way", "classes": [str(c) for c in range(num_classes)], "model": "lowres-resnet",
+        "model_kwargs": model.build_kwargs(), "input_kind": "lowres", "data": {},
+        "stats": {"mean": [0.8, 0.7, 0.75], "std": [0.1, 0.2, 0.15]},
+    }  # fmt: skip
+    return save_model(path, model, meta)
+
+
+def test_a_loaded_ihc_teacher_is_frozen_and_distilled(tmp_path: Path) -> None:
+    teacher = _saved_ihc_classifier(tmp_path / "ihc.safetensors")
+    model = create_model("lgd-net", 3, backbone="resnet18", teacher=str(teacher), kd_temperature=3.0)
+    assert model.teacher_frozen
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert torch.allclose(model.teacher_std, torch.tensor([0.1, 0.2, 0.15]))  # the teacher's own scale
+    model.train()
+    assert not model.teacher.training  # BatchNorm statistics stay those the teacher was trained with
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    batch = {
+        "image": torch.randn(2, 3, 64, 64), "teacher_image": torch.randn(2, 3, 64, 64),
+        "label": torch.tensor([0, 2]),
+    }  # fmt: skip
+    loss, logs = model.training_step(batch, torch.nn.functional.cross_entropy)
+    assert "kd" in logs
+    assert logs["kd"] >= 0
+    assert "teacher_ce" not in logs  # a frozen teacher is not trained
+    loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.teacher.state_dict().items())
+    without = create_model("lgd-net", 3, backbone="resnet18", teacher=str(teacher), kd_weight=0.0)
+    assert "kd" not in without.training_step(batch, torch.nn.functional.cross_entropy)[1]
+    with pytest.raises(ConfigError, match="classes"):
+        create_model("lgd-net", 4, backbone="resnet18", teacher=str(teacher))
+    with pytest.raises(ConfigError, match="kd_temperature"):
+        create_model("lgd-net", 3, kd_temperature=0)
+
+
 @pytest.fixture(scope="module")
 def pair_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pairs")
@@ -165,3 +205,24 @@ def test_a_teacher_frozen_after_warmup_stays_fixed(tmp_path: Path, pair_cohort: 
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert "train_teacher_ce" not in history.columns
     assert "train_align" in history.columns
+
+
+@pytest.mark.slow
+def test_the_benchmark_hands_lgd_net_the_ihc_only_classifier_as_teacher(
+    tmp_path: Path, pair_cohort: Path
+) -> None:
+    from her2score.cli.benchmark import run_bci_benchmark
+
+    logs: list[str] = []
+    frame = run_bci_benchmark(
+        pair_cohort.parent, tmp_path / "out", size=64, epochs=1, models=["lgd-net-ihc-teacher"],
+        batch_size=4, n_boot=10, log=logs.append,
+    )  # fmt: skip
+    # the teacher was trained although not asked
+    assert list(frame["model"]) == ["ihc-only", "lgd-net-ihc-teacher"]
+    teacher = tmp_path / "out" / "runs" / "ihc-only" / "model.safetensors"
+    assert any(f"IHC teacher: {teacher} (frozen)" in line for line in logs)
+    assert any("loaded IHC teacher (frozen) agrees with" in line for line in logs)
+    history = pd.read_csv(tmp_path / "out" / "runs" / "lgd-net-ihc-teacher" / "history.csv")
+    assert "train_kd" in history.columns
+    assert "train_teacher_ce" not in history.columns

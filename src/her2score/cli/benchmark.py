@@ -31,11 +31,15 @@ class BenchmarkModel:
     what: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # training settings of this row (e.g. lr)
     default: bool = True  # run without --models
+    ihc_teacher: bool = False  # LGD-Net with the ihc-only classifier as its frozen teacher
 
 
 BENCHMARK_MODELS = (
     BenchmarkModel(
-        "lgd-net", "pairs", "lgd-net", what="LGD-Net (all losses, nuclear-statistics head), predicts from H&E"
+        "lgd-net",
+        "pairs",
+        "lgd-net",
+        what="LGD-Net (joint IHC teacher, all losses, nuclear-statistics head), predicts from H&E",
     ),
     BenchmarkModel("he-only", "he", "lowres-resnet", stain_head=False, what="ResNet-18 on H&E alone"),
     BenchmarkModel(
@@ -73,6 +77,23 @@ BENCHMARK_MODELS = (
         {"knowledge": False},
         what="without the H&E nuclear-statistics head",
         default=False,
+    ),
+    BenchmarkModel(
+        "lgd-net-ihc-teacher",
+        "pairs",
+        "lgd-net",
+        what="the ihc-only classifier as frozen teacher, with distillation of its predictions",
+        default=False,
+        ihc_teacher=True,
+    ),
+    BenchmarkModel(
+        "lgd-net-ihc-teacher-no-kd",
+        "pairs",
+        "lgd-net",
+        {"kd_weight": 0.0},
+        what="the ihc-only classifier as frozen teacher, without distillation",
+        default=False,
+        ihc_teacher=True,
     ),
     BenchmarkModel(
         "lgd-net-membrane-only",
@@ -150,8 +171,16 @@ def run_bci_benchmark(
     n_boot: int = 1000,
     quiet: bool = True,
     log: Any = print,
+    teacher: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """Run the protocol (see the module docstring); returns the results table."""
+    """Run the protocol (see the module docstring); returns the results table.
+
+    The ``ihc-only`` classifier trains first: it is virtual-stain's scorer and the frozen IHC teacher of
+    ``lgd-net-ihc-teacher`` (trained even when not asked, if a model needs it). ``teacher``: an
+    ``ihc-only`` model saved by an earlier run on the same folder, used instead of training one;
+    ``overrides``: further model options per benchmark model name (e.g. ``{"lgd-net": {"align_weight":
+    0}}``, for benchmark scripts)."""
     import pandas as pd
 
     from her2score.data.bci import BCI_MPP, LABEL_WARNING, _image_size, find_bci_pairs, write_bci_manifests
@@ -169,6 +198,12 @@ def run_bci_benchmark(
         raise ConfigError(f"unknown benchmark model(s) {', '.join(unknown)}; known: {', '.join(known)}")
     # in the table's order, whatever the order asked: ihc-only before virtual-stain, which it scores
     chosen = [m for m in BENCHMARK_MODELS if (m.name in models if models else m.default)]
+    needs_teacher = any(m.model == "virtual-stain" or m.ihc_teacher for m in chosen)
+    if needs_teacher and teacher is None and "ihc-only" not in {m.name for m in chosen}:
+        log("ihc-only: trained as the scorer of virtual-stain / the frozen IHC teacher of LGD-Net")
+        chosen = [m for m in BENCHMARK_MODELS if m in chosen or m.name == "ihc-only"]
+    # the IHC classifier first: the others use it
+    order = sorted(chosen, key=lambda m: m.name != "ihc-only")
     out = Path(out)
     pairs = find_bci_pairs(root)
     log(f"WARNING: {LABEL_WARNING}")
@@ -181,11 +216,15 @@ def run_bci_benchmark(
         f"read at {mpp:g} µm/px"
     )
     rows, confusions, trained, extra = [], {}, {}, {}
-    for spec in chosen:
+    if teacher is not None:
+        trained["ihc-only"] = Path(teacher)
+    for spec in order:
         start, cpu_start = time.perf_counter(), time.process_time()
-        model_args = dict(spec.model_args)
+        model_args = {**spec.model_args, **(overrides or {}).get(spec.name, {})}
         if spec.model == "virtual-stain" and "ihc-only" in trained:
             model_args.setdefault("scorer", str(trained["ihc-only"]))  # exactly the IHC-only classifier
+        if spec.ihc_teacher and "ihc-only" in trained:
+            model_args.setdefault("teacher", str(trained["ihc-only"]))  # the IHC-only classifier, frozen
         cfg = load_config(
             None, model=spec.model, task=TASK, epochs=epochs, batch_size=batch_size, device=device,
             mpp=mpp, input_size=size, seed=seed, n_boot=n_boot, stain_head=spec.stain_head,
@@ -218,7 +257,8 @@ def run_bci_benchmark(
         rows.append(row)
         confusions[spec.name] = (metrics.get("confusion"), metrics.get("classes"))
         log(f"{spec.name}: F1 {row['f1_macro']} in {minutes:.1f} min")
-    frame = pd.DataFrame(rows)
+    rank = {m.name: i for i, m in enumerate(BENCHMARK_MODELS)}
+    frame = pd.DataFrame(sorted(rows, key=lambda r: rank[r["model"]]))
     write_csv(out / "results.csv", frame)
     write_report(
         out / "report.md", frame, confusions, chosen, root, len(pairs), side, mpp, size, epochs, extra

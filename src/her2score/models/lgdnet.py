@@ -43,14 +43,18 @@ def lgd_net(
     teacher_warmup_epochs: int = 3,
     knowledge: bool = True,
     knowledge_weight: float = 0.0,
+    teacher: str | None = None,
+    kd_weight: float = 1.0,
+    kd_temperature: float = 2.0,
 ) -> LGDNet:
-    """LGD-Net (ablations: ``align_weight=0``, ``nuclei_weight=0``, ``membrane_weight=0``)."""
+    """LGD-Net (ablations: ``align_weight=0``, ``nuclei_weight=0``, ``membrane_weight=0``,
+    ``kd_weight=0``); ``teacher``: a saved IHC classifier (``lowres`` family) to load and freeze."""
     from her2score.models.nets.lgdnet import LGDNet
 
     return LGDNet(
         num_classes, backbone or "resnet18", weights, drop_rate, norm, hallucinated_weight, fused_weight,
         teacher_weight, align_weight, align_loss, nuclei_weight, membrane_weight, grid, teacher_mode,
-        teacher_warmup_epochs, knowledge, knowledge_weight,
+        teacher_warmup_epochs, knowledge, knowledge_weight, teacher, kd_weight, kd_temperature,
     )  # fmt: skip
 
 
@@ -69,8 +73,9 @@ def lgd_net_he(
     drop_rate: float = 0.0,
     norm: str | None = None,
     knowledge: bool = True,
+    teacher_dim: int | None = None,
 ) -> LGDNetHE:
     """The H&E path of LGD-Net (saved by a trained ``lgd-net``; trained alone it lacks the teacher)."""
     from her2score.models.nets.lgdnet import LGDNetHE
 
-    return LGDNetHE(num_classes, backbone or "resnet18", weights, drop_rate, norm, knowledge)
+    return LGDNetHE(num_classes, backbone or "resnet18", weights, drop_rate, norm, knowledge, teacher_dim)

@@ -20,11 +20,20 @@ Only the abstract is public; where it is silent the choices below are ours (and 
   shrink it by shrinking its features, or ``mse``), and two auxiliary regressions on standardised
   targets (see :func:`auxiliary_targets`): the nuclei-density map of the H&E image from the H&E
   features, and the membrane DAB map and its tissue mean from the hallucinated features.
-* **Teacher schedule**: ``joint`` (default) trains the teacher beside the student from the first step;
-  ``frozen-after-warmup`` trains it alone on IHC for ``teacher_warmup_epochs`` epochs before the first
-  epoch (un-augmented batches) and then freezes it (BatchNorm in eval mode). Joint is the default: it
-  costs no extra epochs on a CPU budget and the alignment target is detached, so the student never
-  drags the teacher towards H&E.
+* **Teacher schedule**: ``teacher=PATH`` loads a saved IHC classifier of the ``lowres`` family (the
+  ``ihc-only`` run of ``her2score benchmark bci``, trained to its best validation epoch by the engine)
+  and freezes it: the paper's "IHC teacher trained first" (``lgd-net-ihc-teacher`` in the benchmark; on
+  four synthetic cohorts no better than the joint teacher, README "LGD-Net"). Without it, ``joint``
+  (default) trains the
+  teacher beside the student from the first step; ``frozen-after-warmup`` trains it alone on IHC for
+  ``teacher_warmup_epochs`` epochs before the first epoch (un-augmented batches) and then freezes it
+  (BatchNorm in eval mode). The alignment target is always detached, so the student never drags the
+  teacher towards H&E.
+* **Distillation of the teacher's reading** (``kd_weight``, ``kd_temperature``): with a frozen teacher,
+  the fused and hallucinated logits also match the teacher's softened class probabilities on the
+  paired IHC (KL divergence at temperature T, times T², Hinton et al. 2015): per patch, the teacher
+  reads the staining itself, where the label is the slide's; a teacher still learning (``joint``) gives
+  no distillation target.
 
 The auxiliary targets are computed from the batch tensors in each training step, after augmentation:
 a geometric augmentation (flip, rotation, affine) moves the coarse maps with the image, which targets
@@ -50,7 +59,7 @@ from her2score.errors import ConfigError
 from her2score.models.base import FitContext, SlideModel, grad_cam
 from her2score.models.nets.lowres import build_backbone
 
-TEACHER_MODES = ("joint", "frozen-after-warmup")
+TEACHER_MODES = ("joint", "frozen-after-warmup")  # with ``teacher=PATH`` the loaded teacher is frozen
 ALIGN_LOSSES = ("cosine", "mse")
 #: Hematoxylin concentration (OD) above which a pixel is nuclear: at least NUCLEI_MIN_OD, and at least
 #: NUCLEI_ABOVE_MEDIAN above the image's median over tissue (fixed stain vectors let eosin leak into
@@ -157,6 +166,7 @@ class LGDNetHE(SlideModel):
         drop_rate: float = 0.0,
         norm: str | None = None,
         knowledge: bool = True,
+        teacher_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.backbone_name, self.norm, self.weights_note = feature_encoder(
@@ -165,15 +175,17 @@ class LGDNetHE(SlideModel):
         self.drop_rate = drop_rate
         dim = self.encoder.num_features
         self.dim = dim
+        # the teacher's latent width (a loaded teacher may be another backbone); default: the H&E width
+        self.teacher_dim = tdim = int(teacher_dim or dim)
         self.hallucinate = nn.Sequential(
             nn.Conv2d(dim, dim, 1, bias=False),
             nn.BatchNorm2d(dim),
             nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 1),
+            nn.Conv2d(dim, tdim, 1),
         )
         self.dropout = nn.Dropout(drop_rate)
-        self.hallucinated_classifier = nn.Linear(dim, num_classes)
-        self.fused_classifier = nn.Linear(2 * dim, num_classes)
+        self.hallucinated_classifier = nn.Linear(tdim, num_classes)
+        self.fused_classifier = nn.Linear(dim + tdim, num_classes)
         self.knowledge = knowledge
         self.knowledge_classifier = nn.Linear(len(KNOWLEDGE_NAMES), num_classes) if knowledge else None
         # buffers (saved with the model): the input normalisation, to recover RGB, and the mean and std
@@ -189,6 +201,7 @@ class LGDNetHE(SlideModel):
             "drop_rate": self.drop_rate,
             "norm": self.norm,
             "knowledge": self.knowledge,
+            "teacher_dim": self.teacher_dim,
         }
 
     def knowledge_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +277,9 @@ class LGDNet(SlideModel):
         teacher_warmup_epochs: int = 3,
         knowledge: bool = True,
         knowledge_weight: float = 0.0,
+        teacher: str | Path | None = None,
+        kd_weight: float = 1.0,
+        kd_temperature: float = 2.0,
     ) -> None:
         super().__init__()
         from her2score.models.registry import create_model
@@ -280,23 +296,34 @@ class LGDNet(SlideModel):
             nuclei_weight,
             membrane_weight,
             knowledge_weight,
+            kd_weight,
         )
         if min(weights_) < 0:
             raise ConfigError("loss weights must be >= 0")
         if not 1 <= grid <= 64:
             raise ConfigError(f"grid must be 1-64 cells per side, not {grid}")
+        if kd_temperature <= 0:
+            raise ConfigError(f"kd_temperature must be > 0, not {kd_temperature}")
+        loaded = load_teacher(teacher, num_classes) if teacher else None
         self.student = create_model(
             "lgd-net-he", num_classes, backbone=backbone, weights=weights, drop_rate=drop_rate, norm=norm,
-            knowledge=knowledge,
+            knowledge=knowledge, teacher_dim=loaded[0].num_features if loaded else None,
         )  # fmt: skip
         self.backbone_name = self.student.backbone_name
-        self.weights_note = f"H&E and IHC encoders: {self.student.weights_note}"
-        self.teacher, _, _, _ = feature_encoder(backbone, weights, drop_rate, norm)
         dim = self.student.dim
-        self.teacher_classifier = nn.Linear(dim, num_classes)
+        if loaded is not None:
+            # the saved IHC classifier: its timm network (features, pooling, classifier), frozen
+            self.teacher, teacher_stats = loaded
+            self.teacher_classifier = self.teacher.get_classifier()
+            self.weights_note = f"H&E encoder: {self.student.weights_note}; IHC teacher: {teacher} (frozen)"
+        else:
+            self.teacher, _, _, _ = feature_encoder(backbone, weights, drop_rate, norm)
+            self.teacher_classifier = nn.Linear(dim, num_classes)
+            self.weights_note = f"H&E and IHC encoders: {self.student.weights_note}"
+        tdim = self.student.teacher_dim
         self.nuclei_head = nn.Conv2d(dim, 1, 1)
-        self.membrane_map_head = nn.Conv2d(dim, 1, 1)
-        self.membrane_mean_head = nn.Linear(dim, 1)
+        self.membrane_map_head = nn.Conv2d(tdim, 1, 1)
+        self.membrane_mean_head = nn.Linear(tdim, 1)
         self.loss_weights = {
             "hallucinated_ce": hallucinated_weight,
             "fused_ce": fused_weight,
@@ -305,7 +332,9 @@ class LGDNet(SlideModel):
             "nuclei": nuclei_weight,
             "membrane": membrane_weight,
             "knowledge_ce": knowledge_weight,
+            "kd": kd_weight,
         }
+        self.kd_temperature = kd_temperature
         self.align_loss, self.grid = align_loss, grid
         self.teacher_mode, self.teacher_warmup_epochs = teacher_mode, teacher_warmup_epochs
         # buffers, so that a resumed run (no on_fit_start) keeps them: the mean and std of each auxiliary
@@ -316,6 +345,14 @@ class LGDNet(SlideModel):
         self.register_buffer("teacher_frozen_flag", torch.zeros((), dtype=torch.uint8))
         self.register_buffer("input_mean", torch.zeros(2, 3))
         self.register_buffer("input_std", torch.ones(2, 3))
+        # the input normalisation the teacher was trained with (a loaded teacher's own, else this run's)
+        self.register_buffer("teacher_mean", torch.zeros(3))
+        self.register_buffer("teacher_std", torch.ones(3))
+        self.own_teacher_stats = loaded is None
+        if loaded is not None:
+            self.teacher_mean.copy_(torch.as_tensor(teacher_stats["mean"], dtype=torch.float32))
+            self.teacher_std.copy_(torch.as_tensor(teacher_stats["std"], dtype=torch.float32))
+            self._freeze_teacher()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -343,6 +380,9 @@ class LGDNet(SlideModel):
         for row, stats in enumerate((ctx.stats, ctx.stats["teacher"])):
             self.input_mean[row] = torch.as_tensor(stats["mean"], dtype=torch.float32)
             self.input_std[row] = torch.as_tensor(stats["std"], dtype=torch.float32)
+        if self.own_teacher_stats:
+            self.teacher_mean.copy_(self.input_mean[1])
+            self.teacher_std.copy_(self.input_std[1])
         he, ihc = items["image"][ctx.train], items["teacher_image"][ctx.train]
         parts = [
             auxiliary_targets(he[i : i + 32].float() / 255, ihc[i : i + 32].float() / 255, self.grid)
@@ -366,9 +406,36 @@ class LGDNet(SlideModel):
         student_note = self.student.on_fit_start(ctx)
         if student_note:
             note += "; " + student_note
-        if self.teacher_mode == "frozen-after-warmup":
+        if not self.own_teacher_stats:
+            note += "; " + self._teacher_note(ctx)
+        elif self.teacher_mode == "frozen-after-warmup":
             note += "; " + self._warm_up_teacher(ctx)
         return note
+
+    @torch.no_grad()
+    def _teacher_note(self, ctx: FitContext) -> str:
+        """How often the loaded teacher's reading of the training IHC agrees with the labels."""
+        right = total = 0
+        for batch, y in ctx.batches(batch_size=32):
+            right += int(
+                (self._teacher_logits(self._teacher_map(batch["teacher_image"])).argmax(1) == y).sum()
+            )
+            total += len(y)
+        return f"loaded IHC teacher (frozen) agrees with {right}/{total} training labels"
+
+    def _teacher_map(self, ihc: torch.Tensor) -> torch.Tensor:
+        """The teacher's feature map of a batch of IHC inputs (normalised with this run's statistics)."""
+        if not self.own_teacher_stats:  # renormalise to the loaded teacher's statistics
+            rgb = _unnormalise(ihc, self.input_mean[1], self.input_std[1])
+            ihc = (rgb - self.teacher_mean.view(1, -1, 1, 1)) / self.teacher_std.view(1, -1, 1, 1)
+        return self.teacher.forward_features(ihc)
+
+    def _teacher_logits(self, teacher_map: torch.Tensor) -> torch.Tensor:
+        return self.teacher_classifier(self._teacher_vector(teacher_map))
+
+    def _teacher_vector(self, teacher_map: torch.Tensor) -> torch.Tensor:
+        """The teacher's pooled latent vector (timm's pre-logits: pooling, and a norm where it has one)."""
+        return self.teacher.forward_head(teacher_map, pre_logits=True).float()
 
     def _warm_up_teacher(self, ctx: FitContext) -> str:
         params = [*self.teacher.parameters(), *self.teacher_classifier.parameters()]
@@ -379,7 +446,7 @@ class LGDNet(SlideModel):
             for batch, y in ctx.batches(batch_size=8):
                 if len(y) < 2:
                     continue  # BatchNorm needs two images
-                logits = self.teacher_classifier(_pool(self.teacher.forward_features(batch["teacher_image"])))
+                logits = self._teacher_logits(self._teacher_map(batch["teacher_image"]))
                 loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -395,13 +462,26 @@ class LGDNet(SlideModel):
         y = batch["label"]
         he, hallucinated = self.student.streams(batch["image"])
         knowledge = self.student.knowledge_features(batch["image"]) if self.student.knowledge else None
-        teacher_map = self.teacher.forward_features(batch["teacher_image"])
-        h_vec, t_vec = _pool(hallucinated).float(), _pool(teacher_map).float()
+        teacher_map = self._teacher_map(batch["teacher_image"])
+        h_vec, t_vec = _pool(hallucinated).float(), self._teacher_vector(teacher_map)
+        hallucinated_logits = self.student.hallucinated_classifier(self.student.dropout(h_vec))
+        fused_logits = self.student.fused_logits(he, hallucinated, knowledge).float()
+        teacher_logits = self.teacher_classifier(t_vec)
         terms = {
-            "hallucinated_ce": loss_fn(self.student.hallucinated_classifier(self.student.dropout(h_vec)), y),
-            "fused_ce": loss_fn(self.student.fused_logits(he, hallucinated, knowledge).float(), y),
-            "teacher_ce": loss_fn(self.teacher_classifier(t_vec), y),
+            "hallucinated_ce": loss_fn(hallucinated_logits, y),
+            "fused_ce": loss_fn(fused_logits, y),
+            "teacher_ce": loss_fn(teacher_logits, y),
         }
+        if self.teacher_frozen and w["kd"]:
+            t = self.kd_temperature
+            target = F.softmax(teacher_logits.detach().float() / t, 1)
+            terms["kd"] = (
+                sum(
+                    F.kl_div(F.log_softmax(s / t, 1), target, reduction="batchmean") * t * t
+                    for s in (fused_logits, hallucinated_logits.float())
+                )
+                / 2
+            )
         if knowledge is not None and w["knowledge_ce"]:
             terms["knowledge_ce"] = loss_fn(self.student.knowledge_classifier(knowledge).float(), y)
         target = t_vec.detach()
@@ -451,3 +531,21 @@ class LGDNet(SlideModel):
 def _unnormalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """A normalised model input back to RGB in [0, 1]."""
     return (x.float() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
+
+
+def load_teacher(path: str | Path, num_classes: int) -> tuple[Any, dict[str, Any]]:
+    """A saved IHC classifier of the ``lowres`` family as a frozen teacher: ``(timm network, stats)``."""
+    from her2score.engine.checkpoint import load_model
+
+    model, meta = load_model(path, "cpu")
+    network = getattr(model, "backbone", None)
+    if network is None or not hasattr(network, "forward_head") or not hasattr(network, "get_classifier"):
+        raise ConfigError(
+            f"teacher {path}: a {meta['model']} is not an image classifier of the lowres family"
+        )
+    if len(meta["classes"]) != num_classes:
+        raise ConfigError(
+            f"teacher {path} has {len(meta['classes'])} classes, this model {num_classes}: "
+            "train the teacher on the same task"
+        )
+    return network, meta["stats"]
