@@ -535,17 +535,12 @@ def _unnormalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
 
 def load_teacher(path: str | Path, num_classes: int) -> tuple[Any, dict[str, Any]]:
     """A saved IHC classifier of the ``lowres`` family as a frozen teacher: ``(timm network, stats)``."""
-    from her2score.engine.checkpoint import load_model
+    from her2score.models.saved import load_lowres_classifier
 
-    model, meta = load_model(path, "cpu")
+    model, meta = load_lowres_classifier(path, num_classes, "teacher")
     network = getattr(model, "backbone", None)
     if network is None or not hasattr(network, "forward_head") or not hasattr(network, "get_classifier"):
         raise ConfigError(
             f"teacher {path}: a {meta['model']} is not an image classifier of the lowres family"
-        )
-    if len(meta["classes"]) != num_classes:
-        raise ConfigError(
-            f"teacher {path} has {len(meta['classes'])} classes, this model {num_classes}: "
-            "train the teacher on the same task"
         )
     return network, meta["stats"]

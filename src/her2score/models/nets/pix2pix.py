@@ -25,7 +25,6 @@ At inference only :class:`VirtualStainHE` is saved: generator and scorer, from H
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -108,20 +107,6 @@ class PatchDiscriminator(nn.Module):
         return self.net(torch.cat([he, ihc], 1))
 
 
-def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """The her2score metadata of a saved model (the model layer cannot import the engine's reader)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"scorer checkpoint {path} not found (pass a model.safetensors trained on IHC)")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return json.loads((fh.metadata() or {})["her2score"])
-    except Exception as exc:
-        raise ConfigError(f"scorer {path} is not a her2score model ({type(exc).__name__}: {exc})") from exc
-
-
 class VirtualStainHE(SlideModel):
     """What predicts: H&E -> generated IHC -> the IHC classifier."""
 
@@ -182,16 +167,11 @@ class VirtualStain(SlideModel):
             raise ConfigError("l1_weight and adversarial_weight must be >= 0")
         scorer_model, scorer_kwargs, scorer_stats, state = "lowres-resnet", {}, None, None
         if scorer:
-            from safetensors.torch import load_file
+            from her2score.models.saved import load_lowres_classifier
 
-            meta = read_checkpoint_metadata(scorer)
-            if meta.get("input_kind") != "lowres" or len(meta.get("classes", ())) != num_classes:
-                raise ConfigError(
-                    f"scorer {scorer} must be a lowres image model with {num_classes} classes "
-                    f"(it is {meta.get('model')} on {meta.get('input_kind')}, {len(meta.get('classes', ()))})"
-                )
+            loaded, meta = load_lowres_classifier(scorer, num_classes, "scorer")
             scorer_model, scorer_kwargs, scorer_stats = meta["model"], meta["model_kwargs"], meta["stats"]
-            state = load_file(str(scorer), device="cpu")
+            state = loaded.state_dict()
         from her2score.models.registry import create_model
 
         self.student = create_model(  # through the registry: the saved module is rebuilt by its name
