@@ -521,36 +521,6 @@ def quantify_tiled(
     Writes ``<stem>.cells.parquet`` (one row per cell or nucleus, level-0 px), ``<stem>.overlay.png``
     (a dot per tumour cell over the overview), ``<stem>.regions.csv`` and ``<stem>.regions.png``.
     """
-    if not (region_um > 0 and math.isfinite(region_um)):
-        raise ValueError(f"region_um must be a positive number (got {region_um!r})")
-    with contextlib.ExitStack() as stack:
-        # Workers start (import, open the file) while this process reads the overview.
-        pool = start_tile_pool(path, mpp, workers)
-        if pool is not None:
-            stack.enter_context(pool)
-        return _quantify_tiled(
-            slide, path, stem, out_dir, mpp, work, marker, t, p, stains, workers, progress,
-            nuclear_thresholds, region_um, pool,
-        )  # fmt: skip
-
-
-def _quantify_tiled(
-    slide: Any,
-    path: Path,
-    stem: str,
-    out_dir: Path,
-    mpp: float | None,
-    work: float,
-    marker: str,
-    t: Thresholds,
-    p: CellParams,
-    stains: str,
-    workers: int,
-    progress: Any,
-    nuclear_thresholds: Any,
-    region_um: float,
-    pool: Any,
-) -> TiledOutputs:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -559,58 +529,65 @@ def _quantify_tiled(
     from her2score.slide.tissue import tile_grid
     from her2score.stain.detect import choose_stain_vectors, looks_like_he
 
-    overview, overview_mpp = slide.read_overview(max_size=OVERVIEW_MAX_SIZE)
-    tissue = tissue_mask_for(overview, overview_mpp, mask_mpp=max(overview_mpp, 2.0))
-    if tissue.sum() * overview_mpp**2 < 500.0:
-        raise NoTissueError("no tissue found in the image", path)
-    # Stain checks on about a megapixel of the overview: plenty of pixels for the vectors, and a
-    # 4,000 px overview of a core would otherwise cost more than scoring a tenth of it.
-    step = max(1, math.ceil(math.sqrt(overview.shape[0] * overview.shape[1] / STAIN_SAMPLE_PIXELS)))
-    sample, sample_tissue = overview[::step, ::step], tissue[::step, ::step]
-    if looks_like_he(sample, sample_tissue):
-        raise StainError("looks like H&E (eosin-pink, no DAB): pass an IHC image", path)
-    matrix, source = choose_stain_vectors(sample, stains)  # one set for the whole image: consistent
-    # The overlay and region map are drawn on a coarser copy (see OVERVIEW_MIN_MPP).
-    overview, tissue, overview_mpp = _coarser(overview, tissue, overview_mpp, OVERVIEW_MIN_MPP)
-    tiles = tile_grid(slide, TILE_SIZE, work, overlap=TILE_OVERLAP, min_tissue=0.02)
-    if not tiles:
-        raise NoTissueError("no tile holds enough tissue", path)
-    cores = tile_cores(tiles)
-    level0 = slide.require_mpp()
-    job = TileJob(str(path), mpp, work, marker, t, p, matrix, nuclear_thresholds, region_um)
-    total = new_accumulator(marker)
-    tally = RegionTally(marker, region_um)
-    tiles_cpu_s = 0.0
-    dots_x, dots_y, dots_c = [], [], []
-    cells_path = out_dir / f"{stem}.cells.parquet"
-    task = progress.add_task(f"{path.name}: tiles", total=len(tiles)) if progress is not None else None
-    with atomic_path(cells_path) as tmp:
-        writer = None
-        next_id = 1
-        try:
-            with contextlib.closing(score_tiles(job, tiles, cores, workers, pool, slide)) as results:
-                for part in results:
-                    cells = part.cells
-                    cells["cell_id"] = np.arange(next_id, next_id + len(cells), dtype=np.int64)
-                    next_id += len(cells)
-                    total.merge(part.accumulator)
-                    tally.add(part)
-                    tiles_cpu_s += part.cpu_s
-                    tumour = cells[cells["is_tumour"].to_numpy(dtype=bool)]
-                    dots_x.append((tumour["x"].to_numpy() * level0 / overview_mpp).astype(np.float32))
-                    dots_y.append((tumour["y"].to_numpy() * level0 / overview_mpp).astype(np.float32))
-                    dots_c.append(_dot_classes(tumour, marker))
-                    table = pa.Table.from_pandas(cells, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table.cast(writer.schema))
-                    if task is not None:
-                        progress.advance(task)
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            _empty_table(marker).to_parquet(tmp, index=False)
+    if not (region_um > 0 and math.isfinite(region_um)):
+        raise ValueError(f"region_um must be a positive number (got {region_um!r})")
+    with contextlib.ExitStack() as stack:
+        # Workers start (import, open the file) while this process reads the overview.
+        pool = start_tile_pool(path, mpp, workers)
+        if pool is not None:
+            stack.enter_context(pool)
+        overview, overview_mpp = slide.read_overview(max_size=OVERVIEW_MAX_SIZE)
+        tissue = tissue_mask_for(overview, overview_mpp, mask_mpp=max(overview_mpp, 2.0))
+        if tissue.sum() * overview_mpp**2 < 500.0:
+            raise NoTissueError("no tissue found in the image", path)
+        # Stain checks on about a megapixel of the overview: plenty of pixels for the vectors, and a
+        # 4,000 px overview of a core would otherwise cost more than scoring a tenth of it.
+        step = max(1, math.ceil(math.sqrt(overview.shape[0] * overview.shape[1] / STAIN_SAMPLE_PIXELS)))
+        sample, sample_tissue = overview[::step, ::step], tissue[::step, ::step]
+        if looks_like_he(sample, sample_tissue):
+            raise StainError("looks like H&E (eosin-pink, no DAB): pass an IHC image", path)
+        matrix, source = choose_stain_vectors(sample, stains)  # one set for the whole image: consistent
+        # The overlay and region map are drawn on a coarser copy (see OVERVIEW_MIN_MPP).
+        overview, tissue, overview_mpp = _coarser(overview, tissue, overview_mpp, OVERVIEW_MIN_MPP)
+        tiles = tile_grid(slide, TILE_SIZE, work, overlap=TILE_OVERLAP, min_tissue=0.02)
+        if not tiles:
+            raise NoTissueError("no tile holds enough tissue", path)
+        cores = tile_cores(tiles)
+        level0 = slide.require_mpp()
+        job = TileJob(str(path), mpp, work, marker, t, p, matrix, nuclear_thresholds, region_um)
+        total = new_accumulator(marker)
+        tally = RegionTally(marker, region_um)
+        tiles_cpu_s = 0.0
+        dots_x, dots_y, dots_c = [], [], []
+        cells_path = out_dir / f"{stem}.cells.parquet"
+        task = progress.add_task(f"{path.name}: tiles", total=len(tiles)) if progress is not None else None
+        with atomic_path(cells_path) as tmp:
+            writer = None
+            next_id = 1
+            try:
+                with contextlib.closing(score_tiles(job, tiles, cores, workers, pool, slide)) as results:
+                    for part in results:
+                        cells = part.cells
+                        cells["cell_id"] = np.arange(next_id, next_id + len(cells), dtype=np.int64)
+                        next_id += len(cells)
+                        total.merge(part.accumulator)
+                        tally.add(part)
+                        tiles_cpu_s += part.cpu_s
+                        tumour = cells[cells["is_tumour"].to_numpy(dtype=bool)]
+                        dots_x.append((tumour["x"].to_numpy() * level0 / overview_mpp).astype(np.float32))
+                        dots_y.append((tumour["y"].to_numpy() * level0 / overview_mpp).astype(np.float32))
+                        dots_c.append(_dot_classes(tumour, marker))
+                        table = pa.Table.from_pandas(cells, preserve_index=False)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, table.schema)
+                        writer.write_table(table.cast(writer.schema))
+                        if task is not None:
+                            progress.advance(task)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is None:
+                _empty_table(marker).to_parquet(tmp, index=False)
     if task is not None:
         progress.remove_task(task)
     regions = tally.frame(t)
