@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from her2score.data.manifest import load_manifest
 from her2score.engine.config import TrainConfig
@@ -97,3 +98,26 @@ def test_learning_curve_trains_each_size_and_plots(
     assert frame["n_test"].nunique() == 1  # one held-out set for every size
     assert (tmp_path / "lc" / "learning_curve.png").stat().st_size > 1000
     assert frame["stain_auc_macro"].notna().all() or frame["prior_auc_macro"].notna().all()
+
+
+def _probs(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_fusion_does_not_credit_a_cnn_that_only_softens_an_overconfident_stain_head() -> None:
+    from her2score.models.nets.lowres import choose_fusion_weight
+
+    y = torch.tensor([0, 1, 2, 3] * 4)
+    # an overconfident stain head: right on 12 of 16 slides, wrong with 0.94 on the other 4
+    stain = [
+        [0.94 if c == (k if i % 4 else (k + 1) % 4) else 0.02 for c in range(4)] for i, k in enumerate(y)
+    ]
+    noise = np.random.default_rng(0).normal(0, 0.01, (16, 4))
+    near_uniform = np.abs(0.25 + noise) / np.abs(0.25 + noise).sum(1, keepdims=True)
+    weight, note = choose_fusion_weight(_probs(near_uniform.tolist()), _probs(stain), y)
+    assert weight == 0.0  # log-loss alone would have kept a share of the near-uniform CNN
+    assert "class prior" in note
+    # a CNN that is right where the stain head is wrong earns its share
+    good = [[0.7 if c == k else 0.1 for c in range(4)] for k in y.tolist()]
+    weight, _ = choose_fusion_weight(_probs(good), _probs(stain), y)
+    assert weight > 0.0

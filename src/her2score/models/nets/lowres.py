@@ -79,26 +79,41 @@ def build_backbone(
 
 
 #: Fusion weights of the CNN tried on validation; the stain head alone (0) is kept unless another
-#: lowers the validation log-loss by FUSION_MARGIN nats; with fewer than MIN_FUSION_VAL slides, 0.5.
+#: lowers the validation log-loss by FUSION_MARGIN nats below the stain head alone *and* below the
+#: stain head mixed with the class prior by the same weights; with fewer than MIN_FUSION_VAL slides, 0.5.
 FUSION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 FUSION_MARGIN = 0.02
 MIN_FUSION_VAL = 4
 
 
 def choose_fusion_weight(p_cnn: Any, p_stain: Any, y: Any) -> tuple[float, str]:
-    """The CNN's weight of least log-loss among FUSION_GRID, where the stain head alone (0) must be
-    beaten by FUSION_MARGIN nats; returns it and the losses, written out."""
+    """The CNN's weight of least log-loss among FUSION_GRID; any weight above 0 must beat by
+    FUSION_MARGIN nats the best mixture of the stain head with a constant, the class prior of ``y``
+    (weight 0 among them: the stain head alone). Returns the weight and the losses, written out.
+
+    Why the constant: a stain head fitted on a few dozen slides is often overconfident, and mixing in
+    anything near-uniform lowers its log-loss; a CNN that learned nothing is near-uniform, so on
+    log-loss alone it won a share for calibration only, and its noise then moved the predicted classes
+    (measured on fresh cohorts: README, Recipes). The CNN is credited only with what a constant cannot do.
+    """
     import torch
 
-    def loss(w: float) -> float:
-        mix = (w * p_cnn + (1 - w) * p_stain).clamp_min(1e-8)
+    y = torch.as_tensor(y)
+    prior = torch.bincount(y, minlength=p_stain.shape[1]).to(p_stain.dtype) / max(1, len(y))
+
+    def loss(w: float, other: Any) -> float:
+        mix = (w * other + (1 - w) * p_stain).clamp_min(1e-8)
         return float(torch.nn.functional.nll_loss(torch.log(mix), y))
 
-    losses = {w: loss(w) for w in FUSION_GRID}
+    losses = {w: loss(w, p_cnn) for w in FUSION_GRID}
+    constant = {w: loss(w, prior.expand_as(p_stain)) for w in FUSION_GRID if w < 1}
+    floor = min(constant.values())
     best = min(losses, key=lambda w: (losses[w], w))
-    if losses[best] > losses[0.0] - FUSION_MARGIN:
+    if losses[best] > floor - FUSION_MARGIN:
         best = 0.0
-    return best, "log-loss " + ", ".join(f"{w:g}: {v:.3f}" for w, v in losses.items())
+    shown = ", ".join(f"{w:g}: {v:.3f}" for w, v in losses.items())
+    mixed = min(constant, key=lambda w: (constant[w], w))
+    return best, f"log-loss {shown}; stain head with the class prior at best {floor:.3f} (prior {mixed:g})"
 
 
 class LowResClassifier(SlideModel):
