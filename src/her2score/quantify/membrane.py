@@ -123,15 +123,20 @@ def measure_cells(
 
 def in_nest(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:
     """Cells with at least ``nest_neighbours`` other nuclei within ``nest_radius_um`` (see ``Thresholds``)."""
+    return _with_neighbours(y_um, x_um, t.nest_neighbours, t.nest_radius_um)
+
+
+def _with_neighbours(y_um: np.ndarray, x_um: np.ndarray, count: int, radius_um: float) -> np.ndarray:
+    """Cells with at least ``count`` other nuclei within ``radius_um`` (every cell when ``count`` <= 0)."""
     n = len(y_um)
-    if t.nest_neighbours <= 0:
+    if count <= 0:
         return np.ones(n, dtype=bool)
-    if n <= t.nest_neighbours:
+    if n <= count:
         return np.zeros(n, dtype=bool)
     from scipy.spatial import cKDTree
 
     points = np.column_stack([y_um, x_um])
-    dist, _ = cKDTree(points).query(points, k=t.nest_neighbours + 1, distance_upper_bound=t.nest_radius_um)
+    dist, _ = cKDTree(points).query(points, k=count + 1, distance_upper_bound=radius_um)
     return np.isfinite(dist[:, -1])
 
 
@@ -526,18 +531,7 @@ def cell_kinds(
 def cohesive(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:
     """Cells with at least ``cohesion_neighbours`` other nuclei within ``cohesion_radius_um``: carcinoma
     cells touch their neighbours (12-16 µm apart), fibroblasts lie apart in their matrix."""
-    n = len(y_um)
-    if t.cohesion_neighbours <= 0:
-        return np.ones(n, dtype=bool)
-    if n <= t.cohesion_neighbours:
-        return np.zeros(n, dtype=bool)
-    from scipy.spatial import cKDTree
-
-    points = np.column_stack([y_um, x_um])
-    dist, _ = cKDTree(points).query(
-        points, k=t.cohesion_neighbours + 1, distance_upper_bound=t.cohesion_radius_um
-    )
-    return np.isfinite(dist[:, -1])
+    return _with_neighbours(y_um, x_um, t.cohesion_neighbours, t.cohesion_radius_um)
 
 
 def tumour_nuclei(
