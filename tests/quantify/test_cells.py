@@ -185,3 +185,32 @@ def test_cells_grown_on_a_coarser_grid_still_reach_their_own_membrane() -> None:
     on_membrane = dab > 0.4
     agree = (coarse.cells == full.cells)[on_membrane | (full.cells > 0)].mean()
     assert agree > 0.9
+
+
+def test_a_gland_lumen_ringed_by_touching_nuclei_is_not_one_nucleus() -> None:
+    """Touching nuclei round a lumen (a real gland) make a closed ring in the nuclear mask: filling
+    that hole made the whole gland one giant "nucleus" (real BCI 00249), so its cells were lost."""
+    from her2score.quantify.morphology import fill_holes
+
+    mpp = 0.5
+    n = round(80 / mpp)
+    yy, xx = (np.mgrid[:n, :n] + 0.5) * mpp
+    hema = np.full((n, n), 0.03, np.float32)
+    lumen_r, nucleus_r = 14.0, 4.0
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)  # 16 nuclei 5.5 µm apart: they touch
+    for a in angles:
+        cy, cx = 40 + lumen_r * np.sin(a), 40 + lumen_r * np.cos(a)
+        hema[np.hypot(yy - cy, xx - cx) <= nucleus_r] = 0.45
+    ring = hema > 0.2
+    assert fill_holes(ring)[n // 2, n // 2]  # the ring does close round the lumen
+    assert not fill_holes(ring, round(50 / mpp**2))[n // 2, n // 2]
+    seg = segment_cells(hema, mpp, params=CellParams(cell_model="ring"))
+    assert seg.nuclei[n // 2, n // 2] == 0  # the lumen is no nucleus
+    areas = np.bincount(seg.nuclei.ravel())[1:] * mpp**2
+    assert areas.max() < 250.0  # nothing of gland size (16 nuclei of 50 µm² and the lumen: ~1500)
+    # a vesicular nucleus's pale centre is still filled
+    pale = np.full((n, n), 0.03, np.float32)
+    r = np.hypot(yy - 40, xx - 40)
+    pale[(r <= 6.0) & (r >= 3.0)] = 0.45
+    seg = segment_cells(pale, mpp, params=CellParams(cell_model="ring"))
+    assert seg.nuclei[n // 2, n // 2] > 0

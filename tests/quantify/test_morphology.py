@@ -36,6 +36,11 @@ def test_binary_helpers_match_scipy() -> None:
         assert np.array_equal(morph.binary_dilation_disk(m, morph.disk_offsets(radius, pixel)), ref)
     assert np.array_equal(morph.fill_holes(m), ndi.binary_fill_holes(m))
     assert np.array_equal(morph.fill_holes(~m), ndi.binary_fill_holes(~m))
+    holes, _ = ndi.label(ndi.binary_fill_holes(m) & ~m)  # 4-connected, as the background is labelled
+    for limit in (1, 5, 40):
+        small = holes > 0
+        small &= np.bincount(holes.ravel())[holes] <= limit
+        assert np.array_equal(morph.fill_holes(m, limit), m | small)
     for k in (1, 2):
         assert np.array_equal(morph.binary_opening_cross(m, k), ndi.binary_opening(m, iterations=k))
 

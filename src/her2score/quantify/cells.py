@@ -57,6 +57,9 @@ class CellParams:
     min_nucleus_separation_um: float = 4.0
     #: Nuclear objects smaller than this are dropped as debris (µm²).
     min_nucleus_area_um2: float = 8.0
+    #: Holes in the nuclear mask up to this area (µm²; a pale vesicular centre, ~8 µm across at most)
+    #: are filled; larger ones are lumina ringed by touching nuclei (real glands) and stay open.
+    max_nucleus_hole_um2: float = 50.0
     #: Largest growth from the nucleus edge to the membrane (tumour cell cytoplasm is ~2-6 µm thick).
     cell_expansion_um: float = 5.0
     #: Perinuclear band (µm outside the nucleus) that counts as cytoplasm, not membrane ...
@@ -206,7 +209,9 @@ def segment_nuclei(
         # cytoplasm is a DAB step, not a membrane, and must not eat into the nucleus.
         mask &= ~(membrane_ridges(dab, mpp, p) & (dab > hematoxylin))
     mask = morph.binary_opening_cross(mask, iterations=max(1, round(_px(0.5, mpp))))
-    mask = morph.fill_holes(mask)
+    # Only holes a nucleus can have (a vesicular nucleus's pale centre): a larger one is a gland
+    # lumen ringed by touching nuclei, which filled would make the whole gland one "nucleus".
+    mask = morph.fill_holes(mask, max(1, round(p.max_nucleus_hole_um2 / mpp**2)))
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
     # One labelling serves the size filter and the split below: the components keep their numbers
     # (gaps where small ones were dropped; the final relabelling closes them, in the same order).

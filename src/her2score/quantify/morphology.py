@@ -109,15 +109,18 @@ def binary_dilation_disk(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     return out.astype(bool)
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray, max_hole_px: int = 0) -> np.ndarray:
     """``ndi.binary_fill_holes(mask)``: background regions (4-connected) that do not reach the image
-    edge become foreground. One labelling instead of scipy's iterated dilation."""
+    edge become foreground. One labelling instead of scipy's iterated dilation. With ``max_hole_px``
+    > 0, only holes of at most that many pixels are filled."""
     from scipy import ndimage as ndi
 
     background, _ = ndi.label(~mask)
     edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
     outside = np.zeros(int(background.max()) + 1, dtype=bool)
     outside[edge] = True
+    if max_hole_px > 0:
+        outside |= np.bincount(background.ravel(), minlength=outside.size) > max_hole_px
     outside[0] = True  # label 0 is the foreground itself
     return mask | ~outside[background]
 
