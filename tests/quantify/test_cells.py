@@ -214,3 +214,26 @@ def test_a_gland_lumen_ringed_by_touching_nuclei_is_not_one_nucleus() -> None:
     pale[(r <= 6.0) & (r >= 3.0)] = 0.45
     seg = segment_cells(pale, mpp, params=CellParams(cell_model="ring"))
     assert seg.nuclei[n // 2, n // 2] > 0
+
+
+def test_cells_do_not_depend_on_the_tint_of_the_scan() -> None:
+    """Unstained cells 24 µm apart in stroma: extracellular space is found relative to the image's
+    unstained DAB floor, so a grey or tan scan (real BCI patches read 0.02-0.17 OD of DAB on bare stroma)
+    gives the same cells as a clean one. With a fixed 0.06 OD cut, a 0.1 OD tint left no extracellular
+    space and cells grew through the stroma until they met (638 instead of 279 µm²; on real BCI 00052
+    the nest-edge cells reached into the stroma, and their measured ring with them)."""
+    from scipy import ndimage as ndi
+
+    from her2score.quantify.cells import MAX_UNSTAINED_FLOOR_OD, unstained_floor
+
+    hema, dab, _ = draw_scene(spacing_um=24.0, nucleus_um=4.0, membrane_od=0.0)
+    areas = []
+    for tint in (0.0, 0.1):
+        seg = segment_cells(hema, 0.5, dab=dab + np.float32(tint))
+        areas.append(ndi.sum(np.ones_like(dab), seg.cells, np.arange(1, seg.n_cells + 1)) * 0.25)
+    assert np.array_equal(areas[0], areas[1])
+    assert areas[0].max() < np.pi * (4.0 + 6.0) ** 2  # about 5 µm beyond the nucleus, not 12
+    far = np.ones(dab.shape, bool)
+    assert unstained_floor(dab + np.float32(0.1), far, None) == pytest.approx(0.1, abs=1e-6)
+    assert unstained_floor(dab + np.float32(0.5), far, None) == MAX_UNSTAINED_FLOOR_OD
+    assert unstained_floor(dab, np.zeros(dab.shape, bool), None) == 0.0

@@ -98,7 +98,8 @@ class CellParams:
     #: blurred membrane's width at 20-40x).
     ridge_sigma_um: float = 1.0
     #: Membrane model: pixels farther than this from every nucleus edge where DAB (smoothed over
-    #: ``background_smoothing_um``) stays below ``background_dab_od`` are extracellular space
+    #: ``background_smoothing_um``) stays below the image's unstained floor (:func:`unstained_floor`)
+    #: plus ``background_dab_od`` are extracellular space
     #: (stroma, lumen) and seed a background that floods towards the cells: a cell and the background
     #: meet on the cell's membrane when it has one.
     background_min_um: float = 5.0
@@ -493,8 +494,9 @@ def _flood_cells(
     dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
     dist_um = (dist * mpp).astype(np.float32)
     smooth = ndi.gaussian_filter(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
+    far = dist_um > p.background_min_um
     background = (dist_um > p.max_cell_radius_um) | (
-        (dist_um > p.background_min_um) & (smooth < p.background_dab_od)
+        far & (smooth < unstained_floor(smooth, far, tissue) + p.background_dab_od)
     )
     if tissue is not None:
         background |= ~tissue & (nuclei == 0)
@@ -511,6 +513,30 @@ def _flood_cells(
     leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
     cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nuclei[iy[leak], ix[leak]], 0)
     return cells
+
+
+#: The unstained DAB floor of an image (:func:`unstained_floor`) is this quantile of the smoothed DAB far
+#: from every nucleus, capped at :data:`MAX_UNSTAINED_FLOOR_OD`.
+UNSTAINED_FLOOR_QUANTILE = 0.25
+MAX_UNSTAINED_FLOOR_OD = 0.15
+
+
+def unstained_floor(smooth_dab: np.ndarray, far: np.ndarray, tissue: np.ndarray | None) -> float:
+    """DAB OD that an image reads where nothing is stained: the lower quartile of the smoothed DAB
+    over tissue far from every nucleus (stroma, lumina), at most :data:`MAX_UNSTAINED_FLOOR_OD`; 0
+    when there is no such tissue.
+
+    Real scans read 0.02-0.17 OD of "DAB" on unstained stroma (a grey or dim scan, a tan tint; see
+    :func:`~her2score.quantify.membrane.background_dab`): an absolute background threshold
+    (``background_dab_od``) then finds no extracellular space, and cells at the edge of a nest grow
+    past their membrane into the stroma, where their border (and so their measured ring) is unstained.
+    """
+    region = far if tissue is None else far & tissue
+    values = smooth_dab[region]
+    if values.size < 100:
+        return 0.0
+    values = values[:: max(1, values.size // 200_000)]
+    return float(min(max(np.quantile(values, UNSTAINED_FLOOR_QUANTILE), 0.0), MAX_UNSTAINED_FLOOR_OD))
 
 
 def _grow_on_coarser_grid(
