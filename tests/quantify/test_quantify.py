@@ -422,6 +422,23 @@ def test_real_bci_controls_that_read_their_level_calibrate_near_the_defaults() -
     assert all(0.67 < f < 1.5 for f in factors.values()), factors
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_gland_lumina_are_not_filled_into_giant_nuclei() -> None:
+    """Real BCI 00249 (ducts/glands with intensely stained columnar cells) and 00361: a lumen ringed by
+    touching nuclei was filled into one "nucleus" of 1,340 / 1,384 µm² (the whole gland: its cells were
+    lost to the size filter). Checked by eye on the overlays: the glands' cells are now found."""
+    folder = REAL / "bci-her2-pairs" / "IHC"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/real is absent")
+    from her2score.slide import load_rgb
+
+    for name in ("00249_test_2+", "00361_test_2+"):
+        result = quantify_image(load_rgb(folder / f"{name}.png"), MPP)
+        areas = np.bincount(result.segmentation.nuclei.ravel())[1:] * MPP**2
+        assert areas.max() < 600.0, (name, areas.max())
+
+
 #: What the real BCI patches show by eye (README, "The quantifier on real tissue"): the clearest 3+
 #: (complete dark chicken-wire membranes over most tumour nests), a 3+ nest at the edge of a stromal
 #: patch, the 2+ (moderate complete membranes with a blush), a faint 1+ tumour, the HER2-0 slide's
