@@ -3,8 +3,10 @@
 Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
 the 10 % rule, the HER2-0 subtype (``null`` / ``ultralow``), the 3-way group, the H-score and a
 continuous HER2 index (100 x mean over tumour cells of the membrane DAB above the image's unstained
-background x completeness; :func:`~her2score.quantify.membrane.background_dab`), and DAB statistics
-over the tissue. The rules themselves live in :mod:`her2score.rules`.
+background x completeness; :func:`~her2score.quantify.membrane.background_dab`), the same index over the
+most strongly stained tenth of the tumour cells (``her2_index_top10``, :func:`top_share_mean`: the ASCO/CAP
+10 % rule as a number), and DAB statistics over the tissue. The rules themselves live in
+:mod:`her2score.rules`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ScoreAccumulator:
         self.tissue_dab_sum = 0.0
         self.tissue_dab_above = [0, 0, 0]
         self.kind_counts = dict.fromkeys(CELL_KINDS, 0)
+        self.index_hist = np.zeros(INDEX_BINS, dtype=np.int64)
 
     def add_cells(self, cells: Any) -> None:
         # Column by column on arrays (no filtered copy of the frame, no value_counts): this runs per
@@ -82,7 +85,9 @@ class ScoreAccumulator:
             above = np.where(above > 0, np.maximum(above - background, 0.0), 0.0)
         else:  # NaN (no membrane measured) counts as 0, as pandas sums
             above = np.where(np.isnan(above), 0.0, above)
-        self.index_sum += float((above * cells["completeness"].to_numpy(dtype=np.float64)[tumour]).sum())
+        per_cell = above * cells["completeness"].to_numpy(dtype=np.float64)[tumour]
+        self.index_sum += float(per_cell.sum())
+        self.index_hist += np.bincount(index_bins(per_cell), minlength=INDEX_BINS)
 
     def merge(self, part: ScoreAccumulator) -> None:
         """Add another accumulator's sums (a tile's) to this one."""
@@ -95,6 +100,7 @@ class ScoreAccumulator:
         for i in range(4):
             self.intensity_counts[i] += part.intensity_counts[i]
         self.index_sum += part.index_sum
+        self.index_hist += part.index_hist
         self.tissue_px += part.tissue_px
         self.tissue_dab_sum += part.tissue_dab_sum
         for i in range(3):
@@ -116,6 +122,7 @@ class ScoreAccumulator:
                 self.n_tumour,
                 self.index_sum,
                 thresholds,
+                self.index_hist,
             )
             | self._tissue_stats()
             | self.kind_summary()
@@ -137,6 +144,36 @@ class ScoreAccumulator:
         }
 
 
+#: Per-cell HER2 index contributions (membrane DAB above the background x completeness, OD) are kept
+#: as a histogram of this many bins of :data:`INDEX_BIN_OD` (the last holds everything above), so that
+#: the top-decile index (:func:`top_share_mean`) streams over tiles with memory flat.
+INDEX_BINS = 1000
+INDEX_BIN_OD = 0.0025
+#: The share of tumour cells whose mean contribution is ``her2_index_top10``: the ASCO/CAP and gastric
+#: rules grade the staining of the most strongly stained tenth of the tumour cells (the 10 % rule).
+TOP_SHARE = 0.1
+
+
+def index_bins(per_cell: np.ndarray) -> np.ndarray:
+    """Histogram bin of each per-cell index contribution (OD): 0 for none, bin ``i`` for
+    ``((i - 1) w, i w]`` (``w`` = :data:`INDEX_BIN_OD`), the last bin for everything above."""
+    return np.clip(np.ceil(np.asarray(per_cell) / INDEX_BIN_OD).astype(np.int64), 0, INDEX_BINS - 1)
+
+
+def top_share_mean(hist: np.ndarray, share: float = TOP_SHARE) -> float:
+    """Mean contribution (OD, at bin centres) of the ``share`` of cells with the highest ones in ``hist``
+    (at least one cell; 0 for an empty histogram)."""
+    total = int(hist.sum())
+    if total == 0:
+        return 0.0
+    k = max(1.0, share * total)
+    centres = np.maximum(np.arange(len(hist)) - 0.5, 0.0) * INDEX_BIN_OD
+    counts = hist[::-1].astype(np.float64)
+    before = np.cumsum(counts) - counts
+    taken = np.clip(k - before, 0.0, counts)
+    return float((taken * centres[::-1]).sum() / k)
+
+
 def score_counts(
     class_counts: dict[str, int],
     intensity_counts: list[int],
@@ -144,6 +181,7 @@ def score_counts(
     n_tumour: int,
     index_sum: float,
     thresholds: Thresholds,
+    index_hist: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """HER2 category and companions from tumour-cell class counts (rules: :mod:`her2score.rules`, the
     rulebook ``thresholds.her2_rules``, recorded in the row as ``her2_rules``).
@@ -180,6 +218,7 @@ def score_counts(
         "her2_3way": group,
         "h_score": h_score,
         "her2_index": 100.0 * index_sum / n_t,
+        "her2_index_top10": 100.0 * top_share_mean(index_hist) if index_hist is not None else None,
         "n_cells": n_cells,
         "n_tumour_cells": n_tumour,
         "her2_rules": thresholds.her2_rules,
