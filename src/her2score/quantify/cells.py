@@ -521,10 +521,15 @@ UNSTAINED_FLOOR_QUANTILE = 0.25
 MAX_UNSTAINED_FLOOR_OD = 0.15
 
 
-def unstained_floor(smooth_dab: np.ndarray, far: np.ndarray, tissue: np.ndarray | None) -> float:
-    """DAB OD that an image reads where nothing is stained: the lower quartile of the smoothed DAB
-    over tissue far from every nucleus (stroma, lumina), at most :data:`MAX_UNSTAINED_FLOOR_OD`; 0
-    when there is no such tissue.
+def unstained_floor(
+    smooth_dab: np.ndarray,
+    far: np.ndarray,
+    tissue: np.ndarray | None,
+    quantile: float = UNSTAINED_FLOOR_QUANTILE,
+) -> float:
+    """DAB OD that an image reads where nothing is stained: the ``quantile`` (the lower quartile) of the
+    smoothed DAB over tissue in ``far`` (far from every nucleus: stroma, lumina), at most
+    :data:`MAX_UNSTAINED_FLOOR_OD`; 0 when there is no such tissue.
 
     Real scans read 0.02-0.17 OD of "DAB" on unstained stroma (a grey or dim scan, a tan tint; see
     :func:`~her2score.quantify.membrane.background_dab`): an absolute background threshold
@@ -536,7 +541,7 @@ def unstained_floor(smooth_dab: np.ndarray, far: np.ndarray, tissue: np.ndarray 
     if values.size < 100:
         return 0.0
     values = values[:: max(1, values.size // 200_000)]
-    return float(min(max(np.quantile(values, UNSTAINED_FLOOR_QUANTILE), 0.0), MAX_UNSTAINED_FLOOR_OD))
+    return float(min(max(np.quantile(values, quantile), 0.0), MAX_UNSTAINED_FLOOR_OD))
 
 
 def _grow_on_coarser_grid(

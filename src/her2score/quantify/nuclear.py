@@ -459,6 +459,12 @@ def nuclear_density(hematoxylin: np.ndarray, dab: np.ndarray, cap: float = NUCLE
     return hematoxylin + np.minimum(dab, np.float32(cap))
 
 
+#: The unstained DAB floor under the nuclear DAB foreground is this quantile of the smoothed DAB over the
+#: tissue (:func:`~her2score.quantify.cells.unstained_floor`): the palest tenth, stroma or unstained
+#: cytoplasm even where most nuclei are positive.
+DAB_FLOOR_QUANTILE = 0.02
+
+
 @dataclass(frozen=True)
 class NucleusParams:
     """Nucleus detection for nuclear markers, in µm and OD (independent of the HER2 cell model)."""
@@ -473,9 +479,13 @@ class NucleusParams:
     otsu_fraction: float = 0.8
     #: Nuclei keep their extent down to this fraction of the threshold (1.0: no hysteresis).
     hysteresis: float = 0.5
-    #: Smoothed DAB above this OD is nuclear whatever the hematoxylin: the stain is nuclear, and in a
-    #: cluster of positive nuclei the local background is itself brown, so the top-hat loses them.
+    #: Smoothed DAB above this OD, and at least ``dab_foreground_contrast_od`` above the image's unstained
+    #: floor (:data:`DAB_FLOOR_QUANTILE`), is nuclear whatever the hematoxylin: the stain is nuclear, and
+    #: in a cluster of positive nuclei the local background is itself brown, so the top-hat loses them.
     dab_foreground_od: float = 0.15
+    #: ... (dim or tinted scans read 0.12-0.18 OD of "DAB" over bare stroma: real BCI patches, where a
+    #: fixed 0.15 OD cut made the whole stroma foreground and then "nuclei").
+    dab_foreground_contrast_od: float = 0.1
     #: Gaussian σ of the blob map whose peaks seed nuclei (about half a small nucleus's radius).
     seed_smoothing_um: float = 1.0
     #: DAB counts towards the seed map up to this OD.
@@ -508,7 +518,7 @@ def detect_nuclei(
     from skimage.feature import peak_local_max
     from skimage.segmentation import relabel_sequential, watershed
 
-    from her2score.quantify.cells import nucleus_threshold
+    from her2score.quantify.cells import nucleus_threshold, unstained_floor
 
     p = params or NucleusParams()
     hema = np.maximum(hematoxylin.astype(np.float32), 0.0)
@@ -518,7 +528,11 @@ def detect_nuclei(
     width = max(3, round(p.background_um / mpp))
     contrast = smooth - ndi.grey_opening(smooth, size=(width, width))
     thr = max(p.min_density_od, p.otsu_fraction * nucleus_threshold(contrast, tissue, p.min_density_od))
-    brown = ndi.gaussian_filter(dab, p.smoothing_um / mpp) > p.dab_foreground_od
+    # Brown foreground clear of the image's unstained DAB floor as well as above the fixed cut.
+    smooth_dab = ndi.gaussian_filter(dab, p.smoothing_um / mpp)
+    region = np.ones(dab.shape, dtype=bool) if tissue is None else tissue
+    floor = unstained_floor(smooth_dab, region, None, DAB_FLOOR_QUANTILE)
+    brown = smooth_dab > max(p.dab_foreground_od, floor + p.dab_foreground_contrast_od)
     # Hysteresis: a nucleus must reach the threshold somewhere, then keeps its extent down to
     # ``hysteresis`` x the threshold, so that a pale (vesicular) negative nucleus is segmented as whole
     # as a brown one, which the DAB foreground keeps whole; cut to its dark chromatin it would read
