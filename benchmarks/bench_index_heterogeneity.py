@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 MPP = 0.5
 LEVEL = {"0": 0, "1+": 1, "2+": 2, "3+": 3}
-SCORES = ("her2_index", "her2_index_top10", "h_score")
+SCORES = ("her2_index", "her2_index_mean", "h_score")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,7 +152,7 @@ def agreement_cohort(folder: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.
                 "truth": str(rec.her2),
                 "found": row["category"],
                 "her2_index": row["her2_index"],
-                "her2_index_top10": row["her2_index_top10"],
+                "her2_index_mean": row["her2_index_mean"],
                 "h_score": row["h_score"],
                 "tumour": row["n_tumour_cells"],
                 **{c[:10]: row[f"pct_{c.replace('-', '_')}"] for c in CLASSES[1:]},
@@ -171,7 +171,7 @@ def rank_agreement(scores: pd.DataFrame) -> str:
     ok = scores[scores["found"] != "failed"]
     level = ok["truth"].map({c: i for i, c in enumerate(CATEGORIES)})
     parts = []
-    for col in ("her2_index", "her2_index_top10", "h_score"):
+    for col in ("her2_index", "her2_index_mean", "h_score"):
         rho = spearmanr(level, ok[col]).statistic
         pos, neg = ok.loc[level == 3, col], ok.loc[level < 3, col]
         auc = float("nan")

@@ -49,7 +49,7 @@ def by_eye_ranking(table: pd.DataFrame) -> str:
     parts = [
         f"{col} {spearmanr(rows['eye'], rows[col]).statistic:.3f} "
         f"({spearmanr(scorable['eye'], scorable[col]).statistic:.3f} over the {len(scorable)} scorable)"
-        for col in ("her2_index", "her2_index_top10", "h_score")
+        for col in ("her2_index", "her2_index_mean", "h_score")
     ]
     return f"Spearman against the by-eye levels ({len(rows)} BCI patches): " + ", ".join(parts)
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 for c, s in zip(frame["category"].fillna(""), frame["her2_0_subtype"], strict=True)
             ],
             "her2_index": frame["her2_index"].round(1),
-            "top10": frame["her2_index_top10"].round(1),
+            "mean_index": frame["her2_index_mean"].round(1),
             "h_score": frame["h_score"].round(0),
             "tumour_cells": frame["n_tumour_cells"],
             **{
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         by_eye_ranking(
             table.assign(
                 her2_index=frame["her2_index"].to_numpy(),
-                her2_index_top10=frame["her2_index_top10"].to_numpy(),
+                her2_index_mean=frame["her2_index_mean"].to_numpy(),
                 h_score=frame["h_score"].to_numpy(),
             )
         )

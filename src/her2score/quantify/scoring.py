@@ -2,11 +2,11 @@
 
 Per image or slide, over tumour cells: class counts and percentages, the ASCO/CAP 2018 category with
 the 10 % rule, the HER2-0 subtype (``null`` / ``ultralow``), the 3-way group, the H-score and a
-continuous HER2 index (100 x mean over tumour cells of the membrane DAB above the image's unstained
-background x completeness; :func:`~her2score.quantify.membrane.background_dab`), the same index over the
-most strongly stained tenth of the tumour cells (``her2_index_top10``, :func:`top_share_mean`: the ASCO/CAP
-10 % rule as a number), and DAB statistics over the tissue. The rules themselves live in
-:mod:`her2score.rules`.
+continuous HER2 index (``her2_index``: 100 x the mean, over the most strongly stained tenth of the tumour
+cells, of the membrane DAB above the image's unstained background x completeness,
+:func:`~her2score.quantify.membrane.background_dab` and :func:`top_share_mean`: the ASCO/CAP 10 % rule as a
+number; ``her2_index_mean``, the same over all tumour cells), and DAB statistics over the tissue. The
+rules themselves live in :mod:`her2score.rules`.
 """
 
 from __future__ import annotations
@@ -146,10 +146,10 @@ class ScoreAccumulator:
 
 #: Per-cell HER2 index contributions (membrane DAB above the background x completeness, OD) are kept
 #: as a histogram of this many bins of :data:`INDEX_BIN_OD` (the last holds everything above), so that
-#: the top-decile index (:func:`top_share_mean`) streams over tiles with memory flat.
+#: the index (:func:`top_share_mean`) streams over tiles with memory flat.
 INDEX_BINS = 1000
 INDEX_BIN_OD = 0.0025
-#: The share of tumour cells whose mean contribution is ``her2_index_top10``: the ASCO/CAP and gastric
+#: The share of tumour cells whose mean contribution is ``her2_index``: the ASCO/CAP and gastric
 #: rules grade the staining of the most strongly stained tenth of the tumour cells (the 10 % rule).
 TOP_SHARE = 0.1
 
@@ -217,8 +217,12 @@ def score_counts(
         "her2_0_subtype": subtype,
         "her2_3way": group,
         "h_score": h_score,
-        "her2_index": 100.0 * index_sum / n_t,
-        "her2_index_top10": 100.0 * top_share_mean(index_hist) if index_hist is not None else None,
+        # The continuous score is the index of the most strongly stained tenth of the tumour cells (the
+        # 10 % rule as a number; the mean inverts focal 3+ and homogeneous 2+); the mean is kept beside it.
+        "her2_index": 100.0 * top_share_mean(index_hist)
+        if index_hist is not None
+        else 100.0 * index_sum / n_t,
+        "her2_index_mean": 100.0 * index_sum / n_t,
         "n_cells": n_cells,
         "n_tumour_cells": n_tumour,
         "her2_rules": thresholds.her2_rules,
