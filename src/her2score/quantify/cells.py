@@ -166,9 +166,10 @@ def segment_nuclei(
     from scipy import ndimage as ndi
 
     from her2score.quantify import morphology as morph
+    from her2score.quantify.kernels import distance_to, gaussian
 
     p = params or CellParams()
-    smooth = ndi.gaussian_filter(np.asarray(hematoxylin, dtype=np.float32), _px(p.smoothing_um, mpp))
+    smooth = gaussian(np.asarray(hematoxylin, dtype=np.float32), _px(p.smoothing_um, mpp))
     if p.line_removal_um > 0:
         # Dark DAB membranes leak into the hematoxylin channel (DAB does not follow Beer-Lambert
         # and real counterstains are greyer than the reference vector): a grey opening with a
@@ -215,8 +216,9 @@ def segment_nuclei(
     mask = components > 0
     if not mask.any():
         return np.zeros(hematoxylin.shape, dtype=np.int32), thr
-    dist = ndi.distance_transform_edt(mask)
-    dist = ndi.gaussian_filter(dist, 1.0)
+    # In float64 and by scipy, as before: peaks are ranked by these values, and equal or nearly equal
+    # distances (symmetric shapes) must keep their order to the last bit.
+    dist = ndi.gaussian_filter(distance_to(~mask, np.float64), 1.0)
     sep = max(1, round(_px(p.min_nucleus_separation_um, mpp) / 2))
     # Without ``labels`` (a per-object loop, slow): background has distance 0, so peaks cannot merge
     # across objects anyway.
@@ -275,11 +277,9 @@ def local_peaks(image: np.ndarray, min_distance: int, threshold: float) -> np.nd
     """
     from scipy.spatial import cKDTree
 
-    from her2score.quantify.morphology import running
+    from her2score.quantify.morphology import local_maximum
 
-    size = 2 * min_distance + 1
-    local_max = running(image, size, 0, np.maximum, min_distance, "edge")
-    local_max = running(local_max, size, 1, np.maximum, min_distance, "edge")
+    local_max = local_maximum(image, 2 * min_distance + 1)
     is_max = image == local_max
     if is_max.all():  # a flat image has no peak
         return np.zeros((0, 2), dtype=np.int64)
@@ -419,13 +419,13 @@ def ridge_map(dab: np.ndarray, mpp: float, sigma_um: float) -> np.ndarray:
     A blurred membrane is a ridge (strong negative curvature across it); a uniform blush or the flat
     inside of a stained cytoplasm has none. In OD units (σ²-normalised), about the line's contrast.
     """
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import gaussian
 
     sigma = max(sigma_um / mpp, 0.7)
     img = np.asarray(dab, dtype=np.float32)
-    hyy = ndi.gaussian_filter(img, sigma, order=(2, 0))
-    hxx = ndi.gaussian_filter(img, sigma, order=(0, 2))
-    hxy = ndi.gaussian_filter(img, sigma, order=(1, 1))
+    hyy = gaussian(img, sigma, order=(2, 0))
+    hxx = gaussian(img, sigma, order=(0, 2))
+    hxy = gaussian(img, sigma, order=(1, 1))
     # -(half trace - sqrt(((hyy - hxx) / 2)² + hxy²)), in place (the same float32 operations).
     root = np.subtract(hyy, hxx)
     root /= 2
@@ -482,12 +482,11 @@ def _flood_cells(
     nuclei: np.ndarray, mpp: float, dab: np.ndarray, tissue: np.ndarray | None, p: CellParams
 ) -> np.ndarray:
     """The cell labels of :func:`grow_cells_to_membranes` (the watershed and its leak check)."""
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import distance_to, gaussian
 
     n = int(nuclei.max())
-    dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
-    dist_um = (dist * mpp).astype(np.float32)
-    smooth = ndi.gaussian_filter(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
+    dist_um = (distance_to(nuclei > 0, np.float64) * mpp).astype(np.float32)
+    smooth = gaussian(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
     background = (dist_um > p.max_cell_radius_um) | (
         (dist_um > p.background_min_um) & (smooth < p.background_dab_od)
     )
@@ -504,8 +503,27 @@ def _flood_cells(
     cells[cells == n + 1] = 0
     # A cell that flooded round a neighbour into a basin beyond its own reach gives it back.
     leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
-    cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nuclei[iy[leak], ix[leak]], 0)
+    if leak.any():
+        ly, lx = np.nonzero(leak)
+        near = dist_um[ly, lx] <= p.max_cell_radius_um
+        cells[ly, lx] = np.where(near, nearest_label(nuclei, ly, lx), 0)
     return cells
+
+
+def nearest_label(labels: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """The label of the nearest labelled pixel to each point ``(yy, xx)`` (Euclidean; what
+    ``distance_transform_edt(labels == 0, return_indices=True)`` points at, up to ties), from a KD-tree
+    of the labelled pixels on an object's edge (the nearest pixel of an object from outside is one)."""
+    from scipy.spatial import cKDTree
+
+    from her2score.quantify.morphology import touches
+
+    edge = (labels > 0) & touches(labels == 0)
+    ey, ex = np.nonzero(edge)
+    if not ey.size:  # objects filling the image: their own pixels
+        ey, ex = np.nonzero(labels > 0)
+    _, idx = cKDTree(np.column_stack([ey, ex])).query(np.column_stack([yy, xx]))
+    return labels[ey[idx], ex[idx]]
 
 
 def _grow_on_coarser_grid(

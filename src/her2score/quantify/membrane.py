@@ -382,11 +382,11 @@ def background_dab(
     image; else (a field packed with cells) the lower decile of the cells' cytoplasm DAB; 0 without
     either.
     """
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import box_mean
 
     outside = seg.cells == 0
     if outside.mean() >= MIN_EXTRACELLULAR_FRACTION:
-        total = ndi.uniform_filter(hematoxylin + dab, 3)
+        total = box_mean(hematoxylin + dab, 3)
         values = dab[outside & (total >= EMPTY_OD)]
         if values.size >= MIN_EXTRACELLULAR_FRACTION * dab.size:
             return float(np.quantile(values[:: max(1, values.size // 200_000)], BACKGROUND_QUANTILE))
@@ -399,12 +399,12 @@ def lumen_distance(
     hematoxylin: np.ndarray, dab: np.ndarray, mpp: float, y_px: np.ndarray, x_px: np.ndarray
 ) -> np.ndarray:
     """Distance (µm) from each nucleus centre to the nearest empty pixel (lumen, vessel, glass)."""
-    from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
 
+    from her2score.quantify.kernels import box_mean
     from her2score.quantify.morphology import touches
 
-    total = ndi.uniform_filter(hematoxylin + dab, max(1, round(1.0 / mpp)))
+    total = box_mean(hematoxylin + dab, max(1, round(1.0 / mpp)))
     empty = total < EMPTY_OD
     if not empty.any():
         return np.full(len(y_px), np.inf)

@@ -81,8 +81,7 @@ def quantify_image(
 
     Raises :class:`NoTissueError` (no tissue), :class:`StainError` (H&E image, or no nuclei).
     """
-    from scipy import ndimage as ndi
-
+    from her2score.quantify.kernels import gaussian
     from her2score.stain.deconvolution import separate_stains
 
     t = thresholds or Thresholds()
@@ -100,7 +99,7 @@ def quantify_image(
         matrix, source = choose_stain_vectors(rgb, stains, estimate)
     conc = separate_stains(rgb, matrix)
     hema = conc["hematoxylin"]
-    dab = ndi.gaussian_filter(conc[matrix.names[1]], p.dab_smoothing_um / mpp)
+    dab = gaussian(conc[matrix.names[1]], p.dab_smoothing_um / mpp)
     seg = segment_cells(hema, mpp, tissue, p, dab=dab)
     if require_tissue and seg.n_cells == 0:
         raise StainError(

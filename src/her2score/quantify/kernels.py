@@ -1,0 +1,78 @@
+"""Compiled image kernels (OpenCV) with ``scipy.ndimage``'s semantics: Gaussian filters, box means and the
+Euclidean distance transform, 3-18x faster than scipy's on the quantifier's planes.
+
+scipy walks each image line through a double-precision buffer, slowly down the columns of a C-ordered
+image; OpenCV's separable filters and its exact (``DIST_MASK_PRECISE``) distance transform run whole
+rows in SIMD. The kernels here take scipy's own 1-D weights and its ``reflect`` boundary, so the values
+are scipy's up to float32 rounding (~1e-7 relative; ``tests/quantify/test_morphology.py``); the distance
+transform gives the same float32 distances. OpenCV runs one thread per call: the quantifier's
+parallelism is its worker processes, and one thread keeps a worker's CPU time its own.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+@functools.cache
+def _cv2():  # noqa: ANN202 (the module)
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+@functools.cache
+def _gaussian_weights(sigma: float, order: int, dtype: str) -> np.ndarray:
+    from scipy.ndimage._filters import _gaussian_kernel1d
+
+    radius = int(4.0 * float(sigma) + 0.5)  # scipy's default truncate=4.0
+    # scipy correlates with the reversed kernel (order 1 is odd); OpenCV's sepFilter2D correlates.
+    return np.ascontiguousarray(_gaussian_kernel1d(float(sigma), order, radius)[::-1], dtype=dtype)
+
+
+def gaussian(image: np.ndarray, sigma: float, order: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``ndi.gaussian_filter(image, sigma, order)`` of a 2-D float32 or float64 image (other dtypes are
+    taken as float32), the same weights and ``reflect`` boundary; returns that dtype."""
+    cv2 = _cv2()
+    img = np.asarray(image)
+    if img.dtype not in (np.float32, np.float64):
+        img = img.astype(np.float32)
+    dtype = img.dtype.name
+    ky = _gaussian_weights(float(sigma), int(order[0]), dtype)
+    kx = _gaussian_weights(float(sigma), int(order[1]), dtype)
+    return cv2.sepFilter2D(np.ascontiguousarray(img), -1, kx, ky, borderType=cv2.BORDER_REFLECT)
+
+
+def box_mean(image: np.ndarray, size: int) -> np.ndarray:
+    """``ndi.uniform_filter(image, size)`` of a 2-D float image (``reflect`` boundary), in float32."""
+    cv2 = _cv2()
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    if size <= 1:
+        return img.copy()
+    # scipy's even window reaches one pixel further back than forward; OpenCV's anchor says the same.
+    anchor = (size // 2, size // 2)
+    return cv2.blur(img, (size, size), anchor=anchor, borderType=cv2.BORDER_REFLECT)
+
+
+def distance_to(mask: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Euclidean distance (px) of every pixel to the nearest ``True`` pixel of ``mask``: the same values as
+    ``ndi.distance_transform_edt(~mask)`` (0 on ``mask``), in float32 or, with ``dtype=np.float64``, in
+    float64 to the last bit (the square root of the integer squared distance, as scipy takes it).
+    Without any ``True`` pixel, scipy's own convention is kept by calling scipy."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        from scipy import ndimage as ndi
+
+        return ndi.distance_transform_edt(~mask).astype(dtype)
+    cv2 = _cv2()
+    dist = cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    if np.dtype(dtype) == np.float32:
+        return dist
+    # float32 holds the distance to ~1e-7 relative: its square rounds to the exact integer (below 2²²).
+    squared = dist.astype(np.float64)
+    np.square(squared, out=squared)
+    np.rint(squared, out=squared)
+    return np.sqrt(squared, out=squared)
