@@ -245,12 +245,11 @@ def segment_nuclei(
 
 
 def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Seeded watershed (scikit-image's, 4-connected), with the same labels, several times faster on
-    large markers: marker pixels with no unlabelled neighbour never join the priority queue (they
-    could not flood anything), so only the markers' frontier does."""
-    from skimage.segmentation import watershed
-
+    """Seeded watershed (scikit-image's, 4-connected, compiled: :mod:`~her2score.quantify.watershed`),
+    with the same labels: marker pixels with no unlabelled neighbour never join the priority queue
+    (they could not flood anything), so only the markers' frontier does."""
     from her2score.quantify.morphology import touches
+    from her2score.quantify.watershed import watershed
 
     markers = np.asarray(markers, dtype=np.int32)
     if mask is not None:
@@ -258,9 +257,9 @@ def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = 
     labelled = markers > 0
     interior = labelled & ~touches(~labelled if mask is None else mask & ~labelled)
     if not interior.any():
-        return watershed(elevation, markers, mask=mask).astype(np.int32)
+        return watershed(elevation, markers, mask=mask)
     allowed = ~interior if mask is None else mask & ~interior
-    out = watershed(elevation, np.where(interior, 0, markers), mask=allowed).astype(np.int32)
+    out = watershed(elevation, np.where(interior, 0, markers), mask=allowed)
     out[interior] = markers[interior]
     return out
 

@@ -76,3 +76,10 @@ def distance_to(mask: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     np.square(squared, out=squared)
     np.rint(squared, out=squared)
     return np.sqrt(squared, out=squared)
+
+
+def float_order_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys of float32 ``values`` in the same order as the values (IEEE bit trick; -0.0 and 0.0 get
+    one key, as they compare equal): integer sorts and compares stand in for float ones."""
+    bits = np.ascontiguousarray(np.asarray(values, dtype=np.float32) + np.float32(0)).view(np.uint32)
+    return np.where(bits >= np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))

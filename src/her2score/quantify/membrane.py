@@ -21,7 +21,6 @@ membrane class, and which cells are invasive tumour cells.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -289,11 +288,14 @@ def longest_gap(gap: np.ndarray) -> np.ndarray:
 
 
 def _median_stained_peak(stained: np.ndarray, sector_peak: np.ndarray) -> np.ndarray:
-    """Median peak DAB over each cell's stained sectors (0 where none is stained)."""
-    peaks = np.where(stained, sector_peak, np.nan)
-    with warnings.catch_warnings():  # cells without a stained sector: all-NaN rows, median 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nan_to_num(np.nanmedian(peaks, axis=1), nan=0.0)
+    """Median peak DAB over each cell's stained sectors (0 where none is stained): ``np.nanmedian`` of
+    the stained peaks per row (the mean of the two middle values for an even count, in the peaks'
+    dtype), from one sort of the rows (the unstained sectors, NaN, sort last), ~50x faster."""
+    peaks = np.sort(np.where(stained, sector_peak, np.nan), axis=1)
+    count = stained.sum(axis=1)
+    low = np.take_along_axis(peaks, np.maximum((count - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    high = np.take_along_axis(peaks, (count // 2)[:, None], axis=1)[:, 0]
+    return np.where(count > 0, (low + high) / peaks.dtype.type(2), 0.0)
 
 
 def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.ndarray:
@@ -301,12 +303,21 @@ def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.
     out = np.zeros(n, dtype=np.float64)
     if ids.size == 0:
         return out
-    order = np.lexsort((values, ids))
     counts = np.bincount(ids, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     has = counts > 0
     rank = starts[has] + np.floor(q * (counts[has] - 1)).astype(np.int64)
-    out[has] = values[order][rank]
+    if values.dtype == np.float32 and n < 2**32:
+        # One sort of 64-bit integers (label, then the value's order-preserving bits) instead of a
+        # two-key lexsort: the same sorted values, ~4x faster.
+        from her2score.quantify.kernels import float_order_keys
+
+        keys = (ids.astype(np.uint64) << np.uint64(32)) | float_order_keys(values).astype(np.uint64)
+        picked = (np.sort(keys)[rank] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        bits = np.where(picked >= np.uint32(0x80000000), picked & np.uint32(0x7FFFFFFF), ~picked)
+        out[has] = bits.view(np.float32)
+    else:
+        out[has] = values[np.lexsort((values, ids))][rank]
     return out
 
 

@@ -1,0 +1,145 @@
+"""Seeded watershed compiled with numba: scikit-image's ``watershed`` (4-connected, no compactness, no
+watershed line), the same labels pixel for pixel, ~1.5x faster on the quantifier's cell growth.
+
+scikit-image's flood (``skimage/segmentation/_watershed_cy.pyx``) pops pixels from a binary heap ordered
+by (value, age): value is the pixel's elevation, raised to that of the pixel it was reached from (so
+popped values never decrease), age the order of entry (markers 0, in raster order), so ties go to the
+nearest marker. A neighbour in the mask and still unlabelled takes the popped pixel's label when it is
+pushed. The same binary heap (the same sift-up and sift-down, so that even markers of equal value pop
+in the same order) is run here on one 64-bit integer key per entry, the value's rank in its high 32
+bits and the age in its low 32, so that a comparison is one integer compare: float32 elevations are
+ranked by their order-preserving bit pattern (no sort), others by a sort of the values that can be
+reached. ``tests/quantify/test_morphology.py`` compares it with scikit-image's.
+
+Compiled once (``cache=True``: loaded from numba's cache in later processes), at import, so that a
+worker forked from the quantifier's fork server (:data:`~her2score.quantify.pipeline.WORKER_PRELOAD`)
+starts with it ready.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+@njit("void(uint64[::1], int32[::1], bool_[::1], int64[::1], int64, int64)", cache=True, nogil=True)
+def _heap_flood(keys, out, allowed, starts, height, width):  # noqa: ANN001, ANN202, C901 (numba kernel)
+    capacity = starts.size + 1
+    for i in range(allowed.size):
+        if allowed[i] and out[i] == 0:
+            capacity += 1
+    heap_key = np.empty(capacity, np.uint64)
+    heap_idx = np.empty(capacity, np.int64)
+    size = 0
+    age = np.uint64(1)
+    high = np.uint64(0xFFFFFFFF00000000)
+    for k in range(starts.size):  # markers: age 0, pushed in raster order
+        idx = starts[k]
+        key = keys[idx]
+        child = size
+        size += 1
+        while child > 0:
+            parent = (child + 1) // 2 - 1
+            if key < heap_key[parent]:
+                heap_key[child] = heap_key[parent]
+                heap_idx[child] = heap_idx[parent]
+                child = parent
+            else:
+                break
+        heap_key[child] = key
+        heap_idx[child] = idx
+    while size > 0:
+        idx = heap_idx[0]
+        current = heap_key[0] & high
+        size -= 1
+        if size > 0:  # the last entry moves to the root and sifts down
+            last_key = heap_key[size]
+            last_idx = heap_idx[size]
+            i = 0
+            while True:
+                left = 2 * i + 1
+                if left >= size:
+                    break
+                smallest = left
+                small_key = heap_key[left]
+                if left + 1 < size and heap_key[left + 1] < small_key:
+                    smallest = left + 1
+                    small_key = heap_key[left + 1]
+                if small_key < last_key:
+                    heap_key[i] = small_key
+                    heap_idx[i] = heap_idx[smallest]
+                    i = smallest
+                else:
+                    break
+            heap_key[i] = last_key
+            heap_idx[i] = last_idx
+        y = idx // width
+        x = idx - y * width
+        label = out[idx]
+        for d in range(4):  # scikit-image's neighbour order: up, left, right, down
+            if d == 0:
+                if y == 0:
+                    continue
+                nb = idx - width
+            elif d == 1:
+                if x == 0:
+                    continue
+                nb = idx - 1
+            elif d == 2:
+                if x == width - 1:
+                    continue
+                nb = idx + 1
+            else:
+                if y == height - 1:
+                    continue
+                nb = idx + width
+            if not allowed[nb] or out[nb] != 0:
+                continue
+            age += np.uint64(1)
+            out[nb] = label
+            value = keys[nb]
+            key = (value if value >= current else current) | age
+            child = size
+            size += 1
+            while child > 0:
+                parent = (child + 1) // 2 - 1
+                if key < heap_key[parent]:
+                    heap_key[child] = heap_key[parent]
+                    heap_idx[child] = heap_idx[parent]
+                    child = parent
+                else:
+                    break
+            heap_key[child] = key
+            heap_idx[child] = nb
+
+
+def _rank_keys(elevation: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Order-preserving keys of the elevation in the high 32 bits (equal values, equal keys)."""
+    if elevation.dtype == np.float32:
+        from her2score.quantify.kernels import float_order_keys
+
+        return float_order_keys(elevation).ravel().astype(np.uint64) << np.uint64(32)
+    # Other dtypes: the rank of each value among those the flood can reach (a sort of those only).
+    values = np.asarray(elevation, dtype=np.float64).ravel()[used]
+    if len(values) >= 2**32:
+        raise ValueError("watershed: too many pixels for 32-bit ranks")
+    _, rank = np.unique(values, return_inverse=True)
+    keys = np.zeros(elevation.size, dtype=np.uint64)
+    keys[np.flatnonzero(used)] = rank.astype(np.uint64).ravel() << np.uint64(32)
+    return keys
+
+
+def watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``skimage.segmentation.watershed(elevation, markers, mask=mask)`` (connectivity 1) on a 2-D image:
+    int32 labels, markers outside ``mask`` dropped, pixels no marker reaches 0."""
+    elevation = np.asarray(elevation)
+    if elevation.ndim != 2 or elevation.shape != np.shape(markers):
+        raise ValueError(f"watershed needs 2-D elevation and markers of one shape ({elevation.shape})")
+    out = np.array(markers, dtype=np.int32, order="C")
+    allowed = np.ones(out.shape, dtype=bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    out[~allowed] = 0
+    starts = np.flatnonzero(out)
+    if starts.size == 0:
+        return out
+    keys = _rank_keys(elevation, allowed.ravel() | (out.ravel() != 0))
+    _heap_flood(keys, out.ravel(), allowed.ravel(), starts.astype(np.int64), *out.shape)
+    return out
