@@ -166,7 +166,7 @@ def segment_nuclei(
     from scipy import ndimage as ndi
 
     from her2score.quantify import morphology as morph
-    from her2score.quantify.kernels import distance_to, gaussian
+    from her2score.quantify.kernels import distance_to, gaussian, hysteresis, label4
 
     p = params or CellParams()
     smooth = gaussian(np.asarray(hematoxylin, dtype=np.float32), _px(p.smoothing_um, mpp))
@@ -193,11 +193,7 @@ def segment_nuclei(
     # (real 3+) are otherwise cut to their darkest chromatin and fail the tumour-size filter; stroma
     # that never reaches the threshold does not become nuclei.
     if p.nucleus_hysteresis < 1.0:
-        from skimage.filters import apply_hysteresis_threshold
-
-        mask = apply_hysteresis_threshold(
-            contrast, max(p.nucleus_hysteresis * thr, p.min_hematoxylin_od), thr
-        )
+        mask = hysteresis(contrast, max(p.nucleus_hysteresis * thr, p.min_hematoxylin_od), thr)
     else:
         mask = contrast > thr
     if tissue is not None:
@@ -211,7 +207,7 @@ def segment_nuclei(
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
     # One labelling serves the size filter and the split below: the components keep their numbers
     # (gaps where small ones were dropped; the final relabelling closes them, in the same order).
-    components, n_comp = ndi.label(mask)
+    components, n_comp = label4(mask)
     components = _drop_small(components, min_px)
     mask = components > 0
     if not mask.any():
@@ -309,6 +305,8 @@ def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     small = sizes < min_px
     small[0] = False
+    if not small.any():
+        return labels
     return np.where(small[labels], 0, labels)
 
 
@@ -316,6 +314,8 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 1..k in the order of their old ids (as ``relabel_sequential``, by a lookup)."""
     present = np.bincount(labels.ravel()) > 0
     present[0] = False
+    if labels.dtype == np.int32 and present[1:].all():  # already 1..k
+        return labels
     lut = np.cumsum(present).astype(np.int32)
     lut[~present] = 0
     return lut[labels]
@@ -505,21 +505,29 @@ def _flood_cells(
     if leak.any():
         ly, lx = np.nonzero(leak)
         near = dist_um[ly, lx] <= p.max_cell_radius_um
-        cells[ly, lx] = np.where(near, nearest_label(nuclei, ly, lx), 0)
+        cells[ly, lx] = np.where(near, nearest_label(nuclei, ly, lx, p.max_cell_radius_um / mpp), 0)
     return cells
 
 
-def nearest_label(labels: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def nearest_label(
+    labels: np.ndarray, yy: np.ndarray, xx: np.ndarray, within_px: float | None = None
+) -> np.ndarray:
     """The label of the nearest labelled pixel to each point ``(yy, xx)`` (Euclidean; what
     ``distance_transform_edt(labels == 0, return_indices=True)`` points at, up to ties), from a KD-tree
-    of the labelled pixels on an object's edge (the nearest pixel of an object from outside is one)."""
+    of the labelled pixels on an object's edge (the nearest pixel of an object from outside is one).
+    With ``within_px``, only points that have a labelled pixel within that distance get theirs right
+    (the tree holds only the edge pixels near the points)."""
     from scipy.spatial import cKDTree
 
-    from her2score.quantify.morphology import touches
+    from her2score.quantify.morphology import local_maximum, touches
 
     edge = (labels > 0) & touches(labels == 0)
+    if within_px is not None:
+        points = np.zeros(labels.shape, dtype=np.uint8)
+        points[yy, xx] = 1
+        edge &= local_maximum(points, 2 * int(np.ceil(within_px)) + 1).view(bool)
     ey, ex = np.nonzero(edge)
-    if not ey.size:  # objects filling the image: their own pixels
+    if not ey.size:  # objects filling the image, or none near: their own pixels
         ey, ex = np.nonzero(labels > 0)
     _, idx = cKDTree(np.column_stack([ey, ex])).query(np.column_stack([yy, xx]))
     return labels[ey[idx], ex[idx]]

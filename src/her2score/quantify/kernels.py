@@ -83,3 +83,22 @@ def float_order_keys(values: np.ndarray) -> np.ndarray:
     one key, as they compare equal): integer sorts and compares stand in for float ones."""
     bits = np.ascontiguousarray(np.asarray(values, dtype=np.float32) + np.float32(0)).view(np.uint32)
     return np.where(bits >= np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+def label4(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndi.label(mask)`` (4-connected components, int32, numbered in raster order of their first pixel)
+    by OpenCV's one-thread connected components, ~2x faster; returns the labels and their count."""
+    cv2 = _cv2()
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    n, labels = cv2.connectedComponents(m, connectivity=4, ltype=cv2.CV_32S)
+    return labels, int(n) - 1
+
+
+def hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``skimage.filters.apply_hysteresis_threshold(image, low, high)``: the 4-connected components of
+    ``image > low`` that reach above ``high`` somewhere."""
+    labels, n = label4(image > low)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[labels[image > high]] = True
+    keep[0] = False
+    return keep[labels]
