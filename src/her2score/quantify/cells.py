@@ -28,6 +28,7 @@ All sizes are in µm and converted to pixels from the image's µm/px, so the sam
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -241,11 +242,11 @@ def segment_nuclei(
 
 
 def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Seeded watershed (scikit-image's, 4-connected, compiled: :mod:`~her2score.quantify.watershed`),
+    """Seeded watershed (scikit-image's, 4-connected, compiled: :mod:`~her2score.quantify.compiled`),
     with the same labels: marker pixels with no unlabelled neighbour never join the priority queue
     (they could not flood anything), so only the markers' frontier does."""
     from her2score.quantify.morphology import touches
-    from her2score.quantify.watershed import watershed
+    from her2score.quantify.compiled import watershed
 
     markers = np.asarray(markers, dtype=np.int32)
     if mask is not None:
@@ -364,36 +365,12 @@ def grow_cells(
 
 
 def _beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_um: float) -> np.ndarray:
-    """Pixels farther than ``reach_um`` beyond the outermost pixel of their own cell's nucleus."""
-    from scipy import ndimage as ndi
+    """Pixels farther than ``reach_um`` beyond the outermost pixel of their own cell's nucleus (only
+    cells whose bounding box reaches past the limit are looked at pixel by pixel; compiled:
+    :func:`~her2score.quantify.compiled.beyond_own_reach`)."""
+    from her2score.quantify.compiled import beyond_own_reach
 
-    n = int(nuclei.max())
-    yy, xx = np.nonzero(nuclei)
-    ids = nuclei[yy, xx] - 1
-    count = np.maximum(np.bincount(ids, minlength=n), 1)
-    cy = np.bincount(ids, weights=yy, minlength=n) / count
-    cx = np.bincount(ids, weights=xx, minlength=n) / count
-    radius = np.zeros(n)
-    np.maximum.at(radius, ids, np.hypot(yy - cy[ids], xx - cx[ids]))
-    out = np.zeros(cells.shape, dtype=bool)
-    # Only cells whose bounding box reaches past the limit can have such pixels: the others (nearly
-    # all) are not looked at pixel by pixel.
-    boxes = ndi.find_objects(cells, max_label=n)
-    present = np.array([b is not None for b in boxes], dtype=bool)
-    ext = np.array(
-        [(b[0].start, b[0].stop - 1, b[1].start, b[1].stop - 1) if b else (0, 0, 0, 0) for b in boxes]
-    )
-    ext = ext.reshape(-1, 4).astype(np.float64)
-    reach_px = reach_um / mpp
-    dy = np.maximum(np.abs(ext[:, 0] - cy), np.abs(ext[:, 1] - cy))
-    dx = np.maximum(np.abs(ext[:, 2] - cx), np.abs(ext[:, 3] - cx))
-    for i in np.flatnonzero(present & (np.hypot(dy, dx) - radius > reach_px)).tolist():
-        box = boxes[i]
-        py, px = np.nonzero(cells[box] == i + 1)
-        py, px = py + box[0].start, px + box[1].start
-        far = np.hypot(py - cy[i], px - cx[i]) - radius[i] > reach_px
-        out[py[far], px[far]] = True
-    return out
+    return beyond_own_reach(cells, nuclei, mpp, reach_um)
 
 
 def cell_border_band(cells: np.ndarray, mpp: float, width_um: float) -> np.ndarray:
@@ -484,7 +461,10 @@ def _flood_cells(
     from her2score.quantify.kernels import distance_to, gaussian
 
     n = int(nuclei.max())
-    dist_um = (distance_to(nuclei > 0, np.float64) * mpp).astype(np.float32)
+    if math.frexp(mpp)[0] == 0.5:  # a power of two (0.5, 0.25 µm/px): scaling float32 is exact
+        dist_um = distance_to(nuclei > 0) * np.float32(mpp)
+    else:  # as scipy: float64 distances times mpp, rounded once
+        dist_um = (distance_to(nuclei > 0, np.float64) * mpp).astype(np.float32)
     smooth = gaussian(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
     background = (dist_um > p.max_cell_radius_um) | (
         (dist_um > p.background_min_um) & (smooth < p.background_dab_od)

@@ -273,7 +273,7 @@ WORKER_PRELOAD = (
     "pyarrow.pandas_compat",
     "her2score.quantify.morphology",
     "her2score.quantify.kernels",
-    "her2score.quantify.watershed",  # numba: compiled (or loaded from its cache) once, in the server
+    "her2score.quantify.compiled",  # numba: compiled (or loaded from its cache) once, in the server
     "her2score.slide",
     "her2score.quantify.pipeline",
     "her2score.quantify.tiled",

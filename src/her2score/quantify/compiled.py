@@ -1,5 +1,9 @@
-"""Seeded watershed compiled with numba: scikit-image's ``watershed`` (4-connected, no compactness, no
-watershed line), the same labels pixel for pixel, ~1.5x faster on the quantifier's cell growth.
+"""The quantifier's kernels compiled with numba: the seeded watershed (:func:`watershed`) and the own-reach
+check of grown cells (:func:`beyond_own_reach`), the same results as the numpy / scikit-image code they
+replace, pixel for pixel.
+
+**Watershed**: scikit-image's ``watershed`` (4-connected, no compactness, no watershed line), ~1.5x
+faster on the quantifier's cell growth.
 
 scikit-image's flood (``skimage/segmentation/_watershed_cy.pyx``) pops pixels from a binary heap ordered
 by (value, age): value is the pixel's elevation, raised to that of the pixel it was reached from (so
@@ -11,12 +15,18 @@ bits and the age in its low 32, so that a comparison is one integer compare: flo
 ranked by their order-preserving bit pattern (no sort), others by a sort of the values that can be
 reached. ``tests/quantify/test_morphology.py`` compares it with scikit-image's.
 
+**Own reach**: one pass over the nuclei for their centroids and radii, one over the cells for their
+boxes, and the pixels of the few cells whose box reaches past the limit, instead of whole-image
+``nonzero`` / ``bincount`` / ``find_objects`` calls (~6x faster).
+
 Compiled once (``cache=True``: loaded from numba's cache in later processes), at import, so that a
 worker forked from the quantifier's fork server (:data:`~her2score.quantify.pipeline.WORKER_PRELOAD`)
 starts with it ready.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -142,4 +152,86 @@ def watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | Non
         return out
     keys = _rank_keys(elevation, allowed.ravel() | (out.ravel() != 0))
     _heap_flood(keys, out.ravel(), allowed.ravel(), starts.astype(np.int64), *out.shape)
+    return out
+
+
+@njit(
+    "void(int32[:, ::1], int32[:, ::1], int64, float64, bool_[:, ::1])", cache=True, nogil=True
+)
+def _beyond_own_reach(cells, nuclei, n, reach_px, out):  # noqa: ANN001, ANN202, C901 (numba kernel)
+    height, width = nuclei.shape
+    count = np.zeros(n)
+    sum_y = np.zeros(n)
+    sum_x = np.zeros(n)
+    for y in range(height):  # raster order, as np.nonzero + np.bincount sum them
+        for x in range(width):
+            label = nuclei[y, x]
+            if label > 0:
+                count[label - 1] += 1
+                sum_y[label - 1] += y
+                sum_x[label - 1] += x
+    cy = np.empty(n)
+    cx = np.empty(n)
+    for i in range(n):
+        c = count[i] if count[i] > 1 else 1.0
+        cy[i] = sum_y[i] / c
+        cx[i] = sum_x[i] / c
+    radius = np.zeros(n)
+    box = np.empty((n, 4), np.int64)  # y0, y1, x0, x1 of each cell (inclusive)
+    box[:, 0] = height
+    box[:, 1] = -1
+    box[:, 2] = width
+    box[:, 3] = -1
+    for y in range(height):
+        for x in range(width):
+            label = nuclei[y, x]
+            if label > 0:
+                r = math.hypot(y - cy[label - 1], x - cx[label - 1])
+                if r > radius[label - 1]:
+                    radius[label - 1] = r
+            label = cells[y, x]
+            if 0 < label <= n:
+                b = box[label - 1]
+                if y < b[0]:
+                    b[0] = y
+                if y > b[1]:
+                    b[1] = y
+                if x < b[2]:
+                    b[2] = x
+                if x > b[3]:
+                    b[3] = x
+    candidate = np.zeros(n, np.bool_)
+    any_candidate = False
+    for i in range(n):
+        if box[i, 1] < 0:
+            continue
+        dy = max(abs(box[i, 0] - cy[i]), abs(box[i, 1] - cy[i]))
+        dx = max(abs(box[i, 2] - cx[i]), abs(box[i, 3] - cx[i]))
+        if math.hypot(dy, dx) - radius[i] > reach_px:
+            candidate[i] = True
+            any_candidate = True
+    if not any_candidate:
+        return
+    for y in range(height):
+        for x in range(width):
+            label = cells[y, x]
+            if 0 < label <= n and candidate[label - 1]:
+                i = label - 1
+                if math.hypot(y - cy[i], x - cx[i]) - radius[i] > reach_px:
+                    out[y, x] = True
+
+
+def beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_um: float) -> np.ndarray:
+    """Pixels of each cell (labels 1..n of ``nuclei``) farther than ``reach_um`` beyond the outermost
+    pixel of its own nucleus (distance from the nucleus centroid minus the nucleus's radius)."""
+    out = np.zeros(cells.shape, dtype=bool)
+    n = int(nuclei.max())
+    if n > 0:
+        _beyond_own_reach(
+            np.ascontiguousarray(cells, dtype=np.int32),
+            np.ascontiguousarray(nuclei, dtype=np.int32),
+            n,
+            float(reach_um / mpp),
+            out,
+        )
     return out
