@@ -213,9 +213,9 @@ def segment_nuclei(
     mask = components > 0
     if not mask.any():
         return np.zeros(hematoxylin.shape, dtype=np.int32), thr
-    # In float64 and by scipy, as before: peaks are ranked by these values, and equal or nearly equal
-    # distances (symmetric shapes) must keep their order to the last bit.
-    dist = ndi.gaussian_filter(distance_to(~mask, np.float64), 1.0)
+    # In float64 with scipy's values to the last bit: peaks are ranked by these values, and equal or
+    # nearly equal distances (symmetric shapes) must keep their order.
+    dist = gaussian(distance_to(~mask, np.float64), 1.0)
     sep = max(1, round(_px(p.min_nucleus_separation_um, mpp) / 2))
     # Without ``labels`` (a per-object loop, slow): background has distance 0, so peaks cannot merge
     # across objects anyway.
