@@ -237,7 +237,12 @@ def beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_um
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(
+    ["void(float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])",
+     "void(float32[:, ::1], float64[::1], float64, int64[::1], float32[:, ::1])"],
+    cache=True,
+    nogil=True,
+)
 def _correlate_rows(src, weights, sign, index, out):  # noqa: ANN001, ANN202 (numba kernel)
     """scipy's ``correlate1d`` along axis 1 (see :func:`gaussian`): per pixel, in float64, the centre
     tap first, then the pairs from the outermost in, each pair summed (``sign`` -1: subtracted, for an
@@ -260,7 +265,12 @@ def _correlate_rows(src, weights, sign, index, out):  # noqa: ANN001, ANN202 (nu
             out[y, x] = acc[x]
 
 
-@njit(cache=True, nogil=True)
+@njit(
+    ["void(float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])",
+     "void(float32[:, ::1], float64[::1], float64, int64[::1], float32[:, ::1])"],
+    cache=True,
+    nogil=True,
+)
 def _correlate_columns(src, weights, sign, index, out):  # noqa: ANN001, ANN202 (numba kernel)
     """scipy's ``correlate1d`` along axis 0, as :func:`_correlate_rows` (whole rows at a time)."""
     height, width = src.shape
