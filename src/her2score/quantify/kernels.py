@@ -63,9 +63,11 @@ def box_mean(image: np.ndarray, size: int) -> np.ndarray:
 
 def distance_to(mask: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """Euclidean distance (px) of every pixel to the nearest ``True`` pixel of ``mask``: the same values as
-    ``ndi.distance_transform_edt(~mask)`` (0 on ``mask``), in float32 or, with ``dtype=np.float64``, in
-    float64 to the last bit (the square root of the integer squared distance, as scipy takes it).
-    Without any ``True`` pixel, scipy's own convention is kept by calling scipy."""
+    ``ndi.distance_transform_edt(~mask)`` (0 on ``mask``) to the last bit, in float32 (scipy's rounded)
+    or float64. OpenCV's exact transform gives each distance within an ulp of float32 (sqrt(37) one ulp
+    low); its square rounds to the exact integer squared distance (below 2²¹ on any tile), whose square
+    root is then taken as scipy takes it. Without any ``True`` pixel, scipy's own convention is kept by
+    calling scipy."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         from scipy import ndimage as ndi
@@ -73,13 +75,12 @@ def distance_to(mask: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         return ndi.distance_transform_edt(~mask).astype(dtype)
     cv2 = _cv2()
     dist = cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    np.square(dist, out=dist)
+    np.rint(dist, out=dist)  # the integer squared distance, exact in float32 (< 2^24)
     if np.dtype(dtype) == np.float32:
-        return dist
-    # float32 holds the distance to ~1e-7 relative: its square rounds to the exact integer (below 2²²).
-    squared = dist.astype(np.float64)
-    np.square(squared, out=squared)
-    np.rint(squared, out=squared)
-    return np.sqrt(squared, out=squared)
+        # float32's square root is correctly rounded, as is float64's rounded to float32.
+        return np.sqrt(dist, out=dist)
+    return np.sqrt(dist.astype(np.float64))
 
 
 def float_order_keys(values: np.ndarray) -> np.ndarray:
