@@ -206,3 +206,21 @@ def test_cell_statistics_match_numpy() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = np.nan_to_num(np.nanmedian(np.where(stained, peaks, np.nan), axis=1), nan=0.0)
     assert np.array_equal(_median_stained_peak(stained, peaks), ref)
+
+
+def test_nucleus_shapes_match_bincount_moments() -> None:
+    from her2score.quantify.membrane import nucleus_shapes
+
+    labels, n = ndi.label(_field((60, 70), 13, 2.0) > 0.5)
+    hema = _field((60, 70), 14)
+    shapes = nucleus_shapes(labels, hema)
+    yy, xx = np.nonzero(labels)
+    ids = labels[yy, xx] - 1
+    area = np.bincount(ids, minlength=n).astype(np.float64)
+    cy = np.bincount(ids, weights=yy, minlength=n) / area
+    dy = yy - cy[ids]
+    assert np.array_equal(shapes["area"], area)
+    assert np.array_equal(shapes["y"], cy)
+    assert np.array_equal(shapes["hematoxylin"], np.bincount(ids, weights=hema[yy, xx], minlength=n) / area)
+    myy = np.bincount(ids, weights=dy * dy, minlength=n) / area + 1 / 12
+    assert np.all(shapes["major"] >= 4 * np.sqrt(myy) - 1e-9)

@@ -324,22 +324,19 @@ def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.
 def nucleus_shapes(nuclei: np.ndarray, hematoxylin: np.ndarray) -> dict[str, np.ndarray]:
     """Per nucleus (labels 1..n): centre, area (px), ellipse axis lengths and mean hematoxylin.
 
-    Image moments by ``bincount`` (one pass; ``regionprops`` loops over objects in Python).
+    Image moments summed per label (compiled, :func:`~her2score.quantify.compiled.nucleus_sums`;
+    ``regionprops`` loops over objects in Python).
     """
-    n = int(nuclei.max())
-    yy, xx = np.nonzero(nuclei)
-    ids = nuclei[yy, xx] - 1
-    area = np.bincount(ids, minlength=n).astype(np.float64)
+    from her2score.quantify.compiled import nucleus_sums
+
+    area, cy, cx, syy, sxx, sxy, sum_hema = nucleus_sums(nuclei, hematoxylin)
     safe = np.maximum(area, 1)
-    cy = np.bincount(ids, weights=yy, minlength=n) / safe
-    cx = np.bincount(ids, weights=xx, minlength=n) / safe
-    dy, dx = yy - cy[ids], xx - cx[ids]
-    myy = np.bincount(ids, weights=dy * dy, minlength=n) / safe + 1 / 12  # + pixel's own extent
-    mxx = np.bincount(ids, weights=dx * dx, minlength=n) / safe + 1 / 12
-    mxy = np.bincount(ids, weights=dx * dy, minlength=n) / safe
+    myy = syy / safe + 1 / 12  # + pixel's own extent
+    mxx = sxx / safe + 1 / 12
+    mxy = sxy / safe
     half_trace = (myy + mxx) / 2
     root = np.sqrt(np.maximum(((myy - mxx) / 2) ** 2 + mxy**2, 0))
-    hema = np.bincount(ids, weights=hematoxylin[yy, xx], minlength=n) / safe
+    hema = sum_hema / safe
     return {
         "y": cy,
         "x": cx,
