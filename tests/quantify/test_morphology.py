@@ -180,7 +180,12 @@ def test_own_reach_and_nearest_label_match_numpy() -> None:
     qy, qx = np.nonzero(nuclei == 0)
     got = nearest_label(nuclei, qy, qx)
     # the label found is at the nearest distance (which nucleus wins a tie is not specified)
-    d_got = np.array([np.hypot(*(np.argwhere(nuclei == lab) - [y, x]).T).min() for y, x, lab in zip(qy, qx, got)])
+    d_got = np.array(
+        [
+            np.hypot(*(np.argwhere(nuclei == lab) - [y, x]).T).min()
+            for y, x, lab in zip(qy, qx, got, strict=True)
+        ]
+    )
     assert np.allclose(d_got, dist[qy, qx])
 
 

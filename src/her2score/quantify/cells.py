@@ -164,7 +164,6 @@ def segment_nuclei(
 
     With a DAB map, stained membrane ridges cut the nuclear mask (see ``membrane_cut_od``).
     """
-    from scipy import ndimage as ndi
 
     from her2score.quantify import morphology as morph
     from her2score.quantify.kernels import distance_to, gaussian, hysteresis, label4
@@ -245,8 +244,8 @@ def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = 
     """Seeded watershed (scikit-image's, 4-connected, compiled: :mod:`~her2score.quantify.compiled`),
     with the same labels: marker pixels with no unlabelled neighbour never join the priority queue
     (they could not flood anything), so only the markers' frontier does."""
-    from her2score.quantify.morphology import touches
     from her2score.quantify.compiled import watershed
+    from her2score.quantify.morphology import touches
 
     markers = np.asarray(markers, dtype=np.int32)
     if mask is not None:

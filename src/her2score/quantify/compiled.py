@@ -31,8 +31,9 @@ import math
 import numpy as np
 from numba import njit
 
+
 @njit("void(uint64[::1], int32[::1], bool_[::1], int64[::1], int64, int64)", cache=True, nogil=True)
-def _heap_flood(keys, out, allowed, starts, height, width):  # noqa: ANN001, ANN202, C901 (numba kernel)
+def _heap_flood(keys, out, allowed, starts, height, width):
     capacity = starts.size + 1
     for i in range(allowed.size):
         if allowed[i] and out[i] == 0:
@@ -155,10 +156,8 @@ def watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | Non
     return out
 
 
-@njit(
-    "void(int32[:, ::1], int32[:, ::1], int64, float64, bool_[:, ::1])", cache=True, nogil=True
-)
-def _beyond_own_reach(cells, nuclei, n, reach_px, out):  # noqa: ANN001, ANN202, C901 (numba kernel)
+@njit("void(int32[:, ::1], int32[:, ::1], int64, float64, bool_[:, ::1])", cache=True, nogil=True)
+def _beyond_own_reach(cells, nuclei, n, reach_px, out):
     height, width = nuclei.shape
     count = np.zeros(n)
     sum_y = np.zeros(n)
@@ -238,12 +237,14 @@ def beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_um
 
 
 @njit(
-    ["void(float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])",
-     "void(float32[:, ::1], float64[::1], float64, int64[::1], float32[:, ::1])"],
+    [
+        "void(float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])",
+        "void(float32[:, ::1], float64[::1], float64, int64[::1], float32[:, ::1])",
+    ],
     cache=True,
     nogil=True,
 )
-def _correlate_rows(src, weights, sign, index, out):  # noqa: ANN001, ANN202 (numba kernel)
+def _correlate_rows(src, weights, sign, index, out):
     """scipy's ``correlate1d`` along axis 1 (see :func:`gaussian`): per pixel, in float64, the centre
     tap first, then the pairs from the outermost in, each pair summed (``sign`` -1: subtracted, for an
     antisymmetric kernel; the product by 1 or -1 is exact) before it is weighted."""
@@ -266,12 +267,14 @@ def _correlate_rows(src, weights, sign, index, out):  # noqa: ANN001, ANN202 (nu
 
 
 @njit(
-    ["void(float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])",
-     "void(float32[:, ::1], float64[::1], float64, int64[::1], float32[:, ::1])"],
+    [
+        "void(float64[:, ::1], float64[::1], float64, int64[::1], float64[:, ::1])",
+        "void(float32[:, ::1], float64[::1], float64, int64[::1], float32[:, ::1])",
+    ],
     cache=True,
     nogil=True,
 )
-def _correlate_columns(src, weights, sign, index, out):  # noqa: ANN001, ANN202 (numba kernel)
+def _correlate_columns(src, weights, sign, index, out):
     """scipy's ``correlate1d`` along axis 0, as :func:`_correlate_rows` (whole rows at a time)."""
     height, width = src.shape
     r = (weights.size - 1) // 2
@@ -292,7 +295,7 @@ def _correlate_columns(src, weights, sign, index, out):  # noqa: ANN001, ANN202 
 
 
 @njit("UniTuple(float64[::1], 7)(int32[:, ::1], float64[:, ::1], int64)", cache=True, nogil=True)
-def _nucleus_sums(nuclei, hematoxylin, n):  # noqa: ANN001, ANN202 (numba kernel)
+def _nucleus_sums(nuclei, hematoxylin, n):
     """Per label 1..n: pixel count, centroid (y, x), second central moments (yy, xx, xy) and mean
     hematoxylin, with the sums of ``np.bincount`` over ``np.nonzero`` (raster order, float64)."""
     height, width = nuclei.shape

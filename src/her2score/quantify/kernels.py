@@ -17,7 +17,7 @@ import numpy as np
 
 
 @functools.cache
-def _cv2():  # noqa: ANN202 (the module)
+def _cv2():
     import cv2
 
     cv2.setNumThreads(1)

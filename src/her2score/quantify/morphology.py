@@ -15,7 +15,9 @@ import numpy as np
 from her2score.quantify.kernels import _cv2
 
 
-def _rect_filter(image: np.ndarray, height: int, width: int, erode: bool, border: str = "reflect") -> np.ndarray:
+def _rect_filter(
+    image: np.ndarray, height: int, width: int, erode: bool, border: str = "reflect"
+) -> np.ndarray:
     """Running minimum (``erode``) or maximum over a ``height`` x ``width`` window placed as scipy's
     ``size=(height, width)`` filters place it (an even size reaches one pixel further back than forward
     for a dilation, forward for an erosion); ``border``: ``reflect`` (scipy's default) or ``edge``."""
