@@ -272,6 +272,7 @@ WORKER_PRELOAD = (
     "skimage.morphology",
     "pyarrow.pandas_compat",
     "her2score.quantify.morphology",
+    "cv2",  # imported by quantify.kernels on first use
     "her2score.quantify.kernels",
     "her2score.quantify.compiled",  # numba: compiled (or loaded from its cache) once, in the server
     "her2score.slide",
