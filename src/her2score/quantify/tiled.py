@@ -617,11 +617,13 @@ def quantify_tiled(
 def _coarser(
     image: np.ndarray, mask: np.ndarray, mpp: float, min_mpp: float
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """``image`` (box-averaged) and ``mask`` (strided) reduced by the integer factor that brings ``mpp``
-    closest to ``min_mpp`` from below (unchanged when already that coarse), and their µm/px."""
+    """``image`` (box-averaged) and ``mask`` (strided) reduced by the smallest integer factor that makes
+    them no finer than ``min_mpp`` (unchanged when already that coarse), and their µm/px. (An overview
+    at 0.55-0.99 µm/px, e.g. a 5,500 px core at 0.4 µm/px capped at 4,000 px, is halved: drawn and
+    compressed at its own resolution it cost ~1.2 s, more than a tenth of its scoring.)"""
     from PIL import Image
 
-    k = int(min_mpp / mpp + 1e-9)
+    k = math.ceil(min_mpp / mpp - 1e-9)
     if k <= 1:
         return image, mask, mpp
     h, w = image.shape[0] // k, image.shape[1] // k
