@@ -221,10 +221,16 @@ class TileScorer:
         side = self.job.region_um
         ry = np.floor(cells["y_um"].to_numpy() / side).astype(np.int64)
         rx = np.floor(cells["x_um"].to_numpy() / side).astype(np.int64)
+        from her2score.quantify.scoring import cell_columns
+
+        columns = cell_columns(cells) if self.job.marker == "her2" else None
         for key in set(zip(ry.tolist(), rx.tolist(), strict=True)):
-            part = cells[(ry == key[0]) & (rx == key[1])]
+            rows = (ry == key[0]) & (rx == key[1])
             acc = new_accumulator(self.job.marker)
-            acc.add_cells(part) if self.job.marker == "her2" else acc.add_nuclei(part)
+            if columns is not None:  # HER2: the region's rows of the tile's columns, no frame copy
+                acc.add_columns(columns, rows)
+            else:
+                acc.add_nuclei(cells[rows])
             out.regions[key] = acc
         pixel_um2 = self.job.work**2
         row_region = np.floor(ys * level0 / side).astype(np.int64)
