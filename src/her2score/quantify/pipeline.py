@@ -76,9 +76,12 @@ def quantify_image(
     check_stain: bool = True,
     require_tissue: bool = True,
     tissue: np.ndarray | None = None,
+    accumulate: bool = True,
 ) -> ImageQuantification:
     """Segment and score the cells of one RGB image at ``mpp`` µm/px.
 
+    ``accumulate=False`` leaves the result's accumulator empty (a tile of a larger image is summed
+    over its core cells by its caller, :class:`~her2score.quantify.tiled.TileScorer`).
     Raises :class:`NoTissueError` (no tissue), :class:`StainError` (H&E image, or no nuclei).
     """
     from her2score.quantify.kernels import gaussian
@@ -107,8 +110,9 @@ def quantify_image(
         )
     cells = measure_cells(seg, hema, dab, mpp, t)
     acc = ScoreAccumulator()
-    acc.add_cells(cells)
-    acc.add_tissue(dab, tissue, t)
+    if accumulate:
+        acc.add_cells(cells)
+        acc.add_tissue(dab, tissue, t)
     return ImageQuantification(cells, seg, tissue, dab, source, acc)
 
 

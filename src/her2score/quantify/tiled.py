@@ -182,7 +182,9 @@ class TileScorer:
         if job.marker == "her2":
             from her2score.quantify.pipeline import quantify_image
 
-            result = quantify_image(rgb, job.work, job.thresholds, job.cell_params, **common)
+            result = quantify_image(
+                rgb, job.work, job.thresholds, job.cell_params, accumulate=False, **common
+            )
             cells = result.cells
         else:
             from her2score.quantify.nuclear import quantify_nuclear_image
