@@ -94,3 +94,143 @@ def test_sector_contacts_rows_are_unique_and_sorted() -> None:
     assert len(rows)
     assert np.array_equal(rows, np.unique(rows, axis=0))
     assert set(map(tuple, rows[:, [0, 2]].tolist())) >= {(0, 1), (1, 0), (0, 4), (4, 0)}
+
+
+@pytest.mark.parametrize("shape", [(64, 90), (7, 5)])
+def test_gaussian_matches_scipy(shape: tuple[int, int]) -> None:
+    from her2score.quantify import compiled, kernels
+
+    a = _field(shape, 8)
+    for sigma, order in ((1.0, (0, 0)), (2.0, (2, 0)), (2.0, (0, 2)), (2.0, (1, 1)), (4.0, (0, 0))):
+        for dtype in (np.float32, np.float64):
+            ref = ndi.gaussian_filter(a.astype(dtype), sigma, order=order)
+            assert np.array_equal(compiled.gaussian(a.astype(dtype), sigma, order), ref)  # to the last bit
+        assert np.array_equal(kernels.gaussian(a.astype(np.float64), sigma, order), ref)
+        fast = kernels.gaussian(a, sigma, order)  # float32 by OpenCV: within float32 rounding
+        ref32 = ndi.gaussian_filter(a, sigma, order=order)
+        assert fast.dtype == np.float32
+        assert np.abs(fast - ref32).max() <= 1e-6 * max(1.0, float(np.abs(ref32).max()))
+
+
+def test_distance_box_mean_and_labels_match_scipy() -> None:
+    from skimage.filters import apply_hysteresis_threshold
+
+    from her2score.quantify import kernels
+
+    a = _field((70, 90), 9)
+    m = a > np.percentile(a, 70)
+    ref = ndi.distance_transform_edt(~m)
+    assert np.array_equal(kernels.distance_to(m, np.float64), ref)
+    assert np.array_equal(kernels.distance_to(m), ref.astype(np.float32))
+    empty = ndi.distance_transform_edt(np.ones((4, 5)))
+    assert np.array_equal(kernels.distance_to(np.zeros((4, 5), bool), np.float64), empty)
+    for size in (1, 2, 3, 5):
+        assert np.allclose(kernels.box_mean(a, size), ndi.uniform_filter(a, size), rtol=0, atol=1e-6)
+    labels, n = kernels.label4(m)
+    ref_labels, ref_n = ndi.label(m)
+    assert n == ref_n
+    assert np.array_equal(labels, ref_labels)
+    lo, hi = np.percentile(a, 60), np.percentile(a, 80)
+    assert np.array_equal(kernels.hysteresis(a, lo, hi), apply_hysteresis_threshold(a, lo, hi))
+
+
+def test_watershed_matches_scikit_image_on_plateaus_and_float64() -> None:
+    from skimage.segmentation import watershed
+
+    from her2score.quantify.compiled import watershed as compiled_watershed
+
+    rng = np.random.default_rng(10)
+    for trial in range(3):
+        elevation = _field((80, 100), 11 + trial, 2.0)
+        if trial == 1:  # plateaus: ties between markers and by age
+            elevation = np.round(elevation * 40).astype(np.float32)
+        if trial == 2:
+            elevation = -elevation.astype(np.float64)
+        markers = np.zeros(elevation.shape, dtype=np.int32)
+        for i in range(1, 30):
+            y, x = rng.integers(0, 80), rng.integers(0, 100)
+            markers[y, x] = i
+        mask = elevation < np.percentile(elevation, 85)
+        assert np.array_equal(compiled_watershed(elevation, markers), watershed(elevation, markers))
+        assert np.array_equal(
+            compiled_watershed(elevation, markers, mask), watershed(elevation, markers, mask=mask)
+        )
+
+
+def test_own_reach_and_nearest_label_match_numpy() -> None:
+    from her2score.quantify.cells import nearest_label
+    from her2score.quantify.compiled import beyond_own_reach
+
+    nuclei = np.zeros((60, 80), dtype=np.int32)
+    nuclei[10:14, 10:14] = 1
+    nuclei[40:45, 50:53] = 2
+    nuclei[12:16, 60:62] = 3
+    cells = nuclei.copy()
+    cells[5:30, 5:40] = np.where(nuclei[5:30, 5:40] == 0, 1, nuclei[5:30, 5:40])  # cell 1 reaches far
+    cells[35:50, 45:58] = np.where(nuclei[35:50, 45:58] == 0, 2, nuclei[35:50, 45:58])
+    n = 3
+    yy, xx = np.nonzero(nuclei)
+    ids = nuclei[yy, xx] - 1
+    count = np.bincount(ids, minlength=n)
+    cy, cx = np.bincount(ids, yy, n) / count, np.bincount(ids, xx, n) / count
+    radius = np.zeros(n)
+    np.maximum.at(radius, ids, np.hypot(yy - cy[ids], xx - cx[ids]))
+    py, px = np.nonzero(cells)
+    own = cells[py, px] - 1
+    ref = np.zeros(cells.shape, dtype=bool)
+    ref[py, px] = np.hypot(py - cy[own], px - cx[own]) - radius[own] > 6.0
+    assert ref.any()
+    assert np.array_equal(beyond_own_reach(cells, nuclei, 0.5, 3.0), ref)
+    dist = ndi.distance_transform_edt(nuclei == 0)
+    qy, qx = np.nonzero(nuclei == 0)
+    got = nearest_label(nuclei, qy, qx)
+    # the label found is at the nearest distance (which nucleus wins a tie is not specified)
+    d_got = np.array(
+        [
+            np.hypot(*(np.argwhere(nuclei == lab) - [y, x]).T).min()
+            for y, x, lab in zip(qy, qx, got, strict=True)
+        ]
+    )
+    assert np.allclose(d_got, dist[qy, qx])
+
+
+def test_cell_statistics_match_numpy() -> None:
+    import warnings
+
+    from her2score.quantify.membrane import _median_stained_peak, label_quantile
+
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, 50, 3000)
+    values = rng.normal(0.2, 0.1, 3000).astype(np.float32)
+    for q in (0.1, 0.25, 0.5):
+        ref = np.zeros(52)
+        for i in range(52):
+            v = np.sort(values[ids == i])
+            if v.size:
+                ref[i] = v[int(np.floor(q * (v.size - 1)))]
+        assert np.array_equal(label_quantile(ids, values, 52, q), ref)
+    peaks = rng.random((40, 16)).astype(np.float32)
+    stained = rng.random((40, 16)) < 0.5
+    stained[:3] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nan_to_num(np.nanmedian(np.where(stained, peaks, np.nan), axis=1), nan=0.0)
+    assert np.array_equal(_median_stained_peak(stained, peaks), ref)
+
+
+def test_nucleus_shapes_match_bincount_moments() -> None:
+    from her2score.quantify.membrane import nucleus_shapes
+
+    labels, n = ndi.label(_field((60, 70), 13, 2.0) > 0.5)
+    hema = _field((60, 70), 14)
+    shapes = nucleus_shapes(labels, hema)
+    yy, xx = np.nonzero(labels)
+    ids = labels[yy, xx] - 1
+    area = np.bincount(ids, minlength=n).astype(np.float64)
+    cy = np.bincount(ids, weights=yy, minlength=n) / area
+    dy = yy - cy[ids]
+    assert np.array_equal(shapes["area"], area)
+    assert np.array_equal(shapes["y"], cy)
+    assert np.array_equal(shapes["hematoxylin"], np.bincount(ids, weights=hema[yy, xx], minlength=n) / area)
+    myy = np.bincount(ids, weights=dy * dy, minlength=n) / area + 1 / 12
+    assert np.all(shapes["major"] >= 4 * np.sqrt(myy) - 1e-9)

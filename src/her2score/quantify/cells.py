@@ -28,6 +28,7 @@ All sizes are in µm and converted to pixels from the image's µm/px, so the sam
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -167,12 +168,12 @@ def segment_nuclei(
 
     With a DAB map, stained membrane ridges cut the nuclear mask (see ``membrane_cut_od``).
     """
-    from scipy import ndimage as ndi
 
     from her2score.quantify import morphology as morph
+    from her2score.quantify.kernels import distance_to, gaussian, hysteresis, label4
 
     p = params or CellParams()
-    smooth = ndi.gaussian_filter(np.asarray(hematoxylin, dtype=np.float32), _px(p.smoothing_um, mpp))
+    smooth = gaussian(np.asarray(hematoxylin, dtype=np.float32), _px(p.smoothing_um, mpp))
     if p.line_removal_um > 0:
         # Dark DAB membranes leak into the hematoxylin channel (DAB does not follow Beer-Lambert
         # and real counterstains are greyer than the reference vector): a grey opening with a
@@ -196,11 +197,7 @@ def segment_nuclei(
     # (real 3+) are otherwise cut to their darkest chromatin and fail the tumour-size filter; stroma
     # that never reaches the threshold does not become nuclei.
     if p.nucleus_hysteresis < 1.0:
-        from skimage.filters import apply_hysteresis_threshold
-
-        mask = apply_hysteresis_threshold(
-            contrast, max(p.nucleus_hysteresis * thr, p.min_hematoxylin_od), thr
-        )
+        mask = hysteresis(contrast, max(p.nucleus_hysteresis * thr, p.min_hematoxylin_od), thr)
     else:
         mask = contrast > thr
     if tissue is not None:
@@ -216,13 +213,14 @@ def segment_nuclei(
     min_px = max(2, round(p.min_nucleus_area_um2 / mpp**2))
     # One labelling serves the size filter and the split below: the components keep their numbers
     # (gaps where small ones were dropped; the final relabelling closes them, in the same order).
-    components, n_comp = ndi.label(mask)
+    components, n_comp = label4(mask)
     components = _drop_small(components, min_px)
     mask = components > 0
     if not mask.any():
         return np.zeros(hematoxylin.shape, dtype=np.int32), thr
-    dist = ndi.distance_transform_edt(mask)
-    dist = ndi.gaussian_filter(dist, 1.0)
+    # In float64 with scipy's values to the last bit: peaks are ranked by these values, and equal or
+    # nearly equal distances (symmetric shapes) must keep their order.
+    dist = gaussian(distance_to(~mask, np.float64), 1.0)
     sep = max(1, round(_px(p.min_nucleus_separation_um, mpp) / 2))
     # Without ``labels`` (a per-object loop, slow): background has distance 0, so peaks cannot merge
     # across objects anyway.
@@ -249,11 +247,10 @@ def segment_nuclei(
 
 
 def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Seeded watershed (scikit-image's, 4-connected), with the same labels, several times faster on
-    large markers: marker pixels with no unlabelled neighbour never join the priority queue (they
-    could not flood anything), so only the markers' frontier does."""
-    from skimage.segmentation import watershed
-
+    """Seeded watershed (scikit-image's, 4-connected, compiled: :mod:`~her2score.quantify.compiled`),
+    with the same labels: marker pixels with no unlabelled neighbour never join the priority queue
+    (they could not flood anything), so only the markers' frontier does."""
+    from her2score.quantify.compiled import watershed
     from her2score.quantify.morphology import touches
 
     markers = np.asarray(markers, dtype=np.int32)
@@ -262,9 +259,9 @@ def flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = 
     labelled = markers > 0
     interior = labelled & ~touches(~labelled if mask is None else mask & ~labelled)
     if not interior.any():
-        return watershed(elevation, markers, mask=mask).astype(np.int32)
+        return watershed(elevation, markers, mask=mask)
     allowed = ~interior if mask is None else mask & ~interior
-    out = watershed(elevation, np.where(interior, 0, markers), mask=allowed).astype(np.int32)
+    out = watershed(elevation, np.where(interior, 0, markers), mask=allowed)
     out[interior] = markers[interior]
     return out
 
@@ -281,11 +278,9 @@ def local_peaks(image: np.ndarray, min_distance: int, threshold: float) -> np.nd
     """
     from scipy.spatial import cKDTree
 
-    from her2score.quantify.morphology import running
+    from her2score.quantify.morphology import local_maximum
 
-    size = 2 * min_distance + 1
-    local_max = running(image, size, 0, np.maximum, min_distance, "edge")
-    local_max = running(local_max, size, 1, np.maximum, min_distance, "edge")
+    local_max = local_maximum(image, 2 * min_distance + 1)
     is_max = image == local_max
     if is_max.all():  # a flat image has no peak
         return np.zeros((0, 2), dtype=np.int64)
@@ -316,6 +311,8 @@ def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     small = sizes < min_px
     small[0] = False
+    if not small.any():
+        return labels
     return np.where(small[labels], 0, labels)
 
 
@@ -323,6 +320,8 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 1..k in the order of their old ids (as ``relabel_sequential``, by a lookup)."""
     present = np.bincount(labels.ravel()) > 0
     present[0] = False
+    if labels.dtype == np.int32 and present[1:].all():  # already 1..k
+        return labels
     lut = np.cumsum(present).astype(np.int32)
     lut[~present] = 0
     return lut[labels]
@@ -371,36 +370,12 @@ def grow_cells(
 
 
 def _beyond_own_reach(cells: np.ndarray, nuclei: np.ndarray, mpp: float, reach_um: float) -> np.ndarray:
-    """Pixels farther than ``reach_um`` beyond the outermost pixel of their own cell's nucleus."""
-    from scipy import ndimage as ndi
+    """Pixels farther than ``reach_um`` beyond the outermost pixel of their own cell's nucleus (only
+    cells whose bounding box reaches past the limit are looked at pixel by pixel; compiled:
+    :func:`~her2score.quantify.compiled.beyond_own_reach`)."""
+    from her2score.quantify.compiled import beyond_own_reach
 
-    n = int(nuclei.max())
-    yy, xx = np.nonzero(nuclei)
-    ids = nuclei[yy, xx] - 1
-    count = np.maximum(np.bincount(ids, minlength=n), 1)
-    cy = np.bincount(ids, weights=yy, minlength=n) / count
-    cx = np.bincount(ids, weights=xx, minlength=n) / count
-    radius = np.zeros(n)
-    np.maximum.at(radius, ids, np.hypot(yy - cy[ids], xx - cx[ids]))
-    out = np.zeros(cells.shape, dtype=bool)
-    # Only cells whose bounding box reaches past the limit can have such pixels: the others (nearly
-    # all) are not looked at pixel by pixel.
-    boxes = ndi.find_objects(cells, max_label=n)
-    present = np.array([b is not None for b in boxes], dtype=bool)
-    ext = np.array(
-        [(b[0].start, b[0].stop - 1, b[1].start, b[1].stop - 1) if b else (0, 0, 0, 0) for b in boxes]
-    )
-    ext = ext.reshape(-1, 4).astype(np.float64)
-    reach_px = reach_um / mpp
-    dy = np.maximum(np.abs(ext[:, 0] - cy), np.abs(ext[:, 1] - cy))
-    dx = np.maximum(np.abs(ext[:, 2] - cx), np.abs(ext[:, 3] - cx))
-    for i in np.flatnonzero(present & (np.hypot(dy, dx) - radius > reach_px)).tolist():
-        box = boxes[i]
-        py, px = np.nonzero(cells[box] == i + 1)
-        py, px = py + box[0].start, px + box[1].start
-        far = np.hypot(py - cy[i], px - cx[i]) - radius[i] > reach_px
-        out[py[far], px[far]] = True
-    return out
+    return beyond_own_reach(cells, nuclei, mpp, reach_um)
 
 
 def cell_border_band(cells: np.ndarray, mpp: float, width_um: float) -> np.ndarray:
@@ -425,13 +400,13 @@ def ridge_map(dab: np.ndarray, mpp: float, sigma_um: float) -> np.ndarray:
     A blurred membrane is a ridge (strong negative curvature across it); a uniform blush or the flat
     inside of a stained cytoplasm has none. In OD units (σ²-normalised), about the line's contrast.
     """
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import gaussian
 
     sigma = max(sigma_um / mpp, 0.7)
     img = np.asarray(dab, dtype=np.float32)
-    hyy = ndi.gaussian_filter(img, sigma, order=(2, 0))
-    hxx = ndi.gaussian_filter(img, sigma, order=(0, 2))
-    hxy = ndi.gaussian_filter(img, sigma, order=(1, 1))
+    hyy = gaussian(img, sigma, order=(2, 0))
+    hxx = gaussian(img, sigma, order=(0, 2))
+    hxy = gaussian(img, sigma, order=(1, 1))
     # -(half trace - sqrt(((hyy - hxx) / 2)² + hxy²)), in place (the same float32 operations).
     root = np.subtract(hyy, hxx)
     root /= 2
@@ -488,12 +463,14 @@ def _flood_cells(
     nuclei: np.ndarray, mpp: float, dab: np.ndarray, tissue: np.ndarray | None, p: CellParams
 ) -> np.ndarray:
     """The cell labels of :func:`grow_cells_to_membranes` (the watershed and its leak check)."""
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import distance_to, gaussian
 
     n = int(nuclei.max())
-    dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
-    dist_um = (dist * mpp).astype(np.float32)
-    smooth = ndi.gaussian_filter(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
+    if math.frexp(mpp)[0] == 0.5:  # a power of two (0.5, 0.25 µm/px): scaling float32 is exact
+        dist_um = distance_to(nuclei > 0) * np.float32(mpp)
+    else:  # as scipy: float64 distances times mpp, rounded once
+        dist_um = (distance_to(nuclei > 0, np.float64) * mpp).astype(np.float32)
+    smooth = gaussian(np.asarray(dab, dtype=np.float32), p.background_smoothing_um / mpp)
     far = dist_um > p.background_min_um
     background = (dist_um > p.max_cell_radius_um) | (
         far & (smooth < unstained_floor(smooth, far, tissue) + p.background_dab_od)
@@ -511,7 +488,10 @@ def _flood_cells(
     cells[cells == n + 1] = 0
     # A cell that flooded round a neighbour into a basin beyond its own reach gives it back.
     leak = _beyond_own_reach(cells, nuclei, mpp, p.max_cell_radius_um)
-    cells[leak] = np.where(dist_um[leak] <= p.max_cell_radius_um, nuclei[iy[leak], ix[leak]], 0)
+    if leak.any():
+        ly, lx = np.nonzero(leak)
+        near = dist_um[ly, lx] <= p.max_cell_radius_um
+        cells[ly, lx] = np.where(near, nearest_label(nuclei, ly, lx, p.max_cell_radius_um / mpp), 0)
     return cells
 
 
@@ -542,6 +522,30 @@ def unstained_floor(
         return 0.0
     values = values[:: max(1, values.size // 200_000)]
     return float(min(max(np.quantile(values, quantile), 0.0), MAX_UNSTAINED_FLOOR_OD))
+
+
+def nearest_label(
+    labels: np.ndarray, yy: np.ndarray, xx: np.ndarray, within_px: float | None = None
+) -> np.ndarray:
+    """The label of the nearest labelled pixel to each point ``(yy, xx)`` (Euclidean; what
+    ``distance_transform_edt(labels == 0, return_indices=True)`` points at, up to ties), from a KD-tree
+    of the labelled pixels on an object's edge (the nearest pixel of an object from outside is one).
+    With ``within_px``, only points that have a labelled pixel within that distance get theirs right
+    (the tree holds only the edge pixels near the points)."""
+    from scipy.spatial import cKDTree
+
+    from her2score.quantify.morphology import local_maximum, touches
+
+    edge = (labels > 0) & touches(labels == 0)
+    if within_px is not None:
+        points = np.zeros(labels.shape, dtype=np.uint8)
+        points[yy, xx] = 1
+        edge &= local_maximum(points, 2 * int(np.ceil(within_px)) + 1).view(bool)
+    ey, ex = np.nonzero(edge)
+    if not ey.size:  # objects filling the image, or none near: their own pixels
+        ey, ex = np.nonzero(labels > 0)
+    _, idx = cKDTree(np.column_stack([ey, ex])).query(np.column_stack([yy, xx]))
+    return labels[ey[idx], ex[idx]]
 
 
 def _grow_on_coarser_grid(

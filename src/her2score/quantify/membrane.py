@@ -21,7 +21,6 @@ membrane class, and which cells are invasive tumour cells.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -289,11 +288,14 @@ def longest_gap(gap: np.ndarray) -> np.ndarray:
 
 
 def _median_stained_peak(stained: np.ndarray, sector_peak: np.ndarray) -> np.ndarray:
-    """Median peak DAB over each cell's stained sectors (0 where none is stained)."""
-    peaks = np.where(stained, sector_peak, np.nan)
-    with warnings.catch_warnings():  # cells without a stained sector: all-NaN rows, median 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nan_to_num(np.nanmedian(peaks, axis=1), nan=0.0)
+    """Median peak DAB over each cell's stained sectors (0 where none is stained): ``np.nanmedian`` of
+    the stained peaks per row (the mean of the two middle values for an even count, in the peaks'
+    dtype), from one sort of the rows (the unstained sectors, NaN, sort last), ~50x faster."""
+    peaks = np.sort(np.where(stained, sector_peak, np.nan), axis=1)
+    count = stained.sum(axis=1)
+    low = np.take_along_axis(peaks, np.maximum((count - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    high = np.take_along_axis(peaks, (count // 2)[:, None], axis=1)[:, 0]
+    return np.where(count > 0, (low + high) / peaks.dtype.type(2), 0.0)
 
 
 def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.ndarray:
@@ -301,34 +303,40 @@ def label_quantile(ids: np.ndarray, values: np.ndarray, n: int, q: float) -> np.
     out = np.zeros(n, dtype=np.float64)
     if ids.size == 0:
         return out
-    order = np.lexsort((values, ids))
     counts = np.bincount(ids, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     has = counts > 0
     rank = starts[has] + np.floor(q * (counts[has] - 1)).astype(np.int64)
-    out[has] = values[order][rank]
+    if values.dtype == np.float32 and n < 2**32:
+        # One sort of 64-bit integers (label, then the value's order-preserving bits) instead of a
+        # two-key lexsort: the same sorted values, ~4x faster.
+        from her2score.quantify.kernels import float_order_keys
+
+        keys = (ids.astype(np.uint64) << np.uint64(32)) | float_order_keys(values).astype(np.uint64)
+        picked = (np.sort(keys)[rank] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        bits = np.where(picked >= np.uint32(0x80000000), picked & np.uint32(0x7FFFFFFF), ~picked)
+        out[has] = bits.view(np.float32)
+    else:
+        out[has] = values[np.lexsort((values, ids))][rank]
     return out
 
 
 def nucleus_shapes(nuclei: np.ndarray, hematoxylin: np.ndarray) -> dict[str, np.ndarray]:
     """Per nucleus (labels 1..n): centre, area (px), ellipse axis lengths and mean hematoxylin.
 
-    Image moments by ``bincount`` (one pass; ``regionprops`` loops over objects in Python).
+    Image moments summed per label (compiled, :func:`~her2score.quantify.compiled.nucleus_sums`;
+    ``regionprops`` loops over objects in Python).
     """
-    n = int(nuclei.max())
-    yy, xx = np.nonzero(nuclei)
-    ids = nuclei[yy, xx] - 1
-    area = np.bincount(ids, minlength=n).astype(np.float64)
+    from her2score.quantify.compiled import nucleus_sums
+
+    area, cy, cx, syy, sxx, sxy, sum_hema = nucleus_sums(nuclei, hematoxylin)
     safe = np.maximum(area, 1)
-    cy = np.bincount(ids, weights=yy, minlength=n) / safe
-    cx = np.bincount(ids, weights=xx, minlength=n) / safe
-    dy, dx = yy - cy[ids], xx - cx[ids]
-    myy = np.bincount(ids, weights=dy * dy, minlength=n) / safe + 1 / 12  # + pixel's own extent
-    mxx = np.bincount(ids, weights=dx * dx, minlength=n) / safe + 1 / 12
-    mxy = np.bincount(ids, weights=dx * dy, minlength=n) / safe
+    myy = syy / safe + 1 / 12  # + pixel's own extent
+    mxx = sxx / safe + 1 / 12
+    mxy = sxy / safe
     half_trace = (myy + mxx) / 2
     root = np.sqrt(np.maximum(((myy - mxx) / 2) ** 2 + mxy**2, 0))
-    hema = np.bincount(ids, weights=hematoxylin[yy, xx], minlength=n) / safe
+    hema = sum_hema / safe
     return {
         "y": cy,
         "x": cx,
@@ -382,11 +390,11 @@ def background_dab(
     image; else (a field packed with cells) the lower decile of the cells' cytoplasm DAB; 0 without
     either.
     """
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import box_mean
 
     outside = seg.cells == 0
     if outside.mean() >= MIN_EXTRACELLULAR_FRACTION:
-        total = ndi.uniform_filter(hematoxylin + dab, 3)
+        total = box_mean(hematoxylin + dab, 3)
         values = dab[outside & (total >= EMPTY_OD)]
         if values.size >= MIN_EXTRACELLULAR_FRACTION * dab.size:
             return float(np.quantile(values[:: max(1, values.size // 200_000)], BACKGROUND_QUANTILE))
@@ -399,12 +407,12 @@ def lumen_distance(
     hematoxylin: np.ndarray, dab: np.ndarray, mpp: float, y_px: np.ndarray, x_px: np.ndarray
 ) -> np.ndarray:
     """Distance (µm) from each nucleus centre to the nearest empty pixel (lumen, vessel, glass)."""
-    from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
 
+    from her2score.quantify.kernels import box_mean
     from her2score.quantify.morphology import touches
 
-    total = ndi.uniform_filter(hematoxylin + dab, max(1, round(1.0 / mpp)))
+    total = box_mean(hematoxylin + dab, max(1, round(1.0 / mpp)))
     empty = total < EMPTY_OD
     if not empty.any():
         return np.full(len(y_px), np.inf)

@@ -1,59 +1,46 @@
 """Flat grey and binary morphology on 2-D images, identical to ``scipy.ndimage``'s but several times faster.
 
 ``scipy.ndimage``'s minimum and maximum filters walk each image line through a buffer (slow down the
-columns of a C-ordered image) and a non-rectangular footprint is applied pixel by pixel. Here a
-running minimum or maximum over ``size`` pixels is a handful of whole-array ``np.minimum`` /
-``np.maximum`` calls (windows doubled: 1, 2, 4, ... then one overlapping step), and a disk is the
-union of the rectangles of its staircase, so its erosion is the minimum of the rectangles' erosions.
-Boundaries follow scipy's defaults (``reflect`` for grey filters, nothing beyond the image for binary
-dilation), so the results are the same, pixel for pixel (``tests/quantify/test_morphology.py``).
+columns of a C-ordered image) and a non-rectangular footprint is applied pixel by pixel. Here they are
+OpenCV's erosions and dilations (SIMD over whole rows; a minimum or maximum is exact, so the values are
+scipy's), with scipy's window placement (OpenCV's anchor) and its boundaries (``reflect`` for grey
+filters, nothing beyond the image for binary dilation): the same results, pixel for pixel
+(``tests/quantify/test_morphology.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-
-def _along(axis: int, start: int, stop: int) -> tuple[slice, ...]:
-    return (slice(None),) * axis + (slice(start, stop),)
+from her2score.quantify.kernels import _cv2
 
 
-def running(
-    image: np.ndarray, size: int, axis: int, op: Callable, before: int, pad_mode: str = "symmetric"
+def _rect_filter(
+    image: np.ndarray, height: int, width: int, erode: bool, border: str = "reflect"
 ) -> np.ndarray:
-    """``op`` (``np.minimum`` / ``np.maximum``) over a window of ``size`` pixels along ``axis``, the window
-    of pixel ``i`` being ``[i - before, i - before + size - 1]``; padded with ``pad_mode`` (numpy's
-    ``symmetric`` is scipy's ``reflect``; ``constant`` pads with zeros)."""
-    if size <= 1:
-        return image
-    n = image.shape[axis]
-    pad = [(0, 0)] * image.ndim
-    pad[axis] = (before, size - 1 - before)
-    cur = np.pad(image, pad, mode=pad_mode)
-    span = 1
-    while 2 * span <= size:  # cur[i] = op over [i, i + span)
-        length = cur.shape[axis] - span
-        cur = op(cur[_along(axis, 0, length)], cur[_along(axis, span, span + length)])
-        span *= 2
-    if span < size:
-        rest = size - span
-        cur = op(cur[_along(axis, 0, n)], cur[_along(axis, rest, rest + n)])
-    return np.ascontiguousarray(cur[_along(axis, 0, n)])
+    """Running minimum (``erode``) or maximum over a ``height`` x ``width`` window placed as scipy's
+    ``size=(height, width)`` filters place it (an even size reaches one pixel further back than forward
+    for a dilation, forward for an erosion); ``border``: ``reflect`` (scipy's default) or ``edge``."""
+    cv2 = _cv2()
+    img = np.ascontiguousarray(image)
+    if height <= 1 and width <= 1:
+        return img.copy()
+    kernel = np.ones((max(height, 1), max(width, 1)), dtype=np.uint8)
+    mode = cv2.BORDER_REFLECT if border == "reflect" else cv2.BORDER_REPLICATE
+    if erode:
+        return cv2.erode(img, kernel, anchor=(width // 2, height // 2), borderType=mode)
+    return cv2.dilate(img, kernel, anchor=((width - 1) // 2, (height - 1) // 2), borderType=mode)
 
 
 def grey_erosion_rect(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``ndi.grey_erosion(image, size=(height, width))``."""
-    out = running(image, height, 0, np.minimum, height // 2)
-    return running(out, width, 1, np.minimum, width // 2)
+    return _rect_filter(image, height, width, erode=True)
 
 
 def grey_dilation_rect(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``ndi.grey_dilation(image, size=(height, width))`` (scipy mirrors the window: an even size
     reaches one pixel further back than forward)."""
-    out = running(image, height, 0, np.maximum, (height - 1) // 2)
-    return running(out, width, 1, np.maximum, (width - 1) // 2)
+    return _rect_filter(image, height, width, erode=False)
 
 
 def grey_opening_rect(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -61,28 +48,19 @@ def grey_opening_rect(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return grey_dilation_rect(grey_erosion_rect(image, height, width), height, width)
 
 
-def disk_rectangles(footprint: np.ndarray) -> list[tuple[int, int]]:
-    """Half-sizes ``(dy, dx)`` of the centred rectangles whose union is a symmetric, row-convex footprint
-    (a disk): one per step of its staircase."""
-    fp = np.asarray(footprint, dtype=bool)
-    r = fp.shape[0] // 2
-    half = [int(np.flatnonzero(fp[r + dy]).max()) - r if fp[r + dy].any() else -1 for dy in range(r + 1)]
-    return [(dy, half[dy]) for dy in range(r + 1) if half[dy] >= 0 and (dy == r or half[dy] > half[dy + 1])]
-
-
-def _grey_disk(image: np.ndarray, footprint: np.ndarray, erode: bool) -> np.ndarray:
-    op = np.minimum if erode else np.maximum
-    out = None
-    for dy, dx in disk_rectangles(footprint):
-        # 2 dy + 1 and 2 dx + 1 are odd: erosion and dilation windows are both centred.
-        part = running(running(image, 2 * dy + 1, 0, op, dy), 2 * dx + 1, 1, op, dx)
-        out = part if out is None else op(out, part, out=out)
-    return out
+def local_maximum(image: np.ndarray, size: int) -> np.ndarray:
+    """Maximum over the centred ``size`` x ``size`` square (odd ``size``), the edge pixels repeated
+    beyond the image (``ndi.maximum_filter(..., mode="nearest")``)."""
+    return _rect_filter(image, size, size, erode=False, border="edge")
 
 
 def grey_opening_disk(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """``ndi.grey_opening(image, footprint=footprint)`` for a symmetric disk footprint (odd side)."""
-    return _grey_disk(_grey_disk(image, footprint, erode=True), footprint, erode=False)
+    """``ndi.grey_opening(image, footprint=footprint)`` for a symmetric footprint (odd side)."""
+    cv2 = _cv2()
+    kernel = np.asarray(footprint, dtype=np.uint8)
+    img = np.ascontiguousarray(image)
+    eroded = cv2.erode(img, kernel, borderType=cv2.BORDER_REFLECT)
+    return cv2.dilate(eroded, kernel, borderType=cv2.BORDER_REFLECT)
 
 
 def disk_offsets(radius: float, pixel: float = 1.0) -> np.ndarray:
@@ -97,25 +75,23 @@ def disk_offsets(radius: float, pixel: float = 1.0) -> np.ndarray:
 
 
 def binary_dilation_disk(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """Pixels within the (symmetric, row-convex) ``footprint`` of a True pixel of ``mask``: the same as
+    """Pixels within the (symmetric) ``footprint`` of a True pixel of ``mask``: the same as
     ``ndi.binary_dilation(mask, footprint)``, and as ``ndi.distance_transform_edt(~mask) <= radius``
     for :func:`disk_offsets` of that radius."""
-    m = mask.astype(np.uint8)
-    out = None
-    for dy, dx in disk_rectangles(footprint):
-        part = running(m, 2 * dy + 1, 0, np.maximum, dy, "constant")
-        part = running(part, 2 * dx + 1, 1, np.maximum, dx, "constant")
-        out = part if out is None else np.maximum(out, part, out=out)
-    return out.astype(bool)
+    cv2 = _cv2()
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    kernel = np.asarray(footprint, dtype=np.uint8)
+    out = cv2.dilate(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
 
 
 def fill_holes(mask: np.ndarray, max_hole_px: int = 0) -> np.ndarray:
     """``ndi.binary_fill_holes(mask)``: background regions (4-connected) that do not reach the image
     edge become foreground. One labelling instead of scipy's iterated dilation. With ``max_hole_px``
     > 0, only holes of at most that many pixels are filled."""
-    from scipy import ndimage as ndi
+    from her2score.quantify.kernels import label4
 
-    background, _ = ndi.label(~mask)
+    background, _ = label4(~mask)
     edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
     outside = np.zeros(int(background.max()) + 1, dtype=bool)
     outside[edge] = True

@@ -514,22 +514,24 @@ def detect_nuclei(
     half radius (a blob detector: crowded, overlapping nuclei each keep a dark centre), at least
     ``min_separation_um`` apart, flooded on the smoothed density within the foreground.
     """
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import relabel_sequential, watershed
-
-    from her2score.quantify.cells import nucleus_threshold, unstained_floor
+    # Compiled kernels with scipy's / scikit-image's results, pixel for pixel
+    # (``tests/quantify/test_morphology.py``): the Gaussians to the last bit, flat morphology, hole
+    # filling, hysteresis, peaks and the seeded watersheds.
+    from her2score.quantify import morphology as morph
+    from her2score.quantify.cells import _relabel, flood, local_peaks, nucleus_threshold, unstained_floor
+    from her2score.quantify.compiled import gaussian
+    from her2score.quantify.kernels import hysteresis
 
     p = params or NucleusParams()
     hema = np.maximum(hematoxylin.astype(np.float32), 0.0)
     dab = np.maximum(dab.astype(np.float32), 0.0)
     density = nuclear_density(hema, dab)
-    smooth = ndi.gaussian_filter(density, p.smoothing_um / mpp)
+    smooth = gaussian(density, p.smoothing_um / mpp)
     width = max(3, round(p.background_um / mpp))
-    contrast = smooth - ndi.grey_opening(smooth, size=(width, width))
+    contrast = smooth - morph.grey_opening_rect(smooth, width, width)
     thr = max(p.min_density_od, p.otsu_fraction * nucleus_threshold(contrast, tissue, p.min_density_od))
     # Brown foreground clear of the image's unstained DAB floor as well as above the fixed cut.
-    smooth_dab = ndi.gaussian_filter(dab, p.smoothing_um / mpp)
+    smooth_dab = gaussian(dab, p.smoothing_um / mpp)
     region = np.ones(dab.shape, dtype=bool) if tissue is None else tissue
     floor = unstained_floor(smooth_dab, region, None, DAB_FLOOR_QUANTILE)
     brown = smooth_dab > max(p.dab_foreground_od, floor + p.dab_foreground_contrast_od)
@@ -537,39 +539,38 @@ def detect_nuclei(
     # ``hysteresis`` x the threshold, so that a pale (vesicular) negative nucleus is segmented as whole
     # as a brown one, which the DAB foreground keeps whole; cut to its dark chromatin it would read
     # as a small lymphocyte and negative nuclei would be lost from the denominator.
-    from skimage.filters import apply_hysteresis_threshold
-
-    mask = apply_hysteresis_threshold(contrast, max(p.hysteresis * thr, p.min_density_od), thr) | brown
+    mask = hysteresis(contrast, max(p.hysteresis * thr, p.min_density_od), thr) | brown
     if tissue is not None:
         mask &= tissue
-    mask = ndi.binary_fill_holes(mask)
+    mask = morph.fill_holes(mask)
     if not mask.any():
         return np.zeros(density.shape, dtype=np.int32)
     # Seeds: dark centres, with DAB capped high so that a brown nucleus is not a flat plateau whose
     # noise seeds it twice. (A distance-transform term was tried: crowded nuclei merge in the
     # foreground and its peaks fall between them; on synthetic Ki-67 tiles it lost seeds.)
     seed_map = hema + np.minimum(dab, np.float32(p.seed_dab_cap_od))
-    blobs = ndi.gaussian_filter(seed_map, p.seed_smoothing_um / mpp)
-    # Peaks over the whole image, then kept inside the foreground (``labels=`` loops per object: slow).
-    peaks = peak_local_max(blobs, min_distance=max(1, round(p.min_separation_um / mpp)), exclude_border=False)
+    blobs = gaussian(seed_map, p.seed_smoothing_um / mpp)
+    # Peaks over the whole image, then kept inside the foreground (``peak_local_max`` with its default
+    # threshold, the image's minimum).
+    peaks = local_peaks(blobs, max(1, round(p.min_separation_um / mpp)), float(blobs.min()))
     # A brown nucleus touching a blue one is two nuclei whatever the seeds say: the brown and the
     # blue foreground are split apart first, each then by its own seeded watershed (a merged pair
     # would otherwise read as one half-stained nucleus, and a negative one turn positive).
     # A blue fringe around a brown nucleus (its blurred edge, or the paler rim of a weak one) has no
     # seed of its own: it is flooded back from the brown nucleus it belongs to, not made a nucleus.
-    brown_part = ndi.binary_opening(mask & brown, iterations=max(1, round(0.5 / mpp)))
+    brown_part = morph.binary_opening_cross(mask & brown, iterations=max(1, round(0.5 / mpp)))
     blue_part = mask & ~brown_part
     brown_labels = _seeded_watershed(brown_part, peaks, blobs, -smooth, seed_all=True)
     blue_labels = _seeded_watershed(blue_part, peaks, blobs, -smooth, seed_all=False)
     markers = np.where(blue_labels > 0, blue_labels + brown_labels.max(), brown_labels)
-    labels = watershed(-smooth, markers, mask=mask).astype(np.int32)
+    labels = flood(-smooth, markers, mask=mask)
     rest = _seeded_watershed(mask & (labels == 0), peaks[:0], blobs, -smooth, seed_all=True)
     labels = np.where(rest > 0, rest + labels.max(), labels)
     sizes = np.bincount(labels.ravel())
     small = sizes < max(2, round(p.min_area_um2 / mpp**2))
     small[0] = False
     labels[small[labels]] = 0
-    return relabel_sequential(labels)[0].astype(np.int32)
+    return _relabel(labels.astype(np.int32))
 
 
 def _seeded_watershed(
@@ -577,15 +578,15 @@ def _seeded_watershed(
 ) -> np.ndarray:
     """Watershed of ``elevation`` within ``mask`` from the ``peaks`` inside it; with ``seed_all``, an
     object without a peak gets one seed at its highest ``blobs`` point (else it stays unlabelled)."""
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
+    from her2score.quantify.cells import flood
+    from her2score.quantify.kernels import label4
 
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.int32)
     inside = peaks[mask[peaks[:, 0], peaks[:, 1]]]
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[inside[:, 0], inside[:, 1]] = np.arange(1, len(inside) + 1, dtype=np.int32)
-    components, n_comp = ndi.label(mask)
+    components, n_comp = label4(mask)
     unseeded = np.setdiff1d(np.arange(1, n_comp + 1), np.unique(components[markers > 0]))
     if unseeded.size and seed_all:
         # The highest point of each unseeded object, vectorised over just their pixels
@@ -596,7 +597,7 @@ def _seeded_watershed(
         last = np.r_[owner[order][1:] != owner[order][:-1], True]
         top = flat[order[last]]
         markers.ravel()[top] = np.arange(len(inside) + 1, len(inside) + 1 + len(top), dtype=np.int32)
-    return watershed(elevation, markers, mask=mask).astype(np.int32)
+    return flood(elevation, markers, mask=mask)
 
 
 #: Nuclei used as the hematoxylin reference: the bluest half of the non-tumour nuclei when there are

@@ -76,13 +76,15 @@ def quantify_image(
     check_stain: bool = True,
     require_tissue: bool = True,
     tissue: np.ndarray | None = None,
+    accumulate: bool = True,
 ) -> ImageQuantification:
     """Segment and score the cells of one RGB image at ``mpp`` µm/px.
 
+    ``accumulate=False`` leaves the result's accumulator empty (a tile of a larger image is summed
+    over its core cells by its caller, :class:`~her2score.quantify.tiled.TileScorer`).
     Raises :class:`NoTissueError` (no tissue), :class:`StainError` (H&E image, or no nuclei).
     """
-    from scipy import ndimage as ndi
-
+    from her2score.quantify.kernels import gaussian
     from her2score.stain.deconvolution import separate_stains
 
     t = thresholds or Thresholds()
@@ -100,7 +102,7 @@ def quantify_image(
         matrix, source = choose_stain_vectors(rgb, stains, estimate)
     conc = separate_stains(rgb, matrix)
     hema = conc["hematoxylin"]
-    dab = ndi.gaussian_filter(conc[matrix.names[1]], p.dab_smoothing_um / mpp)
+    dab = gaussian(conc[matrix.names[1]], p.dab_smoothing_um / mpp)
     seg = segment_cells(hema, mpp, tissue, p, dab=dab)
     if require_tissue and seg.n_cells == 0:
         raise StainError(
@@ -108,8 +110,9 @@ def quantify_image(
         )
     cells = measure_cells(seg, hema, dab, mpp, t)
     acc = ScoreAccumulator()
-    acc.add_cells(cells)
-    acc.add_tissue(dab, tissue, t)
+    if accumulate:
+        acc.add_cells(cells)
+        acc.add_tissue(dab, tissue, t)
     return ImageQuantification(cells, seg, tissue, dab, source, acc)
 
 
@@ -273,6 +276,9 @@ WORKER_PRELOAD = (
     "skimage.morphology",
     "pyarrow.pandas_compat",
     "her2score.quantify.morphology",
+    "cv2",  # imported by quantify.kernels on first use
+    "her2score.quantify.kernels",
+    "her2score.quantify.compiled",  # numba: compiled (or loaded from its cache) once, in the server
     "her2score.slide",
     "her2score.quantify.pipeline",
     "her2score.quantify.tiled",

@@ -42,14 +42,47 @@ def _add_counts(counts: dict[str, int], column: Any, keep: np.ndarray | None) ->
     import pandas as pd
 
     if isinstance(column.dtype, pd.CategoricalDtype):
-        codes = column.cat.codes.to_numpy()
-        codes = codes if keep is None else codes[keep]
-        found = np.bincount(codes[codes >= 0].astype(np.int64), minlength=len(column.cat.categories))
-        for i in np.flatnonzero(found).tolist():
-            counts[str(column.cat.categories[i])] += int(found[i])
+        _add_code_counts(counts, column.cat.codes.to_numpy(), list(column.cat.categories), keep)
         return
     for name, count in (column if keep is None else column[keep]).value_counts().items():
         counts[str(name)] += int(count)
+
+
+def _add_code_counts(
+    counts: dict[str, int], codes: np.ndarray, categories: list[Any], keep: np.ndarray | None
+) -> None:
+    """``_add_counts`` of a categorical column given as its codes (-1: missing) and categories."""
+    codes = codes if keep is None else codes[keep]
+    found = np.bincount(codes[codes >= 0].astype(np.int64), minlength=len(categories))
+    for i in np.flatnonzero(found).tolist():
+        counts[str(categories[i])] += int(found[i])
+
+
+def cell_columns(cells: Any) -> dict[str, Any]:
+    """The columns of a per-cell table that :meth:`ScoreAccumulator.add_columns` sums, as arrays (a
+    categorical as its codes and categories), taken out of the frame once: a tile's regions then sum
+    their rows without a filtered copy of the frame each."""
+    columns: dict[str, Any] = {
+        "is_tumour": cells["is_tumour"].to_numpy(dtype=bool),
+        "membrane_class": _codes(cells["membrane_class"]),
+        "intensity": cells["intensity"].to_numpy(),
+        "membrane_dab": cells["membrane_dab"].to_numpy(dtype=np.float64),
+        "completeness": cells["completeness"].to_numpy(dtype=np.float64),
+    }
+    if "cell_kind" in cells:
+        columns["cell_kind"] = _codes(cells["cell_kind"])
+    if "background_dab" in cells:
+        columns["background_dab"] = cells["background_dab"].to_numpy(dtype=np.float64)
+    return columns
+
+
+def _codes(column: Any) -> Any:
+    """A categorical column's ``(codes, categories)``; another column as it is (counted by value)."""
+    import pandas as pd
+
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy(), list(column.cat.categories)
+    return column
 
 
 class ScoreAccumulator:
@@ -68,24 +101,40 @@ class ScoreAccumulator:
         self.index_hist = np.zeros(INDEX_BINS, dtype=np.int64)
 
     def add_cells(self, cells: Any) -> None:
-        # Column by column on arrays (no filtered copy of the frame, no value_counts): this runs per
-        # tile and per region of a tile.
-        self.n_cells += len(cells)
-        tumour = cells["is_tumour"].to_numpy(dtype=bool)
+        """Add a per-cell table's tumour cells (see :meth:`add_columns`)."""
+        self.add_columns(cell_columns(cells))
+
+    def add_columns(self, columns: dict[str, Any], rows: np.ndarray | None = None) -> None:
+        """Add the cells of :func:`cell_columns` (only ``rows``, a boolean mask, when given): column by
+        column on arrays (no filtered copy of the frame, no value_counts): this runs per tile and per
+        region of a tile."""
+
+        def take(values: np.ndarray) -> np.ndarray:
+            return values if rows is None else values[rows]
+
+        def count(counts: dict[str, int], column: Any, keep: np.ndarray | None) -> None:
+            if isinstance(column, tuple):
+                codes, categories = column
+                _add_code_counts(counts, take(codes), categories, keep)
+            else:
+                _add_counts(counts, column if rows is None else column[rows], keep)
+
+        tumour = take(columns["is_tumour"])
+        self.n_cells += len(tumour)
         self.n_tumour += int(tumour.sum())
-        if "cell_kind" in cells:
-            _add_counts(self.kind_counts, cells["cell_kind"], None)
-        _add_counts(self.class_counts, cells["membrane_class"], tumour)
-        levels = np.bincount(cells["intensity"].to_numpy()[tumour].astype(np.int64), minlength=4)
+        if "cell_kind" in columns:
+            count(self.kind_counts, columns["cell_kind"], None)
+        count(self.class_counts, columns["membrane_class"], tumour)
+        levels = np.bincount(take(columns["intensity"])[tumour].astype(np.int64), minlength=4)
         for level in np.flatnonzero(levels).tolist():
             self.intensity_counts[level] += int(levels[level])
-        above = cells["membrane_dab"].to_numpy(dtype=np.float64)[tumour]
-        if "background_dab" in cells:  # membrane DAB above the image's unstained background
-            background = cells["background_dab"].to_numpy(dtype=np.float64)[tumour]
+        above = take(columns["membrane_dab"])[tumour]
+        if "background_dab" in columns:  # membrane DAB above the image's unstained background
+            background = take(columns["background_dab"])[tumour]
             above = np.where(above > 0, np.maximum(above - background, 0.0), 0.0)
         else:  # NaN (no membrane measured) counts as 0, as pandas sums
             above = np.where(np.isnan(above), 0.0, above)
-        per_cell = above * cells["completeness"].to_numpy(dtype=np.float64)[tumour]
+        per_cell = above * take(columns["completeness"])[tumour]
         self.index_sum += float(per_cell.sum())
         self.index_hist += np.bincount(index_bins(per_cell), minlength=INDEX_BINS)
 

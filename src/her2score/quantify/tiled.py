@@ -182,7 +182,9 @@ class TileScorer:
         if job.marker == "her2":
             from her2score.quantify.pipeline import quantify_image
 
-            result = quantify_image(rgb, job.work, job.thresholds, job.cell_params, **common)
+            result = quantify_image(
+                rgb, job.work, job.thresholds, job.cell_params, accumulate=False, **common
+            )
             cells = result.cells
         else:
             from her2score.quantify.nuclear import quantify_nuclear_image
@@ -221,10 +223,16 @@ class TileScorer:
         side = self.job.region_um
         ry = np.floor(cells["y_um"].to_numpy() / side).astype(np.int64)
         rx = np.floor(cells["x_um"].to_numpy() / side).astype(np.int64)
+        from her2score.quantify.scoring import cell_columns
+
+        columns = cell_columns(cells) if self.job.marker == "her2" else None
         for key in set(zip(ry.tolist(), rx.tolist(), strict=True)):
-            part = cells[(ry == key[0]) & (rx == key[1])]
+            rows = (ry == key[0]) & (rx == key[1])
             acc = new_accumulator(self.job.marker)
-            acc.add_cells(part) if self.job.marker == "her2" else acc.add_nuclei(part)
+            if columns is not None:  # HER2: the region's rows of the tile's columns, no frame copy
+                acc.add_columns(columns, rows)
+            else:
+                acc.add_nuclei(cells[rows])
             out.regions[key] = acc
         pixel_um2 = self.job.work**2
         row_region = np.floor(ys * level0 / side).astype(np.int64)
@@ -617,11 +625,13 @@ def quantify_tiled(
 def _coarser(
     image: np.ndarray, mask: np.ndarray, mpp: float, min_mpp: float
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """``image`` (box-averaged) and ``mask`` (strided) reduced by the integer factor that brings ``mpp``
-    closest to ``min_mpp`` from below (unchanged when already that coarse), and their µm/px."""
+    """``image`` (box-averaged) and ``mask`` (strided) reduced by the smallest integer factor that makes
+    them no finer than ``min_mpp`` (unchanged when already that coarse), and their µm/px. (An overview
+    at 0.55-0.99 µm/px, e.g. a 5,500 px core at 0.4 µm/px capped at 4,000 px, is halved: drawn and
+    compressed at its own resolution it cost ~1.2 s, more than a tenth of its scoring.)"""
     from PIL import Image
 
-    k = int(min_mpp / mpp + 1e-9)
+    k = math.ceil(min_mpp / mpp - 1e-9)
     if k <= 1:
         return image, mask, mpp
     h, w = image.shape[0] // k, image.shape[1] // k
