@@ -37,10 +37,12 @@ def draw_ihc(
     eosin: bool = False,
     lymphocytes: bool = False,
     seed: int = 0,
+    rest_od: float = 0.0,
 ) -> np.ndarray:
     """RGB image of a sheet of round cells (18 µm apart): membrane DAB OD over ``arc`` of the ring,
     optional uniform cytoplasmic DAB, pale stroma; ``eosin`` draws an H&E-like image instead;
-    ``lymphocytes`` makes every other row small dark unstained lymphocytes."""
+    ``lymphocytes`` makes every other row small dark unstained lymphocytes; ``rest_od`` is the membrane
+    DAB over the rest of the ring."""
     rng = np.random.default_rng(seed)
     n = round(size_um / MPP)
     yy, xx = (np.mgrid[:n, :n] + 0.5) * MPP
@@ -57,6 +59,7 @@ def draw_ihc(
             hema[r <= nucleus_um] = nucleus_od
             dab[(r > nucleus_um) & (r < 8.0)] += blush_od
             dab[(np.abs(r - 7.5) <= 0.7) & (angle <= arc)] = membrane_od
+            dab[(np.abs(r - 7.5) <= 0.7) & (angle > arc)] = rest_od
             if eosin:
                 other[(r > nucleus_um) & (r < 8.0)] = 0.5
     od = hema[..., None] * _unit(HEMATOXYLIN) + dab[..., None] * _unit(DAB)
@@ -179,6 +182,28 @@ def test_cytoplasmic_blush_is_not_membrane_staining() -> None:
     assert blush.accumulator.summary(Thresholds())["category"] in ("0", "1+")
     membrane = quantify_image(draw_ihc(membrane_od=0.8, blush_od=0.3), MPP, stains="default")
     assert membrane.accumulator.summary(Thresholds())["category"] == "3+"
+
+
+def test_an_intense_membrane_is_followed_where_the_cytoplasm_blurs_into_it() -> None:
+    """Small cells with an intense membrane over 70 % of the ring and a weaker stretch (0.33 OD) over a
+    0.3 OD cytoplasm: the weaker stretch misses the full contrast margin over the cytoplasm (as the
+    sectors of small real 3+ cells do, whose cytoplasm lies in the blur of their own membrane), and
+    the cells read faint-incomplete without the contrast hysteresis. With it the cell that has shown
+    its intense membrane is followed round; a faint partial membrane over a faint blush is not."""
+    image = draw_ihc(membrane_od=0.8, arc=0.7, rest_od=0.33, blush_od=0.3)
+    off = Thresholds(contrast_continuity=1.0)
+    before = quantify_image(image, MPP, stains="default", thresholds=off)
+    assert _tumour_classes(before).get("intense-complete", 0) < 0.2
+    after = quantify_image(image, MPP, stains="default")
+    assert _tumour_classes(after).get("intense-complete", 0) > 0.8
+    assert after.accumulator.summary(Thresholds())["category"] == "3+"
+    faint = draw_ihc(membrane_od=0.22, arc=0.7, rest_od=0.15, blush_od=0.12)
+    for t in (off, Thresholds()):
+        result = quantify_image(faint, MPP, stains="default", thresholds=t)
+        assert _tumour_classes(result).get("faint-complete", 0) < 0.2
+        assert result.accumulator.summary(t)["category"] == "1+"
+    with pytest.raises(ConfigError, match="contrast_continuity"):
+        Thresholds(contrast_continuity=1.5)
 
 
 def test_small_dark_nuclei_are_not_tumour_cells() -> None:
@@ -412,7 +437,8 @@ def test_real_bci_controls_that_read_their_level_calibrate_near_the_defaults() -
     from her2score.slide import load_rgb
 
     factors = {}
-    for name in ("00057_test_3+", "00249_test_2+", "00361_test_2+", "00640_test_1+", "00003_train_1+"):
+    # (00249, a 2+ slide's patch of intensely stained ducts, reads 3+ since the contrast hysteresis)
+    for name in ("00057_test_3+", "00361_test_2+", "00640_test_1+", "00003_train_1+"):
         path = folder / f"{name}.png"
         result = quantify_image(load_rgb(path), MPP, path=path)
         level = name.rsplit("_", 1)[1]
@@ -437,6 +463,32 @@ def test_real_gland_lumina_are_not_filled_into_giant_nuclei() -> None:
         result = quantify_image(load_rgb(folder / f"{name}.png"), MPP)
         areas = np.bincount(result.segmentation.nuclei.ravel())[1:] * MPP**2
         assert areas.max() < 600.0, (name, areas.max())
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_intensely_stained_gland_cells_read_complete() -> None:
+    """Real BCI 00249: the ducts' columnar cells are stained intensely all round (membrane and
+    cytoplasm; checked by eye on the overlays), but read faint-incomplete where their weaker sectors
+    missed the contrast over a cytoplasm lying in their membrane's blur. With the contrast hysteresis
+    most of them read complete; the faint 1+ patches (00003, 00640) stay 1+."""
+    folder = REAL / "bci-her2-pairs" / "IHC"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/real is absent")
+    from her2score.slide import load_rgb
+
+    rgb = load_rgb(folder / "00249_test_2+.png")
+    shares = []
+    for t in (Thresholds(contrast_continuity=1.0), Thresholds()):
+        cells = quantify_image(rgb, MPP, thresholds=t).cells
+        strong = cells[cells["is_tumour"] & (cells["ring_dab_max"] >= 0.45)]
+        assert len(strong) >= 100
+        shares.append(strong["membrane_class"].astype(str).str.endswith("-complete").mean())
+    assert shares[0] < 0.45, shares
+    assert shares[1] > 0.5, shares
+    for name in ("00003_train_1+", "00640_test_1+"):
+        row = quantify_image(load_rgb(folder / f"{name}.png"), MPP).accumulator.summary(Thresholds())
+        assert row["category"] == "1+", name
 
 
 #: What the real BCI patches show by eye (README, "The quantifier on real tissue"): the clearest 3+

@@ -4,7 +4,8 @@ membrane class, and which cells are invasive tumour cells.
 * each membrane ring is cut into ``n_sectors`` angular sectors around the nucleus; a sector is
   *stained* when its peak DAB OD reaches the low hysteresis threshold (``continuity`` x faint) AND
   stands above the perinuclear cytoplasm (its lower quartile; membrane accentuation: a uniform
-  cytoplasmic blush is not membrane staining);
+  cytoplasmic blush is not membrane staining), a test relaxed round a cell that has shown an intense
+  membrane (:func:`contrast_hysteresis`);
 * completeness = stained sectors / sectors present; membrane DAB = median peak DAB of stained sectors
   (a cell is stained only when this reaches the faint threshold and ≥ ``min_stained_fraction`` of
   its ring is stained: one stained contact with a positive neighbour is not enough);
@@ -71,13 +72,13 @@ def measure_cells(
     cyto_ids = cyto[cyto > 0] - 1
     cyto_mean = label_quantile(cyto_ids, dab[cyto > 0], n, t.cytoplasm_quantile)
 
-    needed = cyto_mean[:, None] + np.maximum(
-        t.membrane_contrast_od, t.membrane_contrast_ratio * cyto_mean[:, None]
-    )
+    margin = np.maximum(t.membrane_contrast_od, t.membrane_contrast_ratio * cyto_mean[:, None])
     # Hysteresis: a cell is stained when its membrane reaches the faint threshold; its ring then
     # counts as continuous wherever it stays above ``continuity`` x faint (the eye follows a faint
     # membrane all around even where one sector dips just under the threshold).
-    stained = present & (sector_peak >= t.continuity * t.faint) & (sector_peak >= needed)
+    over_floor = present & (sector_peak >= t.continuity * t.faint)
+    stained = over_floor & (sector_peak >= cyto_mean[:, None] + margin)
+    stained = contrast_hysteresis(stained, over_floor, present, sector_peak, cyto_mean, margin, t)
     n_present = present.sum(axis=1)
     contacts = sector_contacts(seg.cells, cy, cx, s, dab, t.continuity * t.faint)
     completeness, membrane_dab, gap = own_membrane(stained, present, sector_peak, contacts, t)
@@ -118,6 +119,40 @@ def measure_cells(
             "membrane_class": pd.Categorical(membrane_class, categories=MEMBRANE_CLASSES),
         }
     )
+
+
+def contrast_hysteresis(
+    stained: np.ndarray,
+    over_floor: np.ndarray,
+    present: np.ndarray,
+    sector_peak: np.ndarray,
+    cyto: np.ndarray,
+    margin: np.ndarray,
+    t: Thresholds,
+) -> np.ndarray:
+    """Sectors stained once a cell has shown an intense membrane: hysteresis on the contrast rule.
+
+    The contrast rule (a sector's peak above the cell's cytoplasm by ``margin``) keeps a uniform
+    cytoplasmic blush from reading as membrane. A cell whose sectors pass it round at least
+    ``accentuated_fraction`` of its ring, with a median peak over those sectors at the ``intense``
+    threshold or above, has shown an intense membrane over its cytoplasm; there the rest of its line
+    is followed wherever it stays above the faint floor and above the cytoplasm by
+    ``contrast_continuity`` x ``margin``, as the eye follows a membrane it has seen. Why: in a small
+    or columnar cell the cytoplasm reading lies in the blur of its own intense membrane (and in its
+    cytoplasmic staining), so sectors of an intense, complete membrane miss the full margin (real
+    BCI 00052, 00249's glands, the MIST 3+ patches read their intense cells faint-incomplete). Only
+    intense cells: the blur a membrane leaves in the cytoplasm grows with the membrane, and faint or
+    moderate partial membranes (the faint 1+ patches) turned complete when every cell had it.
+    """
+    if t.contrast_continuity >= 1 or not stained.any():
+        return stained
+    shown = stained.sum(axis=1) >= t.accentuated_fraction * np.maximum(present.sum(axis=1), 1)
+    peaks = np.where(stained, sector_peak, np.nan)
+    level = np.zeros(len(stained))
+    level[shown] = np.nanmedian(peaks[shown], axis=1)  # a shown cell has stained sectors
+    shown &= level >= t.intense
+    follow = over_floor & (sector_peak >= cyto[:, None] + t.contrast_continuity * margin)
+    return stained | (shown[:, None] & follow)
 
 
 def in_nest(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:

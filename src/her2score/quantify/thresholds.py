@@ -83,6 +83,13 @@ class Thresholds:
     membrane_contrast_od: float = 0.05
     #: ... and by this fraction of the cytoplasm DAB (so a strong blush needs a stronger membrane).
     membrane_contrast_ratio: float = 0.2
+    #: Contrast hysteresis (:func:`~her2score.quantify.membrane.contrast_hysteresis`): a cell whose
+    #: sectors pass the full contrast round at least ``accentuated_fraction`` of its ring at an intense
+    #: median peak has shown its membrane; its other sectors above the faint floor then need only
+    #: ``contrast_continuity`` x the contrast margin over the cytoplasm (0: just above it; README
+    #: "Strongly stained cells"). 1.0 turns it off.
+    contrast_continuity: float = 0.0
+    accentuated_fraction: float = 0.5
     #: The cytoplasm DAB of a cell is this quantile of its perinuclear band (see ``measure_cells``).
     cytoplasm_quantile: float = 0.25
     #: Tumour-cell filter on the nucleus: segmented tumour nuclei are 6-15 µm across (pale ones come
@@ -157,6 +164,9 @@ class Thresholds:
         for key in ("lymphocyte_max_um2", "lymphocyte_darkness"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive (got {getattr(self, key)})")
+        for key in ("contrast_continuity", "accentuated_fraction"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1] (got {getattr(self, key)})")
         for key in ("membrane_contrast_od", "membrane_contrast_ratio"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0 (got {getattr(self, key)})")
