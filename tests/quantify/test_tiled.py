@@ -39,12 +39,19 @@ def _two_halves(
     return path, truths
 
 
-def _tiled(path: Path, out: Path, marker: str, region_um: float, workers: int = 0) -> object:
+def _tiled(
+    path: Path, out: Path, marker: str, region_um: float, workers: int = 0, blank_file: bool = False
+) -> object:
+    """``quantify_tiled`` on ``path``; ``blank_file``: the file is overwritten with white once open."""
+    from PIL import Image
+
     from her2score.quantify.nuclear import NuclearThresholds
     from her2score.slide import open_slide
 
     out.mkdir(parents=True, exist_ok=True)
     with open_slide(path, mpp=MPP) as slide:
+        if blank_file:
+            Image.new("RGB", (slide.width, slide.height), "white").save(path)
         return quantify_tiled(
             slide,
             path,
@@ -143,15 +150,16 @@ def test_nuclear_tiled_matches_truth_and_maps_ki67_groups(tmp_path: Path) -> Non
 
 
 def test_tile_workers_give_the_cells_of_one_process(tmp_path: Path) -> None:
-    """Tiles over two worker processes (started before the overview is read, the file opened by each)
-    give the same cells, regions and row as tiles in this process."""
+    """Tiles over two worker processes (started before the overview is read, given this process's
+    decoded image rather than decoding the file again: here the file is blanked once open) give the
+    same cells, regions and row as tiles in this process."""
     from PIL import Image
 
     rgb, _ = render_ihc_patch("3+", size=(640, 640), mpp=MPP, seed=3)
     path = tmp_path / "field.png"
     Image.fromarray(np.concatenate([rgb, rgb[:, ::-1]], axis=1)).save(path)  # 1280 px wide: 2 tiles
     one = _tiled(path, tmp_path / "one", "her2", region_um=256.0, workers=0)
-    two = _tiled(path, tmp_path / "two", "her2", region_um=256.0, workers=2)
+    two = _tiled(path, tmp_path / "two", "her2", region_um=256.0, workers=2, blank_file=True)
     assert one.row["mode"] == two.row["mode"] == "tiled (2 tiles)"
     pd.testing.assert_frame_equal(pd.read_parquet(one.cells_path), pd.read_parquet(two.cells_path))
     pd.testing.assert_frame_equal(pd.read_csv(one.regions_path), pd.read_csv(two.regions_path))
