@@ -70,6 +70,22 @@ def test_the_knowledge_head_is_optional() -> None:
     assert with_knowledge(x).shape == without(x).shape == (2, 4)
 
 
+def test_the_fitted_knowledge_head_is_mixed_and_old_checkpoints_add_its_logits() -> None:
+    model = create_model("lgd-net-he", 4, backbone="resnet18").eval()
+    x = torch.rand(2, 3, 64, 64)
+    knowledge = torch.softmax(model.knowledge_classifier(model.knowledge_features(x)), 1)
+    model.fusion_weight.fill_(0.0)  # the knowledge head alone
+    assert model.mixes
+    assert torch.allclose(torch.softmax(model(x), 1), knowledge, atol=1e-5)
+    state = {k: v for k, v in model.state_dict().items() if k != "fusion_weight"}
+    model.load_state_dict(state)  # a checkpoint from before the mixture: the logits add, as trained
+    assert not model.mixes
+    assert float(model.fusion_weight) == -1
+    cnn = model.fused_logits(*model.streams(x))
+    expected = cnn + model.knowledge_classifier(model.knowledge_features(x))
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
 def test_lgd_net_options_and_its_h_and_e_path() -> None:
     spec = get_model_spec("lgd-net")
     assert spec.input_kind == "pair"
@@ -164,6 +180,7 @@ def test_lgd_net_trains_on_pairs_and_predicts_from_h_and_e_alone(tmp_path: Path,
         quiet=True, log=logs.append, heatmaps=1,
     )  # fmt: skip
     assert any("auxiliary targets on" in line for line in logs)  # computed before the first epoch
+    assert any("knowledge head: a logistic regression fitted and frozen" in line for line in logs)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     for name in ("hallucinated_ce", "fused_ce", "teacher_ce", "align", "nuclei", "membrane"):
         assert f"train_{name}" in history.columns
@@ -173,6 +190,7 @@ def test_lgd_net_trains_on_pairs_and_predicts_from_h_and_e_alone(tmp_path: Path,
     assert not any(k.startswith(("teacher", "nuclei_head", "membrane")) for k in saved)  # H&E path only
     assert float(saved["knowledge_std"].min()) > 0
     assert float(saved["knowledge_mean"].abs().sum()) > 0
+    assert 0 <= float(saved["fusion_weight"]) <= 1  # the mixture of fused classifier and knowledge head
     assert not torch.equal(saved["input_std"], torch.ones(3))  # the normalisation travels with the model
     meta = read_metadata(path)
     assert (meta["model"], meta["trained_as"], meta["input_kind"], meta["input_stain"]) == (

@@ -39,7 +39,8 @@ BENCHMARK_MODELS = (
         "lgd-net",
         "pairs",
         "lgd-net",
-        what="LGD-Net (joint IHC teacher, all losses, nuclear-statistics head), predicts from H&E",
+        what="LGD-Net (joint IHC teacher, all losses; a fitted nuclear-statistics head mixed with the fused "
+        "classifier by a validation-chosen weight), predicts from H&E",
     ),
     BenchmarkModel("he-only", "he", "lowres-resnet", stain_head=False, what="ResNet-18 on H&E alone"),
     BenchmarkModel(
@@ -76,6 +77,14 @@ BENCHMARK_MODELS = (
         "lgd-net",
         {"knowledge": False},
         what="without the H&E nuclear-statistics head",
+        default=False,
+    ),
+    BenchmarkModel(
+        "lgd-net-knowledge-sum",
+        "pairs",
+        "lgd-net",
+        {"knowledge_fit": False},
+        what="the nuclear-statistics head trained with the network, its logits added (the previous default)",
         default=False,
     ),
     BenchmarkModel(

@@ -46,6 +46,7 @@ def lgd_net(
     teacher: str | None = None,
     kd_weight: float = 1.0,
     kd_temperature: float = 2.0,
+    knowledge_fit: bool = True,
 ) -> LGDNet:
     """LGD-Net (ablations: ``align_weight=0``, ``nuclei_weight=0``, ``membrane_weight=0``,
     ``kd_weight=0``); ``teacher``: a saved IHC classifier (``lowres`` family) to load and freeze."""
@@ -55,6 +56,7 @@ def lgd_net(
         num_classes, backbone or "resnet18", weights, drop_rate, norm, hallucinated_weight, fused_weight,
         teacher_weight, align_weight, align_loss, nuclei_weight, membrane_weight, grid, teacher_mode,
         teacher_warmup_epochs, knowledge, knowledge_weight, teacher, kd_weight, kd_temperature,
+        knowledge_fit,
     )  # fmt: skip
 
 
@@ -74,8 +76,11 @@ def lgd_net_he(
     norm: str | None = None,
     knowledge: bool = True,
     teacher_dim: int | None = None,
+    knowledge_fit: bool = True,
 ) -> LGDNetHE:
     """The H&E path of LGD-Net (saved by a trained ``lgd-net``; trained alone it lacks the teacher)."""
     from her2score.models.nets.lgdnet import LGDNetHE
 
-    return LGDNetHE(num_classes, backbone or "resnet18", weights, drop_rate, norm, knowledge, teacher_dim)
+    return LGDNetHE(
+        num_classes, backbone or "resnet18", weights, drop_rate, norm, knowledge, teacher_dim, knowledge_fit
+    )

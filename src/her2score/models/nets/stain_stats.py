@@ -223,8 +223,6 @@ class StainStatistics(nn.Module):
         class-balanced L2 logistic regression (scikit-learn's L-BFGS) whose strength is chosen by
         inner cross-validation over these slides (:func:`choose_c`, noted in ``fit_note``); returns
         the training accuracy."""
-        from sklearn.linear_model import LogisticRegression
-
         device = self.linear.weight.device
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
@@ -235,25 +233,37 @@ class StainStatistics(nn.Module):
         self.feature_std.copy_(sd)
         z = ((feats - mu) / sd).cpu().double().numpy()
         y = np.asarray(labels, dtype=np.int64)
-        k = self.linear.out_features
-        weight = np.zeros((k, z.shape[1]))
-        bias = np.zeros(k)
-        present = np.unique(y)
-        if len(present) == 1:  # one class: it always wins
-            bias[:] = -30.0
-            bias[present[0]] = 0.0
-            self.fit_note = "one class in training"
-        else:
-            c, self.fit_note = choose_c(z, y)
-            lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, tol=1e-8)
-            lr.fit(z, y)
-            coef, intercept = lr.coef_, lr.intercept_
-            if len(present) == 2:  # scikit-learn's binary form: one score for the second class
-                coef = np.vstack([-coef / 2, coef / 2])
-                intercept = np.concatenate([-intercept / 2, intercept / 2])
-            weight[present], bias[:] = coef, -30.0  # a class absent from training never wins
-            bias[present] = intercept
-        self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        self.fit_note = fit_linear(self.linear, z, y)
         zt = torch.as_tensor(z, dtype=torch.float32, device=device)
         return float((self.linear(zt).argmax(1).cpu().numpy() == y).mean())
+
+
+@torch.no_grad()
+def fit_linear(linear: nn.Linear, z: np.ndarray, y: np.ndarray) -> str:
+    """Set ``linear`` (features -> class logits) to a class-balanced L2 logistic regression on
+    standardised features ``z`` and integer labels ``y`` (scikit-learn's L-BFGS, fitted to convergence,
+    its strength chosen by inner cross-validation, :func:`choose_c`); a class absent from ``y`` never
+    wins. Returns a note saying how the strength was chosen."""
+    from sklearn.linear_model import LogisticRegression
+
+    k = linear.out_features
+    weight = np.zeros((k, z.shape[1]))
+    bias = np.zeros(k)
+    present = np.unique(y)
+    if len(present) == 1:  # one class: it always wins
+        bias[:] = -30.0
+        bias[present[0]] = 0.0
+        note = "one class in training"
+    else:
+        c, note = choose_c(z, y)
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, tol=1e-8)
+        lr.fit(z, y)
+        coef, intercept = lr.coef_, lr.intercept_
+        if len(present) == 2:  # scikit-learn's binary form: one score for the second class
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.concatenate([-intercept / 2, intercept / 2])
+        weight[present], bias[:] = coef, -30.0  # a class absent from training never wins
+        bias[present] = intercept
+    linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+    linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+    return note
