@@ -36,6 +36,23 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _heap_push(heap_key, heap_idx, size, key, idx):
+    """Push ``(key, idx)`` on the binary min-heap of ``size`` entries (sift up); returns the new size."""
+    child = size
+    while child > 0:
+        parent = (child + 1) // 2 - 1
+        if key < heap_key[parent]:
+            heap_key[child] = heap_key[parent]
+            heap_idx[child] = heap_idx[parent]
+            child = parent
+        else:
+            break
+    heap_key[child] = key
+    heap_idx[child] = idx
+    return size + 1
+
+
 @njit("void(uint64[::1], int32[::1], bool_[::1], int64[::1], int64, int64)", cache=True, nogil=True)
 def _heap_flood(keys, out, allowed, starts, height, width):
     capacity = starts.size + 1
@@ -49,19 +66,7 @@ def _heap_flood(keys, out, allowed, starts, height, width):
     high = np.uint64(0xFFFFFFFF00000000)
     for k in range(starts.size):  # markers: age 0, pushed in raster order
         idx = starts[k]
-        key = keys[idx]
-        child = size
-        size += 1
-        while child > 0:
-            parent = (child + 1) // 2 - 1
-            if key < heap_key[parent]:
-                heap_key[child] = heap_key[parent]
-                heap_idx[child] = heap_idx[parent]
-                child = parent
-            else:
-                break
-        heap_key[child] = key
-        heap_idx[child] = idx
+        size = _heap_push(heap_key, heap_idx, size, keys[idx], idx)
     while size > 0:
         idx = heap_idx[0]
         current = heap_key[0] & high
@@ -113,18 +118,7 @@ def _heap_flood(keys, out, allowed, starts, height, width):
             out[nb] = label
             value = keys[nb]
             key = (value if value >= current else current) | age
-            child = size
-            size += 1
-            while child > 0:
-                parent = (child + 1) // 2 - 1
-                if key < heap_key[parent]:
-                    heap_key[child] = heap_key[parent]
-                    heap_idx[child] = heap_idx[parent]
-                    child = parent
-                else:
-                    break
-            heap_key[child] = key
-            heap_idx[child] = nb
+            size = _heap_push(heap_key, heap_idx, size, key, nb)
 
 
 def _rank_keys(elevation: np.ndarray, used: np.ndarray) -> np.ndarray:
