@@ -460,7 +460,7 @@ def nuclear_density(hematoxylin: np.ndarray, dab: np.ndarray, cap: float = NUCLE
 
 
 #: The unstained DAB floor under the nuclear DAB foreground is this quantile of the smoothed DAB over the
-#: tissue (:func:`~her2score.quantify.cells.unstained_floor`): the palest tenth, stroma or unstained
+#: tissue (:func:`~her2score.quantify.cells.unstained_floor`): the palest 2 %, stroma or unstained
 #: cytoplasm even where most nuclei are positive.
 DAB_FLOOR_QUANTILE = 0.02
 
