@@ -35,6 +35,8 @@ import math
 import numpy as np
 from numba import njit
 
+from her2score.quantify.kernels import _gaussian_weights, float_order_keys
+
 
 @njit(cache=True, nogil=True, inline="always")
 def _heap_push(heap_key, heap_idx, size, key, idx):
@@ -124,8 +126,6 @@ def _heap_flood(keys, out, allowed, starts, height, width):
 def _rank_keys(elevation: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Order-preserving keys of the elevation in the high 32 bits (equal values, equal keys)."""
     if elevation.dtype == np.float32:
-        from her2score.quantify.kernels import float_order_keys
-
         return float_order_keys(elevation).ravel().astype(np.uint64) << np.uint64(32)
     # Other dtypes: the rank of each value among those the flood can reach (a sort of those only).
     values = np.asarray(elevation, dtype=np.float64).ravel()[used]
@@ -362,15 +362,13 @@ def gaussian(image: np.ndarray, sigma: float, order: tuple[int, int] = (0, 0)) -
     """``ndi.gaussian_filter(image, sigma, order)`` of a 2-D float32 or float64 image, the same values to
     the last bit: scipy's weights, ``reflect`` boundary and float64 arithmetic in scipy's order (axis 0
     then axis 1, the intermediate in the image's dtype), compiled."""
-    from scipy.ndimage._filters import _gaussian_kernel1d
-
     img = np.ascontiguousarray(image)
     if img.dtype not in (np.float32, np.float64):
         img = img.astype(np.float64)
-    radius = int(4.0 * float(sigma) + 0.5)
     out = img
     for axis in (0, 1):
-        weights = np.ascontiguousarray(_gaussian_kernel1d(float(sigma), int(order[axis]), radius)[::-1])
+        weights = _gaussian_weights(float(sigma), int(order[axis]), "float64")
+        radius = (weights.size - 1) // 2
         symmetry = _symmetry(weights)
         n = img.shape[axis]
         if symmetry == 0 or n <= radius:  # never for a Gaussian; short lines: scipy's own extension

@@ -147,10 +147,8 @@ def contrast_hysteresis(
     if t.contrast_continuity >= 1 or not stained.any():
         return stained
     shown = stained.sum(axis=1) >= t.accentuated_fraction * np.maximum(present.sum(axis=1), 1)
-    peaks = np.where(stained, sector_peak, np.nan)
-    level = np.zeros(len(stained))
-    level[shown] = np.nanmedian(peaks[shown], axis=1)  # a shown cell has stained sectors
-    shown &= level >= t.intense
+    # Compared in float64: a float32 median against a Python float would compare in float32.
+    shown &= _median_stained_peak(stained, sector_peak).astype(np.float64) >= t.intense
     follow = over_floor & (sector_peak >= cyto[:, None] + t.contrast_continuity * margin)
     return stained | (shown[:, None] & follow)
 

@@ -460,7 +460,7 @@ def nuclear_density(hematoxylin: np.ndarray, dab: np.ndarray, cap: float = NUCLE
 
 
 #: The unstained DAB floor under the nuclear DAB foreground is this quantile of the smoothed DAB over the
-#: tissue (:func:`~her2score.quantify.cells.unstained_floor`): the palest tenth, stroma or unstained
+#: tissue (:func:`~her2score.quantify.cells.unstained_floor`): the palest 2 %, stroma or unstained
 #: cytoplasm even where most nuclei are positive.
 DAB_FLOOR_QUANTILE = 0.02
 
@@ -518,7 +518,14 @@ def detect_nuclei(
     # (``tests/quantify/test_morphology.py``): the Gaussians to the last bit, flat morphology, hole
     # filling, hysteresis, peaks and the seeded watersheds.
     from her2score.quantify import morphology as morph
-    from her2score.quantify.cells import _relabel, flood, local_peaks, nucleus_threshold, unstained_floor
+    from her2score.quantify.cells import (
+        _drop_small,
+        _relabel,
+        flood,
+        local_peaks,
+        nucleus_threshold,
+        unstained_floor,
+    )
     from her2score.quantify.compiled import gaussian
     from her2score.quantify.kernels import hysteresis
 
@@ -566,10 +573,7 @@ def detect_nuclei(
     labels = flood(-smooth, markers, mask=mask)
     rest = _seeded_watershed(mask & (labels == 0), peaks[:0], blobs, -smooth, seed_all=True)
     labels = np.where(rest > 0, rest + labels.max(), labels)
-    sizes = np.bincount(labels.ravel())
-    small = sizes < max(2, round(p.min_area_um2 / mpp**2))
-    small[0] = False
-    labels[small[labels]] = 0
+    labels = _drop_small(labels, max(2, round(p.min_area_um2 / mpp**2)))
     return _relabel(labels.astype(np.int32))
 
 

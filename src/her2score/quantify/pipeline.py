@@ -270,9 +270,8 @@ WORKER_PRELOAD = (
     "scipy.ndimage",
     "scipy.spatial",
     "skimage.segmentation",
-    "skimage.segmentation._watershed",  # skimage loads its submodules lazily, on first use
     "skimage.filters",
-    "skimage.filters.thresholding",
+    "skimage.filters.thresholding",  # skimage loads its submodules lazily, on first use
     "skimage.morphology",
     "pyarrow.pandas_compat",
     "her2score.quantify.morphology",

@@ -38,12 +38,8 @@ def not_scorable_reason(n_tumour: int, thresholds: Thresholds) -> str:
 
 
 def _add_counts(counts: dict[str, int], column: Any, keep: np.ndarray | None) -> None:
-    """Add how many rows of ``column`` (optionally only ``keep``) hold each value to ``counts``."""
-    import pandas as pd
-
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        _add_code_counts(counts, column.cat.codes.to_numpy(), list(column.cat.categories), keep)
-        return
+    """Add how many rows of ``column`` (optionally only ``keep``) hold each value to ``counts`` (a column
+    :func:`cell_columns` left as it is; a categorical one comes as codes, :func:`_add_code_counts`)."""
     for name, count in (column if keep is None else column[keep]).value_counts().items():
         counts[str(name)] += int(count)
 

@@ -170,6 +170,8 @@ class TileScorer:
         """Score one tile; ``core`` is its level-0 ``(x0, y0, x1, y1)``."""
         import time
 
+        from her2score.quantify.scoring import cell_columns
+
         started = time.process_time()
         job, slide = self.job, self.slide
         level0 = slide.require_mpp()
@@ -203,7 +205,9 @@ class TileScorer:
         cells["x_um"] = (cx[keep] * level0).astype(np.float32)
         cells["y_um"] = (cy[keep] * level0).astype(np.float32)
         acc = new_accumulator(job.marker)
-        acc.add_cells(cells) if job.marker == "her2" else acc.add_nuclei(cells)
+        # HER2: the columns the accumulators sum, taken out of the frame once for the tile and its regions.
+        columns = cell_columns(cells) if job.marker == "her2" else None
+        acc.add_columns(columns) if columns is not None else acc.add_nuclei(cells)
         # Tissue is counted over the core only, so that overlaps are not counted twice.
         ys = np.arange(rgb.shape[0]) * factor + tile.y
         xs = np.arange(rgb.shape[1]) * factor + tile.x
@@ -212,20 +216,25 @@ class TileScorer:
         if job.marker == "her2":
             acc.add_tissue(result.dab, in_core, job.thresholds)
         out = TileResult(cells, acc)
-        self._regions(out, cells, in_core, ys, xs, level0)
+        self._regions(out, cells, columns, in_core, ys, xs, level0)
         out.cpu_s = time.process_time() - started
         return out
 
     def _regions(
-        self, out: TileResult, cells: Any, in_core: np.ndarray, ys: np.ndarray, xs: np.ndarray, level0: float
+        self,
+        out: TileResult,
+        cells: Any,
+        columns: dict[str, Any] | None,
+        in_core: np.ndarray,
+        ys: np.ndarray,
+        xs: np.ndarray,
+        level0: float,
     ) -> None:
-        """Per-region accumulators of the tile's cells and the region tissue area (µm²) of its core."""
+        """Per-region accumulators of the tile's cells (HER2: summed from their ``columns``, see
+        :func:`~her2score.quantify.scoring.cell_columns`) and the region tissue area (µm²) of its core."""
         side = self.job.region_um
         ry = np.floor(cells["y_um"].to_numpy() / side).astype(np.int64)
         rx = np.floor(cells["x_um"].to_numpy() / side).astype(np.int64)
-        from her2score.quantify.scoring import cell_columns
-
-        columns = cell_columns(cells) if self.job.marker == "her2" else None
         for key in set(zip(ry.tolist(), rx.tolist(), strict=True)):
             rows = (ry == key[0]) & (rx == key[1])
             acc = new_accumulator(self.job.marker)
