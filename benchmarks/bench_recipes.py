@@ -122,6 +122,7 @@ def as_user(
     Prepared overviews are cached in ``out``'s parent (``HER2SCORE_CACHE``), as a user's cache would be."""
     import os
     import resource
+    import shutil
     import subprocess
 
     import pandas as pd
@@ -144,9 +145,8 @@ def as_user(
     }  # fmt: skip
     times = {}
     for name, command in commands.items():
-        for folder in ("run", "eval"):
-            if name == "train" or folder == "eval":
-                subprocess.run(["rm", "-rf", str(out / folder)], check=True)
+        for folder in ("run", "eval") if name == "train" else ("eval",):  # a fresh run, a fresh evaluation
+            shutil.rmtree(out / folder, ignore_errors=True)
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True)
@@ -185,7 +185,7 @@ def as_user(
         "stain_auc": base.get("stain statistics alone", {}).get("auc_macro"),
         "stain_f1": base.get("stain statistics alone", {}).get("f1_macro"),
         "prior_auc": base.get("class prior", {}).get("auc_macro"),
-        "stain_all_train_auc": _macro_auc(held.y, stain_head_fit_predict(user, cfg, out / "test.csv"), k),
+        "stain_all_train_auc": _macro_auc(held.y, stain_head_fit_predict(user, held, cfg), k),
         "plain_lr_auc": _macro_auc(held.y, plain_lr(user, held, cfg), k),
         "fusion_weight": inner.get("fusion_weight"), "epochs": inner.get("epochs"),
         "fold_epochs": inner.get("fold_epochs"), "oof_auc": inner.get("oof_auc"),
@@ -196,14 +196,19 @@ def as_user(
     }  # fmt: skip
 
 
-def _overviews(cohort: Any, cfg: Any) -> tuple[Any, Any]:
-    """The low-resolution overviews (N, 3, H, W uint8) the model reads, and the readable cohort."""
+def _prepare(cohort: Any, cfg: Any) -> tuple[Any, Any]:
+    """The input kind of ``cfg.model`` and ``cohort`` prepared by it (the cached overviews)."""
     from her2score.data.inputs import create_input_kind
     from her2score.models.registry import get_model_spec
 
     spec = get_model_spec(cfg.model)
     kind = create_input_kind(spec.input_kind, **{**spec.data, **cfg.data_config()})
-    prepared = kind.prepare(cohort.frame.to_dict("records"), cfg.resolved_cache_dir(), 0, True)
+    return kind, kind.prepare(cohort.frame.to_dict("records"), cfg.resolved_cache_dir(), 0, True)
+
+
+def _overviews(cohort: Any, cfg: Any) -> tuple[Any, Any]:
+    """The low-resolution overviews (N, 3, H, W uint8) the model reads, and the readable cohort."""
+    kind, prepared = _prepare(cohort, cfg)
     return kind.images(prepared), cohort.subset(prepared.positions)
 
 
@@ -239,26 +244,19 @@ def plain_lr(train: Any, test: Any, cfg: Any) -> Any:
     return probs
 
 
-def stain_head_fit_predict(user: Any, cfg: Any, test_manifest: Path) -> Any:
-    """Probabilities of the default stain head fitted on all of ``user``, for ``test_manifest``."""
+def stain_head_fit_predict(user: Any, test: Any, cfg: Any) -> Any:
+    """Probabilities of the default stain head fitted on all of ``user``, for the ``test`` cohort."""
+    import numpy as np
     import torch
 
-    from her2score.data.inputs import create_input_kind
-    from her2score.data.manifest import load_manifest
     from her2score.models.nets.stain_stats import StainStatistics
-    from her2score.models.registry import get_model_spec
 
-    spec = get_model_spec(cfg.model)
-    kind = create_input_kind(spec.input_kind, **{**spec.data, **cfg.data_config()})
-    prepared = kind.prepare(user.frame.to_dict("records"), cfg.resolved_cache_dir(), 0, True)
-    import numpy as np
-
+    kind, prepared = _prepare(user, cfg)
     stats = kind.statistics(prepared, np.arange(len(prepared.positions)), pretrained=False)
     head = StainStatistics(len(user.classes))
     readable = user.subset(prepared.positions)
     head.fit(kind.images(prepared), readable.y, stats["mean"], stats["std"])
-    test = load_manifest(test_manifest, cfg.task, cfg.equivocal)
-    prepared_test = kind.prepare(test.frame.to_dict("records"), cfg.resolved_cache_dir(), 0, True)
+    _, prepared_test = _prepare(test, cfg)
     index = np.arange(len(prepared_test.positions))
     batch = kind.batch(prepared_test, index, stats, torch.device("cpu"), inference=True)
     with torch.no_grad():

@@ -68,7 +68,13 @@ from torch import nn
 
 from her2score.errors import ConfigError
 from her2score.models.base import FitContext, SlideModel, grad_cam
-from her2score.models.nets.lowres import build_backbone
+from her2score.models.nets.lowres import (
+    MIN_FUSION_VAL,
+    build_backbone,
+    choose_fusion_weight,
+    mixture_log_probs,
+    validation_probabilities,
+)
 
 TEACHER_MODES = ("joint", "frozen-after-warmup")  # with ``teacher=PATH`` the loaded teacher is frozen
 ALIGN_LOSSES = ("cosine", "mse")
@@ -271,26 +277,19 @@ class LGDNetHE(SlideModel):
 
     def on_fit_end(self, ctx: FitContext) -> str | None:
         """Choose the fused classifier's weight in the mixture with the knowledge head on validation."""
-        from her2score.models.nets.lowres import MIN_FUSION_VAL, choose_fusion_weight
-
         if not self.mixes:
             return None
         if len(ctx.val) < MIN_FUSION_VAL:
             return (
                 f"fusion weight not chosen ({len(ctx.val)} validation images): {float(self.fusion_weight):g}"
             )
-        self.eval()
-        cnn, knowledge, labels = [], [], []
-        with torch.no_grad():
-            for batch, y in ctx.val_batches():
-                x = batch["image"]
-                cnn.append(torch.softmax(self.fused_logits(*self.streams(x)).float(), 1))
-                knowledge.append(
-                    torch.softmax(self.knowledge_classifier(self.knowledge_features(x)).float(), 1)
-                )
-                labels.append(y)
         best, shown = choose_fusion_weight(
-            torch.cat(cnn).cpu(), torch.cat(knowledge).cpu(), torch.cat(labels).cpu()
+            *validation_probabilities(
+                self,
+                ctx,
+                lambda x: self.fused_logits(*self.streams(x)),
+                lambda x: self.knowledge_classifier(self.knowledge_features(x)),
+            )
         )
         self.fusion_weight.fill_(best)
         return (
@@ -314,9 +313,7 @@ class LGDNetHE(SlideModel):
         prior = self.knowledge_classifier(knowledge.to(logits.dtype))
         if not self.mixes:
             return logits + prior
-        w = self.fusion_weight.to(logits.dtype)
-        probs = w * logits.float().softmax(1) + (1 - w) * prior.float().softmax(1)
-        return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the mixture back
+        return mixture_log_probs(logits, prior, self.fusion_weight.to(logits.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         knowledge = self.knowledge_features(x) if self.knowledge else None

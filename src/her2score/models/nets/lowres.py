@@ -116,6 +116,30 @@ def choose_fusion_weight(p_cnn: Any, p_stain: Any, y: Any) -> tuple[float, str]:
     return best, f"log-loss {shown}; stain head with the class prior at best {floor:.3f} (prior {mixed:g})"
 
 
+def mixture_log_probs(cnn_logits: Any, other_logits: Any, weight: Any) -> Any:
+    """The log of ``weight`` * the CNN's class probabilities + (1 - ``weight``) * the other head's: a
+    fused model's output (log-probabilities: softmax gives the mixture back)."""
+    import torch
+
+    probs = weight * cnn_logits.float().softmax(1) + (1 - weight) * other_logits.float().softmax(1)
+    return torch.log(probs.clamp_min(1e-12))
+
+
+def validation_probabilities(model: Any, ctx: FitContext, cnn: Any, other: Any) -> tuple[Any, Any, Any]:
+    """Class probabilities of ``cnn`` and of ``other`` (each: a batch of images -> logits) on
+    ``ctx.val``, with the labels, on the CPU: what :func:`choose_fusion_weight` chooses from."""
+    import torch
+
+    model.eval()
+    p_cnn, p_other, labels = [], [], []
+    with torch.no_grad():
+        for batch, y in ctx.val_batches():
+            p_cnn.append(torch.softmax(cnn(batch["image"]).float(), 1))
+            p_other.append(torch.softmax(other(batch["image"]).float(), 1))
+            labels.append(y)
+    return torch.cat(p_cnn).cpu(), torch.cat(p_other).cpu(), torch.cat(labels).cpu()
+
+
 class LowResClassifier(SlideModel):
     """A timm backbone on the whole low-resolution tissue, split into features (last conv stage, for
     Grad-CAM) and head; with ``stain_head``, a stain-statistics model (:mod:`.stain_stats`) fitted
@@ -160,14 +184,11 @@ class LowResClassifier(SlideModel):
         return self.head(self.features(batch["image"]))
 
     def forward(self, x: Any) -> Any:
-        import torch
 
         logits = self.head(self.features(x))
         if self.stain_stats is None:
             return logits
-        w = self.fusion_weight.to(logits.dtype)
-        probs = w * logits.float().softmax(1) + (1 - w) * self.stain_stats(x).softmax(1)
-        return torch.log(probs.clamp_min(1e-12))  # log-probabilities: softmax gives the mixture back
+        return mixture_log_probs(logits, self.stain_stats(x), self.fusion_weight.to(logits.dtype))
 
     def baselines(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -179,18 +200,9 @@ class LowResClassifier(SlideModel):
     def fusion_parts(self, ctx: FitContext) -> tuple[Any, Any, Any] | None:
         """Probabilities of the CNN alone and of the stain head alone on ``ctx.val``, with the labels
         (None without a stain head): what the fusion weight is chosen from."""
-        import torch
-
         if self.stain_stats is None:
             return None
-        self.eval()
-        cnn, stain, labels = [], [], []
-        with torch.no_grad():
-            for batch, y in ctx.val_batches():
-                cnn.append(torch.softmax(self.head(self.features(batch["image"])).float(), 1))
-                stain.append(torch.softmax(self.stain_stats(batch["image"]).float(), 1))
-                labels.append(y)
-        return torch.cat(cnn).cpu(), torch.cat(stain).cpu(), torch.cat(labels).cpu()
+        return validation_probabilities(self, ctx, lambda x: self.head(self.features(x)), self.stain_stats)
 
     def on_fit_end(self, ctx: FitContext) -> str | None:
         """Choose the CNN's weight in the fusion on validation (:func:`choose_fusion_weight`), so that
