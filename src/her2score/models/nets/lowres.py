@@ -184,7 +184,6 @@ class LowResClassifier(SlideModel):
         return self.head(self.features(batch["image"]))
 
     def forward(self, x: Any) -> Any:
-
         logits = self.head(self.features(x))
         if self.stain_stats is None:
             return logits
