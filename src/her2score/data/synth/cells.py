@@ -427,13 +427,21 @@ def _draw_cells(
         codes = (
             (rng.uniform(size=(nt, 1)) > np.cumsum(weights, axis=1)).sum(axis=1).clip(0, 4).astype(np.int8)
         )
-        membrane[is_t] = enforce_her2_category(codes, case.her2, rng)
+        if glands is None:
+            membrane[is_t] = enforce_her2_category(codes, case.her2, rng)
+        else:  # gland cells may lie beyond the section's edge: the visible ones score the category
+            seen = _visible(t_pts, h, w)
+            codes[seen] = enforce_her2_category(codes[seen], case.her2, rng)
+            membrane[is_t] = codes
     else:
         status = case.er if case.marker == "er" else case.pr
         frac = draw_receptor_fraction(status, rng)
         s = _lookup(strength, t_pts, factor)
         local = np.clip(frac * np.exp(0.6 * s), 0, 1) if 0 < frac < 0.9 else np.full(nt, frac)
-        nuclear_pos[is_t] = enforce_receptor_status(rng.uniform(size=nt) < local, status, rng)
+        positive = rng.uniform(size=nt) < local
+        seen = _visible(t_pts, h, w) if glands is not None else slice(None)
+        positive[seen] = enforce_receptor_status(positive[seen], status, rng)
+        nuclear_pos[is_t] = positive
 
     intensity = np.zeros(n, dtype=np.int8)
     completeness = np.zeros(n, dtype=np.float32)
@@ -462,6 +470,11 @@ def _draw_cells(
     if glands is not None:
         _gland_membranes(cells, gcells, glands, nt, rng)
     return cells
+
+
+def _visible(pts: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Points (y, x) inside an h x w section."""
+    return (pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w)
 
 
 def _gland_membranes(
@@ -497,7 +510,8 @@ def cells_table(layout: Layout, offset: tuple[float, float] = (0.0, 0.0)) -> pd.
     import pandas as pd
 
     c = layout.cells
-    keep = c["kind"] <= 2
+    # Cells in the section only (gland cells may be drawn beyond its edge; all others lie inside).
+    keep = (c["kind"] <= 2) & _visible(np.stack([c["y"], c["x"]], axis=1), layout.height, layout.width)
     kind = c["kind"][keep]
     extra = {}
     if "pattern" in c:  # glandular: ring or basolateral (U) membranes

@@ -154,8 +154,11 @@ def gland_cells(
     width = (2 * np.pi * mid + 4 * half) / n_cells[gland]
     pseudo = glands["pseudo"][gland]
     depth = np.where(pseudo, rng.uniform(0.3, 0.8, total), rng.uniform(0.6, 0.8, total))
-    long_ = rng.uniform(3.5, 6.5, total) * (1 - 0.15 * grade) * um
-    short = np.minimum(0.42 * width, rng.uniform(1.6, 2.6, total) * (1 + 0.4 * grade) * um)
+    # Pseudostratified glands have cigar-shaped nuclei (intestinal type, ~10-16 µm long, 3-4.5 µm wide);
+    # basal nuclei are ovoid, larger and rounder with grade.
+    long_ = np.where(pseudo, rng.uniform(5.0, 8.0, total), rng.uniform(3.5, 6.0, total) * (1 - 0.15 * grade))
+    short = np.where(pseudo, rng.uniform(1.5, 2.2, total), rng.uniform(1.8, 2.8, total) * (1 + 0.4 * grade))
+    long_, short = long_ * um, np.minimum(0.42 * width, short * um)
     long_ = np.maximum(np.minimum(long_, 0.45 * height), short)
     depth = np.clip(depth, (long_ + 0.5 * um) / height, 1 - (long_ + 0.8 * um) / height)
     s = (slot + 0.5) * width
