@@ -161,7 +161,7 @@ def cores(
     from her2score.quantify.thresholds import SYNTHETIC_LAB
 
     manifest = make_cohort(
-        folder, n, seed=seed, kind="slides", size_mm=(1.2, 1.2), workers=0, architecture="glandular"
+        folder, n, seed=seed, kind="slides", size_mm=(1.2, 1.2), mpp=MPP, workers=0, architecture="glandular"
     )
     out = {r: ([], []) for r in rules_list}
     for rec in pd.read_csv(manifest).itertuples():
@@ -185,12 +185,15 @@ def cores(
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MPP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=6, help="glandular 512 px patches per category")
     parser.add_argument("--cores", type=int, default=8, help="glandular 1.2 x 1.2 mm slides")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rules", default="breast,gastric", help="rulebooks to score under")
+    parser.add_argument("--mpp", type=float, default=MPP, help="µm/px of the patches and cores")
     args = parser.parse_args(argv)
+    MPP = args.mpp
     rules_list = [r.strip() for r in args.rules.split(",") if r.strip()]
     wall, cpu = time.perf_counter(), time.process_time()
     if args.patches:

@@ -29,7 +29,7 @@ def test_glandular_patch_renders_with_truth_scoring_its_category(category: str) 
 
 def test_columnar_cells_are_tall_with_elongated_radial_nuclei_round_a_lumen() -> None:
     rng = np.random.default_rng(1)
-    layout = build_layout((600, 600), 0.5, Case(her2="3+", architecture="glandular"), rng, whole_slide=False)
+    layout = build_layout((600, 600), 0.5, Case(her2="1+", architecture="glandular"), rng, whole_slide=False)
     glands, c = layout.extras["glands"], layout.cells
     assert len(glands["cy"]) >= 2
     assert (glands["height"] * 0.5 >= 15).all()
@@ -43,6 +43,16 @@ def test_columnar_cells_are_tall_with_elongated_radial_nuclei_round_a_lumen() ->
     assert (c["depth"][t] < 1).all()
     assert (g >= 0).all()
     # Basolateral (U) cells have complete classes and a stained share of their outline below 1.
+    # A partial (incomplete) ring covering half the outline or more never leaves exactly the luminal
+    # side open (that would be a basolateral U): its gap never holds the whole apical side.
+    height = glands["height"][g]
+    width = (2 * np.pi * (glands["radius"][g] + height / 2) + 4 * glands["half"][g]) / glands["n_cells"][g]
+    apical = width / (2 * height + 2 * width)  # outline positions [0, apical) are the luminal side
+    comp = c["completeness"][t]
+    gap_from = np.mod(c["arc_start"][t] / (2 * np.pi) + comp, 1.0)
+    partial = (c["membrane"][t] == 1) & (comp >= 0.5)
+    assert partial.sum() >= 3
+    assert not (partial & (np.mod(-gap_from, 1.0) + apical <= 1 - comp)).any()
     u = t & (c["pattern"] == 1)
     assert (c["membrane"][u] >= 2).all()
     assert (c["completeness"][u] < 1).all()

@@ -498,10 +498,23 @@ def _gland_membranes(
     complete = (cells["membrane"] >= 2) & (np.arange(n) < nt)
     u = complete & (rng.uniform(size=n) < u_share)
     cells["pattern"] = np.where(u, PATTERN_U, PATTERN_RING).astype(np.int8)
-    g = cells["gland"][u]
+    g = cells["gland"][:nt]
     height = glands["height"][g]
     width = (2 * np.pi * (glands["radius"][g] + height / 2) + 4 * glands["half"][g]) / glands["n_cells"][g]
-    cells["completeness"][u] = ((2 * height + width) / (2 * height + 2 * width)).astype(np.float32)
+    apical = width / (2 * height + 2 * width)  # the luminal side's share of the outline
+    cells["completeness"][:nt] = np.where(u[:nt], 1 - apical, cells["completeness"][:nt]).astype(np.float32)
+    # A partial ring (incomplete class) that left exactly the luminal side unstained would be a
+    # basolateral U, which the gastric rulebook counts as complete: turn such arcs half-way round, so
+    # that partial rings lack some other part of the outline (outline positions run from the apical
+    # side's corner, :func:`~her2score.data.synth.glands.render_glands`).
+    part = (cells["membrane"][:nt] == 1) & (cells["completeness"][:nt] >= 0.5)
+    start = cells["arc_start"][:nt] / (2 * np.pi)
+    gap_from = np.mod(start + cells["completeness"][:nt], 1.0)  # the gap runs from here to the arc start
+    gap_len = 1 - cells["completeness"][:nt]
+    luminal_gap = part & (np.mod(0 - gap_from, 1.0) + apical <= gap_len)
+    cells["arc_start"][:nt] = np.where(
+        luminal_gap, np.mod(cells["arc_start"][:nt] + np.pi, 2 * np.pi), cells["arc_start"][:nt]
+    ).astype(np.float32)
 
 
 def cells_table(layout: Layout, offset: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
