@@ -578,9 +578,10 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     """Which ``candidates`` (elongated nuclei) stand in a palisade: a columnar epithelium, not stroma.
 
     The nuclei of columnar (gland-forming) carcinoma are elongated perpendicular to the basement
-    membrane and stand side by side, a cell width apart (6-10 µm), all pointing the same way, like
-    fence posts; fibroblasts lie 20-40 µm apart in their matrix, thin, and line up end to end along
-    the collagen. A candidate is in a palisade when it is plump (short axis at least
+    membrane and stand side by side, a cell width apart (6-10 µm), all pointing the same way (or fanning
+    out round a small lumen), like fence posts; pseudostratified nuclei are staggered along the cell
+    axis by up to a nucleus length. Fibroblasts lie 20-40 µm apart in their matrix, thin, and line up
+    end to end along the collagen. A candidate is in a palisade when it is plump (short axis at least
     ``palisade_min_width_um``) and has, on *each* side of its long axis, a near-parallel neighbour
     (long axes within ``palisade_max_angle_deg``, the neighbour itself elongated at least 1.5 x) whose
     centre lies within ``palisade_radius_um`` and beside it (offset across the long axis at least half

@@ -119,10 +119,10 @@ class Thresholds:
     #: nucleus in a palisade (:func:`~her2score.quantify.membrane.palisade`: plump, at least
     #: ``palisade_min_width_um`` wide, with a near-parallel neighbour (within ``palisade_max_angle_deg``)
     #: beside it on each side within ``palisade_radius_um``) is epithelial, not a spindle. 0 radius: off.
-    palisade_radius_um: float = 12.0
+    palisade_radius_um: float = 15.0
     palisade_min_width_um: float = 3.0
     palisade_max_angle_deg: float = 40.0
-    palisade_max_offset: float = 0.75
+    palisade_max_offset: float = 1.0
     #: An elongated nucleus whose edge lies within this distance (µm) of empty space (a vessel's lumen)
     #: is endothelial rather than stromal.
     lumen_distance_um: float = 3.0
