@@ -10,6 +10,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from her2score.data.synth import render_ihc_patch
+from her2score.errors import ConfigError
 from her2score.quantify import Thresholds, quantify_image
 from her2score.quantify.membrane import cell_kinds, palisade
 from her2score.quantify.thresholds import SYNTHETIC_LAB
@@ -60,6 +61,8 @@ def test_palisading_elongated_nuclei_are_tumour_and_isolated_spindles_stromal() 
     off = cell_kinds(props, MPP, dataclasses.replace(t, palisade_radius_um=0.0), props["y"], props["x"])
     assert (off[: sizes[2]] == "stromal").all()
     assert not palisade(props, MPP, t, np.zeros(len(props["y"]), bool)).any()
+    with pytest.raises(ConfigError, match="palisade"):
+        Thresholds(palisade_max_angle_deg=120)
 
 
 @pytest.mark.parametrize("rules", ["breast", "gastric"])

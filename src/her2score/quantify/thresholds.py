@@ -199,6 +199,14 @@ class Thresholds:
             raise ConfigError(
                 f"darker_neighbour_ratio must be 0 (off) or at least 1 (got {self.darker_neighbour_ratio})"
             )
+        if self.palisade_radius_um < 0 or self.palisade_min_width_um < 0 or self.palisade_max_offset <= 0:
+            raise ConfigError(
+                "need palisade_radius_um >= 0 (0: off), palisade_min_width_um >= 0, palisade_max_offset > 0"
+            )
+        if not 0 <= self.palisade_max_angle_deg <= 90:
+            raise ConfigError(
+                f"palisade_max_angle_deg must be in [0, 90] (got {self.palisade_max_angle_deg})"
+            )
         if self.nest_neighbours < 0 or self.nest_radius_um <= 0:
             raise ConfigError("nest_neighbours must be >= 0 and nest_radius_um > 0")
         if self.cohesion_neighbours < 0 or self.cohesion_radius_um <= 0:
