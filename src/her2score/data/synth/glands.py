@@ -180,6 +180,14 @@ def gland_cells(
     }
 
 
+def _gland_axes(
+    glands: dict[str, np.ndarray], g: int, dy: np.ndarray, dx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (dy, dx) from gland ``g``'s centre in its own frame: along its axis, and across it."""
+    ey, ex = glands["ey"][g], glands["ex"][g]
+    return dy * ey + dx * ex, dy * ex - dx * ey
+
+
 def coarse_cover(glands: dict[str, np.ndarray], shape: tuple[int, int], factor: int) -> np.ndarray:
     """Boolean coarse map of where glands (lumen and epithelium) lie: no stromal cells there."""
     out = np.zeros(shape, dtype=bool)
@@ -194,9 +202,7 @@ def coarse_cover(glands: dict[str, np.ndarray], shape: tuple[int, int], factor: 
         c0, c1 = max(0, int((cx - reach) // factor)), min(shape[1], int((cx + reach) // factor) + 1)
         if r0 >= r1 or c0 >= c1:
             continue
-        dy, dx = yy[r0:r1, c0:c1] - cy, xx[r0:r1, c0:c1] - cx
-        a = dy * glands["ey"][g] + dx * glands["ex"][g]
-        b = dy * glands["ex"][g] - dx * glands["ey"][g]
+        a, b = _gland_axes(glands, g, yy[r0:r1, c0:c1] - cy, xx[r0:r1, c0:c1] - cx)
         ra = a - np.clip(a, -glands["half"][g], glands["half"][g])
         out[r0:r1, c0:c1] |= np.hypot(ra, b) <= outer
     return out
@@ -229,15 +235,14 @@ def render_glands(
         half, radius, height = glands["half"][g], glands["radius"][g], glands["height"][g]
         outer = radius + height + 3 * sigma
         reach = half + outer
-        cy, cx, ey, ex = glands["cy"][g], glands["cx"][g], glands["ey"][g], glands["ex"][g]
+        cy, cx = glands["cy"][g], glands["cx"][g]
         r0, r1 = max(y0, int(np.floor(cy - reach))), min(y0 + h, int(np.ceil(cy + reach)) + 1)
         c0, c1 = max(x0, int(np.floor(cx - reach))), min(x0 + w, int(np.ceil(cx + reach)) + 1)
         if r0 >= r1 or c0 >= c1:
             continue
         dy = (np.arange(r0, r1, dtype=np.float64) - cy)[:, None]
         dx = (np.arange(c0, c1, dtype=np.float64) - cx)[None, :]
-        a = dy * ey + dx * ex
-        b = dy * ex - dx * ey
+        a, b = _gland_axes(glands, g, dy, dx)
         mid = radius + height / 2
         s, rho, scale = _arc(a, b, half, mid)
         d = rho - radius
