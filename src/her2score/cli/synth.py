@@ -37,6 +37,14 @@ def synth(
     ] = "3.5x2.5",
     patch_size: Annotated[int, typer.Option("--patch-size", min=64, help="Patch side in px (pairs).")] = 512,
     sites: Annotated[int, typer.Option("--sites", min=1, help="Staining/scanning sites.")] = 3,
+    architecture: Annotated[
+        str,
+        typer.Option(
+            "--architecture",
+            help="Tumour architecture (slides): solid (nests of round cells) or glandular (tubular glands "
+            "of columnar cells round a lumen, as in gastric adenocarcinoma).",
+        ),
+    ] = "solid",
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -59,6 +67,10 @@ def synth(
         raise ConfigError(f"--size-mm {size_mm} is outside 0.5-50 mm", out)
     if kind not in ("slides", "pairs"):
         raise ConfigError(f"--kind must be 'slides' or 'pairs', not {kind!r}", out)
+    if architecture not in ("solid", "glandular"):
+        raise ConfigError(f"--architecture must be 'solid' or 'glandular', not {architecture!r}", out)
+    if architecture != "solid" and kind != "slides":
+        raise ConfigError("--architecture glandular is drawn for --kind slides only", out)
     marker_list = [m.strip().lower() for m in markers.split(",") if m.strip()]
     bad = [m for m in marker_list if m not in ("her2", "er", "pr")]
     if bad or not marker_list:
@@ -74,6 +86,8 @@ def synth(
         "patch_size": patch_size,
         "workers": workers,
     }
+    if architecture != "solid":
+        kwargs["architecture"] = architecture
     if quiet:
         manifest = make_cohort(out, n, seed=seed, kind=kind, **kwargs)
     else:

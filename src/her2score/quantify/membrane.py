@@ -376,6 +376,8 @@ def nucleus_shapes(nuclei: np.ndarray, hematoxylin: np.ndarray) -> dict[str, np.
         "area": area,
         "major": 4 * np.sqrt(half_trace + root),
         "minor": 4 * np.sqrt(np.maximum(half_trace - root, 0)),
+        # Direction of the long axis (radians from the x axis, y down), -π/2..π/2.
+        "orientation": 0.5 * np.arctan2(2 * mxy, mxx - myy),
         "hematoxylin": hema,
     }
 
@@ -527,7 +529,8 @@ def cell_kinds(
     * ``endothelial``: an elongated (> ``tumour_max_elongation``) nucleus lining a lumen (empty space
       within ``lumen_distance_um`` of its edge; ``lumen_um``, distance from its centre to the nearest
       empty pixel, µm);
-    * ``stromal``: any other elongated (spindle) nucleus, or a tumour-shaped nucleus that lies alone in
+    * ``stromal``: any other elongated (spindle) nucleus (not one in a palisade of columnar epithelium,
+      :func:`palisade`, judged as a tumour-shaped one), or a tumour-shaped nucleus that lies alone in
       stroma (not in a nest, :func:`in_nest`, nor in a cohesive group, :func:`cohesive`);
     * ``other``: too large, too small or not ellipse-shaped to be a nucleus (debris, merged clumps);
     * ``tumour``: the rest: invasive tumour nuclei in a nest, cord or single file.
@@ -542,6 +545,8 @@ def cell_kinds(
     fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
     sized = (area_um2 >= t.tumour_nucleus_min_um2) & (area_um2 <= t.tumour_nucleus_max_um2)
     spindle = elongation > t.tumour_max_elongation
+    # Elongated nuclei standing side by side in a palisade are columnar epithelium (glands), not spindles.
+    spindle &= ~palisade(props, mpp, t, spindle & sized & (fill >= t.tumour_min_ellipse_fill))
     shaped = sized & ~spindle & (fill >= t.tumour_min_ellipse_fill)
     large = shaped & (area_um2 >= t.lymphocyte_max_um2)
     if unstained is not None and (large & unstained).any():
@@ -567,6 +572,55 @@ def cell_kinds(
         kinds[elongated & (lumen_um - half_minor_um <= t.lumen_distance_um)] = "endothelial"
     kinds[inflammatory] = "inflammatory"
     return kinds
+
+
+def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates: np.ndarray) -> np.ndarray:
+    """Which ``candidates`` (elongated nuclei) stand in a palisade: a columnar epithelium, not stroma.
+
+    The nuclei of columnar (gland-forming) carcinoma are elongated perpendicular to the basement
+    membrane and stand side by side, a cell width apart (6-10 µm), all pointing the same way (or fanning
+    out round a small lumen), like fence posts; pseudostratified nuclei are staggered along the cell
+    axis by up to a nucleus length. Fibroblasts lie 20-40 µm apart in their matrix, thin, and line up
+    end to end along the collagen. A candidate is in a palisade when it is plump (short axis at least
+    ``palisade_min_width_um``) and has, on *each* side of its long axis, a near-parallel neighbour
+    (long axes within ``palisade_max_angle_deg``, the neighbour itself elongated at least 1.5 x) whose
+    centre lies within ``palisade_radius_um`` and beside it (offset across the long axis at least half
+    a nucleus width, along it at most ``palisade_max_offset`` x the candidate's length).
+    """
+    n = len(props["area"])
+    out = np.zeros(n, dtype=bool)
+    minor_um = props["minor"] * mpp
+    major_um = props["major"] * mpp
+    elongation = props["major"] / np.maximum(props["minor"], 1.0)
+    cand = np.flatnonzero(candidates & (minor_um >= t.palisade_min_width_um))
+    if t.palisade_radius_um <= 0 or cand.size == 0 or n < 3:
+        return out
+    from scipy.spatial import cKDTree
+
+    y_um, x_um = props["y"] * mpp, props["x"] * mpp
+    tree = cKDTree(np.column_stack([y_um, x_um]))
+    theta = props["orientation"]
+    max_angle = np.deg2rad(t.palisade_max_angle_deg)
+    for i, near in zip(
+        cand,
+        tree.query_ball_point(np.column_stack([y_um[cand], x_um[cand]]), t.palisade_radius_um),
+        strict=True,
+    ):
+        j = np.asarray([k for k in near if k != i], dtype=np.int64)
+        if j.size < 2:
+            continue
+        diff = np.abs(np.mod(theta[j] - theta[i] + np.pi / 2, np.pi) - np.pi / 2)
+        dy, dx = y_um[j] - y_um[i], x_um[j] - x_um[i]
+        along = dx * np.cos(theta[i]) + dy * np.sin(theta[i])
+        across = -dx * np.sin(theta[i]) + dy * np.cos(theta[i])
+        ok = (
+            (diff <= max_angle)
+            & (elongation[j] >= 1.5)
+            & (np.abs(across) >= 0.5 * minor_um[i])
+            & (np.abs(along) <= t.palisade_max_offset * major_um[i])
+        )
+        out[i] = bool((ok & (across > 0)).any() and (ok & (across < 0)).any())
+    return out
 
 
 def cohesive(y_um: np.ndarray, x_um: np.ndarray, t: Thresholds) -> np.ndarray:

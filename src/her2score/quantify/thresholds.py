@@ -115,6 +115,14 @@ class Thresholds:
     cohesion_radius_um: float = 20.0
     #: Lymphocytes are round: elongation (long / short axis) at most this.
     inflammatory_max_elongation: float = 1.6
+    #: Columnar epithelium (gland-forming adenocarcinoma) has elongated nuclei too: an elongated
+    #: nucleus in a palisade (:func:`~her2score.quantify.membrane.palisade`: plump, at least
+    #: ``palisade_min_width_um`` wide, with a near-parallel neighbour (within ``palisade_max_angle_deg``)
+    #: beside it on each side within ``palisade_radius_um``) is epithelial, not a spindle. 0 radius: off.
+    palisade_radius_um: float = 15.0
+    palisade_min_width_um: float = 3.0
+    palisade_max_angle_deg: float = 40.0
+    palisade_max_offset: float = 1.0
     #: An elongated nucleus whose edge lies within this distance (µm) of empty space (a vessel's lumen)
     #: is endothelial rather than stromal.
     lumen_distance_um: float = 3.0
@@ -190,6 +198,14 @@ class Thresholds:
         if self.darker_neighbour_ratio != 0 and self.darker_neighbour_ratio < 1:
             raise ConfigError(
                 f"darker_neighbour_ratio must be 0 (off) or at least 1 (got {self.darker_neighbour_ratio})"
+            )
+        if self.palisade_radius_um < 0 or self.palisade_min_width_um < 0 or self.palisade_max_offset <= 0:
+            raise ConfigError(
+                "need palisade_radius_um >= 0 (0: off), palisade_min_width_um >= 0, palisade_max_offset > 0"
+            )
+        if not 0 <= self.palisade_max_angle_deg <= 90:
+            raise ConfigError(
+                f"palisade_max_angle_deg must be in [0, 90] (got {self.palisade_max_angle_deg})"
             )
         if self.nest_neighbours < 0 or self.nest_radius_um <= 0:
             raise ConfigError("nest_neighbours must be >= 0 and nest_radius_um > 0")

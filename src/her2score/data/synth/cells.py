@@ -17,6 +17,15 @@ import numpy as np
 from scipy import ndimage
 
 from her2score import rules
+from her2score.data.synth.glands import (
+    PATTERN_RING,
+    PATTERN_U,
+    PATTERNS,
+    check_architecture,
+    coarse_cover,
+    gland_cells,
+    place_glands,
+)
 from her2score.rules import HER2_CATEGORIES, MEMBRANE_CLASSES, RECEPTOR_STATUSES
 
 if TYPE_CHECKING:
@@ -166,6 +175,9 @@ class Case:
     pr: str = "neg"
     marker: str = "her2"
     grade: float = 0.3
+    #: How the tumour grows: ``solid`` (nests and sheets of round cells, the default) or ``glandular``
+    #: (tubular glands of columnar cells round a lumen, :mod:`her2score.data.synth.glands`).
+    architecture: str = "solid"
 
 
 @dataclass
@@ -295,6 +307,8 @@ def build_layout(
     if not whole_slide:
         tumour_fraction = float(np.clip(tumour_fraction + 0.15, 0.25, 0.85))
     nest_scale = rng.uniform(25, 60) * um
+    if case.architecture == "glandular":  # glands crowd larger tumour areas (a gastric core is mostly tumour)
+        tumour_fraction, nest_scale = min(tumour_fraction + 0.25, 0.9), 2 * nest_scale
     tumour = _threshold_fraction(_smooth_noise((hc, wc), nest_scale, rng), inside, tumour_fraction)
     rest = inside & (tumour < 0.5)
     fat = _threshold_fraction(_smooth_noise((hc, wc), 60 * um, rng), rest, rng.uniform(0.0, 0.35))
@@ -330,7 +344,10 @@ def build_layout(
         "focus": focus.astype(np.float32),
     }
 
-    cells = _draw_cells((h, w), mpp, factor, fields, lymph, strength, case, rng, whole_slide)
+    glands = None
+    if check_architecture(case.architecture) == "glandular":
+        glands = place_glands(tumour, tissue, factor, mpp, case.grade, rng)
+    cells = _draw_cells((h, w), mpp, factor, fields, lymph, strength, case, rng, whole_slide, glands)
     layout = Layout(
         height=h,
         width=w,
@@ -343,6 +360,9 @@ def build_layout(
         dab_gain=float(np.exp(rng.normal(0, 0.12))),
         ink_colour=ink_colour,
     )
+    if glands is not None:
+        layout.extras["glands"] = glands
+        layout.extras["gland_first"] = np.concatenate([[0], np.cumsum(glands["n_cells"])[:-1]])
     return layout
 
 
@@ -361,17 +381,22 @@ def _draw_cells(
     case: Case,
     rng: np.random.Generator,
     whole_slide: bool,
+    glands: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     h, w = shape
     tissue, tumour, fat = fields["tissue"], fields["tumour"], fields["fat"]
-    stroma = (tissue > 0.5) & (tumour < 0.5) & (fat < 0.5)
-
-    spacing = tumour_spacing_um(case.grade) * rng.uniform(0.93, 1.07) / mpp
-    t_pts = _hex_grid(h, w, spacing, 0.12, rng)
-    t_pts = t_pts[(_lookup(tumour, t_pts, factor) > 0.5) & (_lookup(tissue, t_pts, factor) > 0.5)]
-    if t_pts.shape[0] == 0:  # a patch must show tumour: put a small nest in the middle
-        t_pts = _hex_grid(min(h, int(6 * spacing)), min(w, int(6 * spacing)), spacing, 0.12, rng)
-        t_pts += [(h - min(h, 6 * spacing)) / 2, (w - min(w, 6 * spacing)) / 2]
+    if glands is None:
+        stroma = (tissue > 0.5) & (tumour < 0.5) & (fat < 0.5)
+        spacing = tumour_spacing_um(case.grade) * rng.uniform(0.93, 1.07) / mpp
+        t_pts = _hex_grid(h, w, spacing, 0.12, rng)
+        t_pts = t_pts[(_lookup(tumour, t_pts, factor) > 0.5) & (_lookup(tissue, t_pts, factor) > 0.5)]
+        if t_pts.shape[0] == 0:  # a patch must show tumour: put a small nest in the middle
+            t_pts = _hex_grid(min(h, int(6 * spacing)), min(w, int(6 * spacing)), spacing, 0.12, rng)
+            t_pts += [(h - min(h, 6 * spacing)) / 2, (w - min(w, 6 * spacing)) / 2]
+    else:  # stroma between the glands too (desmoplastic), none inside them
+        gcells = gland_cells(glands, mpp, case.grade, rng)
+        t_pts = np.stack([gcells["y"], gcells["x"]], axis=1)
+        stroma = (tissue > 0.5) & (fat < 0.5) & ~coarse_cover(glands, tumour.shape, factor)
 
     f_pts = _hex_grid(h, w, 22 / mpp, 0.45, rng)
     f_pts = f_pts[_lookup(stroma, f_pts, factor) & (rng.uniform(size=len(f_pts)) < 0.7)]
@@ -402,13 +427,21 @@ def _draw_cells(
         codes = (
             (rng.uniform(size=(nt, 1)) > np.cumsum(weights, axis=1)).sum(axis=1).clip(0, 4).astype(np.int8)
         )
-        membrane[is_t] = enforce_her2_category(codes, case.her2, rng)
+        if glands is None:
+            membrane[is_t] = enforce_her2_category(codes, case.her2, rng)
+        else:  # gland cells may lie beyond the section's edge: the visible ones score the category
+            seen = _visible(t_pts, h, w)
+            codes[seen] = enforce_her2_category(codes[seen], case.her2, rng)
+            membrane[is_t] = codes
     else:
         status = case.er if case.marker == "er" else case.pr
         frac = draw_receptor_fraction(status, rng)
         s = _lookup(strength, t_pts, factor)
         local = np.clip(frac * np.exp(0.6 * s), 0, 1) if 0 < frac < 0.9 else np.full(nt, frac)
-        nuclear_pos[is_t] = enforce_receptor_status(rng.uniform(size=nt) < local, status, rng)
+        positive = rng.uniform(size=nt) < local
+        seen = _visible(t_pts, h, w) if glands is not None else slice(None)
+        positive[seen] = enforce_receptor_status(positive[seen], status, rng)
+        nuclear_pos[is_t] = positive
 
     intensity = np.zeros(n, dtype=np.int8)
     completeness = np.zeros(n, dtype=np.float32)
@@ -422,7 +455,7 @@ def _draw_cells(
         npos = int(nuclear_pos.sum())
         intensity[nuclear_pos] = rng.choice([1, 2, 3], size=npos, p=[0.3, 0.4, 0.3])
 
-    return {
+    cells = {
         "y": pts[:, 0].astype(np.float32),
         "x": pts[:, 1].astype(np.float32),
         "kind": kind,
@@ -434,6 +467,54 @@ def _draw_cells(
         "nuclear_positive": nuclear_pos,
         "od_jitter": np.exp(rng.normal(0, 0.15, n)).astype(np.float32),
     }
+    if glands is not None:
+        _gland_membranes(cells, gcells, glands, nt, rng)
+    return cells
+
+
+def _visible(pts: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Points (y, x) inside an h x w section."""
+    return (pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w)
+
+
+def _gland_membranes(
+    cells: dict[str, np.ndarray],
+    gcells: dict[str, np.ndarray],
+    glands: dict[str, np.ndarray],
+    nt: int,
+    rng: np.random.Generator,
+) -> None:
+    """Add the columnar cells' geometry to ``cells`` (the first ``nt`` rows) and draw which complete
+    membranes are basolateral (``PATTERN_U``: luminal side unstained; their completeness is the stained
+    share of the outline)."""
+    n = len(cells["y"])
+    for key, value in gcells.items():
+        if key in ("y", "x"):
+            continue
+        full = np.full(n, -1 if value.dtype.kind == "i" else 0, dtype=value.dtype)
+        full[:nt] = value
+        cells[key] = full
+    u_share = rng.uniform(0.0, 0.6)
+    complete = (cells["membrane"] >= 2) & (np.arange(n) < nt)
+    u = complete & (rng.uniform(size=n) < u_share)
+    cells["pattern"] = np.where(u, PATTERN_U, PATTERN_RING).astype(np.int8)
+    g = cells["gland"][:nt]
+    height = glands["height"][g]
+    width = (2 * np.pi * (glands["radius"][g] + height / 2) + 4 * glands["half"][g]) / glands["n_cells"][g]
+    apical = width / (2 * height + 2 * width)  # the luminal side's share of the outline
+    cells["completeness"][:nt] = np.where(u[:nt], 1 - apical, cells["completeness"][:nt]).astype(np.float32)
+    # A partial ring (incomplete class) that left exactly the luminal side unstained would be a
+    # basolateral U, which the gastric rulebook counts as complete: turn such arcs half-way round, so
+    # that partial rings lack some other part of the outline (outline positions run from the apical
+    # side's corner, :func:`~her2score.data.synth.glands.render_glands`).
+    part = (cells["membrane"][:nt] == 1) & (cells["completeness"][:nt] >= 0.5)
+    start = cells["arc_start"][:nt] / (2 * np.pi)
+    gap_from = np.mod(start + cells["completeness"][:nt], 1.0)  # the gap runs from here to the arc start
+    gap_len = 1 - cells["completeness"][:nt]
+    luminal_gap = part & (np.mod(0 - gap_from, 1.0) + apical <= gap_len)
+    cells["arc_start"][:nt] = np.where(
+        luminal_gap, np.mod(cells["arc_start"][:nt] + np.pi, 2 * np.pi), cells["arc_start"][:nt]
+    ).astype(np.float32)
 
 
 def cells_table(layout: Layout, offset: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
@@ -442,8 +523,12 @@ def cells_table(layout: Layout, offset: tuple[float, float] = (0.0, 0.0)) -> pd.
     import pandas as pd
 
     c = layout.cells
-    keep = c["kind"] <= 2
+    # Cells in the section only (gland cells may be drawn beyond its edge; all others lie inside).
+    keep = (c["kind"] <= 2) & _visible(np.stack([c["y"], c["x"]], axis=1), layout.height, layout.width)
     kind = c["kind"][keep]
+    extra = {}
+    if "pattern" in c:  # glandular: ring or basolateral (U) membranes
+        extra["membrane_pattern"] = np.asarray(PATTERNS, dtype=object)[c["pattern"][keep]]
     return pd.DataFrame(
         {
             "cell_id": np.arange(int(keep.sum()), dtype=np.int32),
@@ -455,5 +540,6 @@ def cells_table(layout: Layout, offset: tuple[float, float] = (0.0, 0.0)) -> pd.
             "completeness": c["completeness"][keep],
             "membrane_class": np.asarray(MEMBRANE_CLASSES, dtype=object)[c["membrane"][keep]],
             "nuclear_positive": c["nuclear_positive"][keep],
+            **extra,
         }
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from her2score.data.synth.cells import HER2_CATEGORIES, MARKERS, Case
+from her2score.data.synth.glands import check_architecture
 from her2score.data.synth.patches import draw_grade, render_pair
 from her2score.data.synth.slides import SlideSpec, write_slide
 from her2score.io import atomic_path, output_lock, write_csv, write_png
@@ -135,6 +136,7 @@ def make_cohort(
     progress: Progress | None = None,
     site_variation: str = "mild",
     look: str = "default",
+    architecture: str = "solid",
 ) -> Path:
     """Write a synthetic cohort under ``out`` and return the path of its ``manifest.csv``.
 
@@ -146,8 +148,9 @@ def make_cohort(
     per-cell truth under ``cells/``; manifest columns ``slide, he, her2, patient, site, split``.
     ``site_variation`` (slides only): how far the sites' staining and scanners differ, ``mild`` or ``wide``
     (ranges in :data:`her2score.data.synth.render.SITE_VARIATION`); ``look``: ``default`` or ``foreign``
-    (another renderer's stain vectors, scanner tone and cell scale, :data:`~.render.LOOKS`).
-    The same arguments give identical files.
+    (another renderer's stain vectors, scanner tone and cell scale, :data:`~.render.LOOKS`);
+    ``architecture`` (slides only): ``solid`` nests of round cells or ``glandular`` tubular glands of
+    columnar cells (:mod:`~.glands`). The same arguments give identical files.
     """
     from her2score.data.synth.render import LOOKS, SITE_VARIATION
 
@@ -158,8 +161,13 @@ def make_cohort(
     out = Path(out)
     if n < 1:
         raise ValueError("n must be at least 1")
+    check_architecture(architecture)
+    if architecture != "solid" and kind != "slides":
+        raise ValueError(f"architecture {architecture!r} is drawn for slides only, not {kind!r}")
     if kind == "slides":
-        frame, jobs, func = _plan_slides(out, n, seed, markers, mpp, size_mm, n_sites, site_variation, look)
+        frame, jobs, func = _plan_slides(
+            out, n, seed, markers, mpp, size_mm, n_sites, site_variation, look, architecture
+        )
     elif kind == "pairs":
         frame, jobs, func = _plan_pairs(
             out, n, seed, mpp, n_sites, patch_size, patches_per_patient, test_fraction
@@ -181,6 +189,7 @@ def _plan_slides(
     n_sites: int,
     variation: str = "mild",
     look: str = "default",
+    architecture: str = "solid",
 ) -> tuple[pd.DataFrame, list, Callable]:
     markers = [m.strip().lower() for m in markers]
     unknown = [m for m in markers if m not in MARKERS]
@@ -190,7 +199,7 @@ def _plan_slides(
     for i, p in enumerate(draw_patients(n, seed, n_sites)):
         for m in markers:
             rel = f"slides/{p.patient}_{m}.tiff"
-            case = Case(her2=p.her2, er=p.er, pr=p.pr, marker=m, grade=p.grade)
+            case = Case(her2=p.her2, er=p.er, pr=p.pr, marker=m, grade=p.grade, architecture=architecture)
             slide_seed = int(np.random.SeedSequence([int(seed), i, MARKERS.index(m)]).generate_state(1)[0])
             spec = SlideSpec(
                 case=case, site=p.site, seed=slide_seed, size_mm=tuple(size_mm), mpp=float(mpp),

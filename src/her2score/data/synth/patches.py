@@ -18,6 +18,7 @@ from her2score.data.synth.cells import (
     cells_table,
     enforce_her2_category,
 )
+from her2score.data.synth.glands import check_architecture
 from her2score.data.synth.render import jpeg_roundtrip, make_stamps, render_region, site_style
 
 _MARKER_CODE = {m: i for i, m in enumerate(MARKERS)}
@@ -28,13 +29,14 @@ def draw_grade(her2: str, rng: np.random.Generator) -> float:
     return float(np.clip(GRADE_BY_HER2[her2] + rng.normal(0, 0.18), 0.0, 1.0))
 
 
-def _case(category: str, marker: str, rng: np.random.Generator) -> Case:
+def _case(category: str, marker: str, rng: np.random.Generator, architecture: str = "solid") -> Case:
+    check_architecture(architecture)
     if marker not in MARKERS:
         raise ValueError(f"unknown marker {marker!r}; expected one of {MARKERS}")
     if marker == "her2":
         if category not in HER2_CATEGORIES:
             raise ValueError(f"unknown HER2 category {category!r}; expected one of {HER2_CATEGORIES}")
-        return Case(her2=category, marker="her2", grade=draw_grade(category, rng))
+        return Case(her2=category, marker="her2", grade=draw_grade(category, rng), architecture=architecture)
     if category not in RECEPTOR_CATEGORIES:
         raise ValueError(f"unknown {marker.upper()} category {category!r}; expected 'pos' or 'neg'")
     return Case(
@@ -42,6 +44,7 @@ def _case(category: str, marker: str, rng: np.random.Generator) -> Case:
         pr=category if marker == "pr" else "neg",
         marker=marker,
         grade=float(rng.uniform(0.05, 0.7)),
+        architecture=architecture,
     )
 
 
@@ -57,15 +60,19 @@ def render_ihc_patch(
     seed: int = 0,
     site: int = 0,
     marker: str = "her2",
+    architecture: str = "solid",
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Render one IHC patch of ``size`` (width, height) px at ``mpp`` µm/px and its per-cell truth.
 
     ``category`` is ``0``, ``1+``, ``2+`` or ``3+`` for HER2 (membrane DAB), ``pos``/``neg`` for ER/PR
     (nuclear DAB). The tumour cells' ``membrane_class`` fractions score ``category`` by the ASCO/CAP
     10% rule (ER/PR: ``nuclear_positive`` by the 1% rule). Cell ``x, y`` are in patch pixels.
+    ``architecture="glandular"`` draws the tumour as tubular glands of columnar cells
+    (:mod:`~her2score.data.synth.glands`; truth gains ``membrane_pattern``, ring or basolateral, and
+    basolateral "U" membranes count as complete, as the gastric rulebook reads them).
     """
     rng = _rng(0, category, seed, site, marker)
-    case = _case(category, marker, rng)
+    case = _case(category, marker, rng, architecture)
     w, h = int(size[0]), int(size[1])
     layout = build_layout((h, w), mpp, case, rng, whole_slide=False, artefacts=False)
     stamps = make_stamps(mpp, case.grade, rng)

@@ -338,6 +338,8 @@ def _base_maps(layout: Layout, stain: str) -> dict[str, np.ndarray]:
     if key not in layout.extras:
         fl = layout.fields
         tissue, tumour, fat = fl["tissue"], fl["tumour"], fl["fat"]
+        if "glands" in layout.extras:  # the epithelium is drawn per gland (render_region); stroma around
+            tumour = np.zeros_like(tumour)
         stroma = tissue * (1 - tumour) * (1 - fat)
         if stain == "he":
             maps = {
@@ -395,8 +397,9 @@ def render_region(
     jit = c["od_jitter"][sel]
     nuc_od = (0.5 if he else 0.36) * cs
 
+    glandular = "glands" in layout.extras
     t = kind == 0
-    if t.any():
+    if t.any() and not glandular:
         v = var[t] % N_VARIANTS
         nuclei = stamps.tumour_nucleus[v]
         pos = c["nuclear_positive"][sel][t]
@@ -441,6 +444,8 @@ def render_region(
     }
     if "d" in base:
         conc["d"] = up("d")
+    if glandular:
+        _add_glands(conc, layout, style, stamps, y0, x0, h, w, he, nuc_od, dab_gain)
     for key in ("h", "e", "d"):
         cells_map = canvas.get(key)
         if cells_map is not None:
@@ -474,6 +479,54 @@ def render_region(
     if _touches(fl["focus"], f, y0, x0, h, w):
         rgb = _defocus(rgb, _upsample(fl["focus"], f, y0, x0, h, w), 1.8 / layout.mpp)
     return apply_blur(rgb, style, layout.mpp)
+
+
+def _add_glands(
+    conc: dict[str, np.ndarray],
+    layout: Layout,
+    style: SiteStyle,
+    stamps: Stamps,
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    he: bool,
+    nuc_od: float,
+    dab_gain: float,
+) -> None:
+    """Draw the glands (:mod:`her2score.data.synth.glands`) into the concentration maps: the epithelium
+    replaces the stroma under it, lumina are empty, then nuclei (hematoxylin; DAB for positive ER/PR
+    nuclei) and HER2 membranes."""
+    from her2score.data.synth.glands import render_glands
+
+    c = layout.cells
+    n = len(c["y"])
+    inten = c["intensity"]
+    pos = c["nuclear_positive"]
+    her2 = layout.case.marker == "her2" and not he
+    mem = MEMBRANE_DAB_OD[inten] * c["od_jitter"] * dab_gain if her2 else np.zeros(n, np.float32)
+    nuc_h = nuc_od * c["od_jitter"] * np.where(pos & (not he), 0.35, 1.0)
+    nuc_d = (
+        NUCLEAR_DAB_OD[inten] * c["od_jitter"] * dab_gain * pos
+        if not (he or layout.case.marker == "her2")
+        else np.zeros(n, np.float32)
+    )
+    grain = _wrap_crop(stamps.grain[..., 0], y0 * 3 + 1, x0 * 5 + 2, h, w)
+    epi, lumen, h_map, d_map, e_map = render_glands(layout, y0, x0, h, w, grain, nuc_h, nuc_d, mem)
+    keep = np.clip(1.0 - epi - lumen, 0.0, 1.0)
+    tint = (
+        {"h": 0.07, "e": 0.01, "d": layout.blush}
+        if not he
+        else {"h": 0.08, "e": 0.2 + 0.06 * layout.case.grade}
+    )
+    for key, level in tint.items():
+        if key in conc or level:
+            conc[key] = (conc[key] * keep if key in conc else 0) + epi * np.float32(level)
+    conc["h"] = conc["h"] + h_map
+    if he:
+        conc["e"] = conc["e"] + 0.12 * e_map
+    elif d_map is not None:
+        conc["d"] = conc["d"] + d_map if "d" in conc else d_map
 
 
 def _touches(fieldmap: np.ndarray, f: int, y0: int, x0: int, h: int, w: int) -> bool:

@@ -1,0 +1,84 @@
+"""Columnar (glandular) epithelium: elongated nuclei in a palisade are tumour cells, isolated spindles
+stay stroma, and a synthetic gland of intensely, completely stained columnar cells reads 3+."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from her2score.data.synth import render_ihc_patch
+from her2score.errors import ConfigError
+from her2score.quantify import Thresholds, quantify_image
+from her2score.quantify.membrane import cell_kinds, palisade
+from her2score.quantify.thresholds import SYNTHETIC_LAB
+
+MPP = 0.5
+
+
+def _props(y_um, x_um, long_um, short_um, theta) -> dict[str, np.ndarray]:
+    """Nucleus properties as :func:`~her2score.quantify.membrane.nucleus_shapes` gives them (px)."""
+    y, x = np.asarray(y_um, float) / MPP, np.asarray(x_um, float) / MPP
+    major = np.broadcast_to(np.asarray(long_um, float) / MPP, y.shape).copy()
+    minor = np.broadcast_to(np.asarray(short_um, float) / MPP, y.shape).copy()
+    return {
+        "y": y,
+        "x": x,
+        "area": np.pi / 4 * major * minor,
+        "major": major,
+        "minor": minor,
+        "orientation": np.broadcast_to(np.asarray(theta, float), y.shape).copy(),
+        "hematoxylin": np.full(y.shape, 0.4),
+    }
+
+
+def test_palisading_elongated_nuclei_are_tumour_and_isolated_spindles_stromal() -> None:
+    t = Thresholds()
+    # A row of 12 columnar nuclei (12 x 4 µm, long axes vertical), 8 µm apart side by side ...
+    col_x = np.arange(12) * 8.0
+    col = _props(np.full(12, 50.0), col_x, 12.0, 4.0, np.pi / 2)
+    # ... a fan of 10 round a small lumen (a rosette: neighbours 36° apart) ...
+    a = np.arange(10) * 2 * np.pi / 10
+    fan = _props(300 + 11 * np.sin(a), 300 + 11 * np.cos(a), 11.0, 3.8, a)
+    # ... fibroblasts lying end to end along a collagen bundle, 25 µm apart, and scattered ones ...
+    fib = _props(np.full(8, 200.0), 400 + np.arange(8) * 25.0, 14.0, 3.2, 0.0)
+    rng = np.random.default_rng(0)
+    scatter = _props(rng.uniform(500, 800, 12), rng.uniform(0, 300, 12), 14.0, 3.2, rng.uniform(0, np.pi, 12))
+    # ... and a bundle of thin parallel fibroblasts side by side (aligned stroma): too thin to be columnar.
+    thin = _props(np.full(10, 900.0), np.arange(10) * 8.0, 14.0, 2.0, np.pi / 2)
+    parts = [col, fan, fib, scatter, thin]
+    props = {k: np.concatenate([p[k] for p in parts]) for k in col}
+    sizes = np.cumsum([0] + [len(p["y"]) for p in parts])
+    kinds = cell_kinds(props, MPP, t, props["y"], props["x"])
+    groups = [kinds[sizes[i] : sizes[i + 1]] for i in range(len(parts))]
+    assert (groups[0][1:-1] == "tumour").all()  # every inner cell of the palisade (the ends have one side)
+    assert (groups[1] == "tumour").all()
+    for g in groups[2:]:
+        assert (g == "stromal").all()
+    # Without the palisade rule the columnar nuclei were spindles (the behaviour this replaces).
+    off = cell_kinds(props, MPP, dataclasses.replace(t, palisade_radius_um=0.0), props["y"], props["x"])
+    assert (off[: sizes[2]] == "stromal").all()
+    assert not palisade(props, MPP, t, np.zeros(len(props["y"]), bool)).any()
+    with pytest.raises(ConfigError, match="palisade"):
+        Thresholds(palisade_max_angle_deg=120)
+
+
+@pytest.mark.parametrize("rules", ["breast", "gastric"])
+def test_columnar_gland_cells_with_intense_complete_membranes_read_3plus(rules: str) -> None:
+    rgb, truth = render_ihc_patch("3+", (384, 384), MPP, seed=0, architecture="glandular")
+    t = dataclasses.replace(SYNTHETIC_LAB, her2_rules=rules)
+    result = quantify_image(rgb, MPP, t)
+    assert result.accumulator.summary(t)["category"] == "3+"
+    cells = result.cells
+    tumour = truth[truth["is_tumour"]]
+    dist, idx = cKDTree(cells[["x", "y"]].to_numpy()).query(tumour[["x", "y"]].to_numpy())
+    found = cells.iloc[idx[dist * MPP <= 4]]
+    assert len(found) >= 0.9 * len(tumour)
+    assert (found["cell_kind"] == "tumour").mean() >= 0.85
+    elongated = found[found["nucleus_elongation"] > t.tumour_max_elongation]
+    assert len(elongated) >= 10  # the glands' cigar-shaped nuclei are elongated ...
+    assert (elongated["cell_kind"] == "tumour").mean() >= 0.8  # ... and tumour cells all the same
+    intense = tumour["membrane_class"].to_numpy()[dist * MPP <= 4] == "intense-complete"
+    assert (found["membrane_class"].astype(str).to_numpy()[intense] == "intense-complete").mean() >= 0.6
