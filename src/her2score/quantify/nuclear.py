@@ -555,6 +555,11 @@ class NucleusParams:
     #: ... (dim or tinted scans read 0.12-0.18 OD of "DAB" over bare stroma: real BCI patches, where a
     #: fixed 0.15 OD cut made the whole stroma foreground and then "nuclei").
     dab_foreground_contrast_od: float = 0.1
+    #: DAB counts towards the nuclear density up to the image's hematoxylin level, never less than this
+    #: (OD): on the palest real scans (BCI 00000, 00007, 00118) the hematoxylin's Otsu level is 0.05-0.06,
+    #: nuclei barely visible, and a cap that low lost 70-80 % of the nuclei found; no synthetic figure
+    #: changed with it (the weak-counterstain tiles sit at 0.13-0.14).
+    min_dab_cap_od: float = 0.1
     #: Gaussian σ of the blob map whose peaks seed nuclei (about half a small nucleus's radius).
     seed_smoothing_um: float = 1.0
     #: DAB counts towards the seed map up to this OD.
@@ -602,8 +607,9 @@ def detect_nuclei(
     hema = np.maximum(hematoxylin.astype(np.float32), 0.0)
     dab = np.maximum(dab.astype(np.float32), 0.0)
     # DAB counts towards the density up to the image's own hematoxylin level (its Otsu threshold over the
-    # tissue), not a fixed OD (see :func:`nuclear_density`).
+    # tissue), not a fixed OD, and at least up to ``min_dab_cap_od`` (see :func:`nuclear_density`).
     cap = nucleus_threshold(gaussian(hema, p.smoothing_um / mpp), tissue, p.min_density_od)
+    cap = max(cap, p.min_dab_cap_od)
     density = nuclear_density(hema, dab, cap)
     smooth = gaussian(density, p.smoothing_um / mpp)
     width = max(3, round(p.background_um / mpp))
