@@ -125,6 +125,7 @@ def ki67_sweep(n: int, seed: int, conditions: list[str]) -> None:
     from PIL import Image
 
     from her2score.data.synth.ki67 import render_ki67_tile, true_all_nuclei_index, true_ki67_index
+    from her2score.errors import Her2ScoreError
     from her2score.quantify.nuclear import quantify_nuclear_file
 
     unknown = sorted(set(conditions) - set(SWEEP))
@@ -141,23 +142,28 @@ def ki67_sweep(n: int, seed: int, conditions: list[str]) -> None:
                 frac = SWEEP_FRACTIONS[i % len(SWEEP_FRACTIONS)]
                 size = round(SWEEP_UM / mpp)
                 rgb, truth = render_ki67_tile(frac, size=size, mpp=mpp, seed=seed + i, **cond["render"])
-                if cond.get("native"):
-                    result = quantify_nuclear_image(rgb, mpp)
-                    row = result.accumulator.summary("ki67", Thresholds())
-                else:
-                    path = Path(tmp) / f"{name}-{i}.{'jpg' if cond.get('jpeg') else 'png'}"
-                    Image.fromarray(rgb).save(path, **({"quality": cond["jpeg"]} if cond.get("jpeg") else {}))
-                    row = quantify_nuclear_file(path, Path(tmp), "ki67", mpp=mpp).row
+                try:
+                    if cond.get("native"):
+                        result = quantify_nuclear_image(rgb, mpp)
+                        row = result.accumulator.summary("ki67", Thresholds())
+                    else:
+                        path = Path(tmp) / f"{name}-{i}.{'jpg' if cond.get('jpeg') else 'png'}"
+                        options = {"quality": cond["jpeg"]} if cond.get("jpeg") else {}
+                        Image.fromarray(rgb).save(path, **options)
+                        row = quantify_nuclear_file(path, Path(tmp), "ki67", mpp=mpp).row
+                except Her2ScoreError as exc:  # reported, counted as not scored
+                    print(f"{name} tile {i}: {exc}", flush=True)
+                    row = {"ki67_index": None, "pct_positive_all_nuclei": None}
                 rows.append(
                     {
                         "true": true_ki67_index(truth),
                         "found": row["ki67_index"],
                         "true_all": true_all_nuclei_index(truth),
-                        "found_all": row["pct_positive_all_nuclei"],
+                        "found_all": row.get("pct_positive_all_nuclei"),
                     }
                 )
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            f = pd.DataFrame(rows)
+            f = pd.DataFrame(rows).astype(float)
             ok = f["found"].notna()
             err = f.loc[ok, "found"] - f.loc[ok, "true"]
             err_all = f["found_all"] - f["true_all"]
