@@ -793,8 +793,11 @@ def quantify_nuclear_image(
     if tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
         # The slide detector removed (nearly) everything. Seen on a tile filled with tissue whose dense
         # lymphocytes read as vivid blue "pen ink" against the tissue's own white point, the ink's
-        # 16 µm margin then covering the tile: score what has optical density instead.
-        tissue = _simple_tissue_mask(rgb)
+        # 16 µm margin then covering the tile: when optical density says the field is filled with
+        # tissue (over half of it; not an image of glass and ink), score that instead.
+        dense = _simple_tissue_mask(rgb)
+        if dense.mean() > 0.5:
+            tissue = dense
     if require_tissue and tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
         raise NoTissueError("no tissue found in the image", path)
     estimate = macenko(rgb) if check_stain or stains == "auto" else None
