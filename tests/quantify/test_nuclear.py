@@ -213,12 +213,43 @@ def test_real_her2_stained_nuclei_read_negative_as_a_nuclear_marker() -> None:
     from PIL import Image
 
     names = ("00000_train_1+.png", "00003_train_1+.png", "00640_test_1+.png", "00007_test_1+.png")
-    for name in (*names, "00118_test_0.png"):  # the 0 patch: pale brown stroma is not taken for nuclei
-        rgb = np.asarray(Image.open(REAL_IHC / "bci-her2-pairs" / "IHC" / name).convert("RGB"))
+    names += ("00001_train_3+.png", "00002_train_3+.png")  # "3+" slides, these patches stroma and fat
+    names += ("00118_test_0.png",)  # the 0 patch: pale brown stroma is not taken for nuclei
+    paths = [REAL_IHC / "bci-her2-pairs" / "IHC" / name for name in names]
+    paths.append(REAL_IHC / "mist-her2-pairs" / "IHC" / "100M2004069_21_13.jpg")  # faint membranes
+    for name in paths:
+        rgb = np.asarray(Image.open(name).convert("RGB"))
         result = quantify_nuclear_image(rgb, MPP)
         row = result.accumulator.summary("ki67", Thresholds())
         assert "nuclear-hematoxylin" in result.stain_source
         assert row["pct_positive"] < 5.0, (name, row["pct_positive"])
+
+
+INTENSE_MEMBRANES = (
+    "bci-her2-pairs/IHC/00052_test_3+.png",
+    "bci-her2-pairs/IHC/00057_test_3+.png",
+    "bci-her2-pairs/IHC/00361_test_2+.png",
+    "mist-her2-pairs/IHC/19M2102438_31_28.jpg",
+    "mist-her2-pairs/IHC/28M2101987_31_31.jpg",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_IHC / "bci-her2-pairs").is_dir(), reason="real images absent")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit: intense membrane and cytoplasmic DAB is taken for nuclear (whole cells and "
+    "nests segmented as brown nuclei); 37-82 % positive as Ki-67 (README, nuclear markers)",
+)
+@pytest.mark.parametrize("name", INTENSE_MEMBRANES)
+def test_real_intense_her2_membranes_are_not_nuclear_staining(name: str) -> None:
+    """Every nucleus of a HER2 IHC patch is Ki-67 negative: a nuclear read of the strongly
+    membrane-stained patches should be near 0 %. It is not yet (strict xfail: passes once fixed)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(REAL_IHC / name).convert("RGB"))
+    row = quantify_nuclear_image(rgb, MPP).accumulator.summary("ki67", Thresholds())
+    assert row["ki67_index"] < 10.0, (name, row["ki67_index"])
 
 
 def test_a_tinted_scan_does_not_turn_its_stroma_into_nuclei() -> None:
@@ -312,3 +343,111 @@ def test_an_object_too_large_for_a_clump_of_nuclei_is_not_scored() -> None:
     assert not nuclei.loc[blob, "is_tumour"]
     assert nuclei.loc[blob, "n_nuclei_est"] == 0
     assert nuclei["n_nuclei_est"].max() <= MAX_NUCLEI_PER_OBJECT
+
+
+def test_a_weak_counterstain_does_not_lose_the_negative_nuclei() -> None:
+    """Hematoxylin at 0.4x: with DAB counted up to a fixed 0.3 OD in the nuclear density, positives
+    were so much denser than the pale negatives that the foreground threshold fell between them and
+    the index read high (+8 to +13 points here); DAB now counts up to the image's own hematoxylin level."""
+    from her2score.data.synth.ki67 import render_ki67_tile, true_ki67_index
+    from her2score.quantify.nuclear import NucleusParams
+
+    for seed in (2, 3):
+        rgb, truth = render_ki67_tile(0.5, size=384, mpp=MPP, seed=seed, hematoxylin_scale=0.4)
+        true = true_ki67_index(truth)
+        row = quantify_nuclear_image(rgb, MPP).accumulator.summary("ki67", Thresholds())
+        assert abs(row["ki67_index"] - true) < 4.0, (seed, row["ki67_index"], true)
+        fixed = NucleusParams(min_dab_cap_od=0.3)  # the former fixed cap (this tile's level is ~0.13)
+        old = quantify_nuclear_image(rgb, MPP, nucleus_params=fixed).accumulator.summary("ki67", Thresholds())
+        assert old["ki67_index"] - true > 6.0, (seed, old["ki67_index"], true)
+
+
+def _drawn_nuclei(extra: list[tuple[str, tuple]]) -> tuple[np.ndarray, np.ndarray]:
+    """A nest of 24 tumour nuclei (~64 µm², hematoxylin 0.4 OD, blurred) and ``extra`` objects drawn
+    with ``skimage.draw`` (``(kind, args)``: ``disk`` ((y, x), r) or ``ellipse`` (y, x, ry, rx)); labels
+    and the hematoxylin map."""
+    from skimage.draw import disk, ellipse
+
+    labels = np.zeros((240, 240), np.int32)
+    hema = np.zeros(labels.shape, np.float32)
+    for i, (y, x) in enumerate(((20 + 24 * (i // 8), 20 + 24 * (i % 8)) for i in range(24)), start=1):
+        labels[disk((y, x), 9, shape=labels.shape)] = i
+    hema[labels > 0] = 0.4
+    for k, (shape, args) in enumerate(extra, start=25):
+        rr, cc = disk(*args, shape=labels.shape) if shape == "disk" else ellipse(*args, shape=labels.shape)
+        labels[rr, cc] = k
+    return labels, hema
+
+
+def test_small_dark_nuclei_are_lymphocytes_by_their_size_at_half_maximum() -> None:
+    """A dark lymphocyte is segmented well beyond its edge (the image's threshold reaches far down its
+    blurred flank): drawn 5 px in radius (20 µm²) and labelled 8 px (50 µm², over the 45 µm² cap) it
+    passed as a tumour nucleus. Its size at half its own density tells it."""
+    from scipy import ndimage as ndi
+    from skimage.draw import disk
+
+    from her2score.quantify.nuclear import measure_nuclei
+
+    centres = [(100 + 40 * (i // 3), 40 + 60 * (i % 3)) for i in range(6)]
+    labels, hema = _drawn_nuclei([("disk", (c, 8)) for c in centres])
+    for y, x in centres:
+        hema[disk((y, x), 5, shape=hema.shape)] = 1.0
+    hema = ndi.gaussian_filter(hema, 1.0).astype(np.float32)
+    nuclei = measure_nuclei(labels, hema, np.zeros_like(hema), MPP).set_index("cell_id")
+    small = nuclei.loc[25:]
+    assert (small["nucleus_area_um2"] > NuclearThresholds().lymphocyte_max_um2).all()
+    assert (small["kind"] == "lymphocyte").all(), small["kind"].tolist()
+    assert (nuclei.loc[:24, "kind"] == "tumour").all()
+
+
+def test_a_wide_elongated_object_in_a_nest_is_merged_tumour_nuclei_not_stroma() -> None:
+    """Two touching tumour nuclei merged into one object are elongated (3:1 here) but as wide as a
+    tumour nucleus: counted as a clump of tumour nuclei, not as a stromal spindle (which took negative
+    tumour nuclei out of the denominator); a thin spindle (2.5 µm wide) stays stromal."""
+    from her2score.quantify.nuclear import measure_nuclei
+
+    labels, hema = _drawn_nuclei([("ellipse", (92, 60, 9, 27)), ("ellipse", (92, 160, 2, 16))])
+    hema[labels > 24] = 0.4
+    nuclei = measure_nuclei(labels, hema, np.zeros_like(hema), MPP).set_index("cell_id")
+    assert nuclei.loc[25, "nucleus_elongation"] > Thresholds().tumour_max_elongation
+    assert nuclei.loc[25, "kind"] == "tumour"
+    assert nuclei.loc[25, "n_nuclei_est"] >= 2
+    assert nuclei.loc[26, "kind"] == "stromal"
+
+
+def test_pct_positive_all_nuclei_counts_every_kind() -> None:
+    """``pct_positive_all_nuclei``: every nucleus found (tumour by its estimated count, lymphocytes and
+    stromal nuclei once each), the denominator of a truth that labels every cell; ``ki67_index`` keeps
+    to tumour nuclei."""
+    from scipy import ndimage as ndi
+
+    from her2score.quantify.nuclear import NUCLEAR_RESULT_COLUMNS, NuclearAccumulator, measure_nuclei
+
+    centres = [(100 + 40 * (i // 3), 40 + 60 * (i % 3)) for i in range(6)]
+    labels, hema = _drawn_nuclei([("disk", (c, 5)) for c in centres])
+    hema[labels > 24] = 1.0
+    hema = ndi.gaussian_filter(hema, 0.5).astype(np.float32)
+    dab = np.where((labels > 0) & ((labels <= 3) | (labels >= 25)), 0.4, 0.0).astype(np.float32)
+    nuclei = measure_nuclei(labels, hema, dab, MPP)
+    assert (nuclei["kind"] == "lymphocyte").sum() == 6
+    acc = NuclearAccumulator()
+    acc.add_nuclei(nuclei)
+    row = acc.summary("ki67", Thresholds())
+    assert row["ki67_index"] == pytest.approx(100 * 3 / 24)
+    assert row["pct_positive_all_nuclei"] == pytest.approx(100 * 9 / 30)
+    assert "pct_positive_all_nuclei" in NUCLEAR_RESULT_COLUMNS
+    empty = NuclearAccumulator().summary("ki67", Thresholds())
+    assert empty["pct_positive_all_nuclei"] is None
+
+
+def test_a_tile_full_of_tissue_and_lymphocytes_is_not_taken_for_pen_ink() -> None:
+    """A Ki-67 tile with no glass and a dense lymphocyte infiltrate: the slide tissue detector took the
+    lymphocytes for blue pen ink and its margin covered the tile ("no tissue"); the nuclear mode falls
+    back to the optical-density mask and scores it."""
+    from her2score.data.synth.ki67 import render_ki67_tile, true_ki67_index
+    from her2score.quantify.pipeline import tissue_mask_for
+
+    rgb, truth = render_ki67_tile(0.5, size=768, mpp=MPP, seed=101, lymphocyte_fraction=0.5)
+    assert tissue_mask_for(rgb, MPP).sum() == 0  # what the slide detector gives on this tile
+    row = quantify_nuclear_image(rgb, MPP).accumulator.summary("ki67", Thresholds())
+    assert abs(row["ki67_index"] - true_ki67_index(truth)) < 6.0

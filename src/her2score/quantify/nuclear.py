@@ -22,7 +22,10 @@ Per image (patch, core or tile):
    ER/PR reporting group (``negative`` < 1 %, ``low`` 1-10 %, ``positive`` > 10 %) and the Ki-67
    index (percent positive tumour nuclei, whatever the intensity), with the count of each kind of
    nucleus and of the positive lymphocytes left out. Fewer tumour nuclei than
-   ``Thresholds.min_tumour_cells``: not scorable, with the reason.
+   ``Thresholds.min_tumour_cells``: not scorable, with the reason. Beside the clinical figures,
+   ``pct_positive_all_nuclei``: the percent positive over *every* nucleus found, of any kind
+   (tumour, lymphocyte, stromal, other), the denominator of a truth that labels every cell (e.g.
+   immunofluorescence with DAPI), not a clinical index.
 
 Files (:func:`quantify_nuclear_file`): patches in one piece; anything larger than about a tile
 (cores, fields, slides) tile by tile over all its tissue with regions for heterogeneity
@@ -71,6 +74,7 @@ NUCLEAR_RESULT_COLUMNS = (
     "allred_intensity",
     "receptor_status",
     "ki67_index",
+    "pct_positive_all_nuclei",
 )
 
 
@@ -100,17 +104,24 @@ class NuclearThresholds:
     weak: float = 0.12
     moderate: float = 0.30
     strong: float = 0.50
-    #: Small round nuclei are lymphocytes (not scored): area below this (µm²) ... A lymphocyte's
-    #: nucleus is 5-7 µm across (≤ 38 µm²); at 0.5 µm/px the blurred edge adds ~0.5 µm all round.
+    #: Small round nuclei are lymphocytes (not scored): area at half the nucleus's own density below
+    #: this (µm², :func:`half_maximum_area`) ... A lymphocyte's nucleus is 5-7 µm across (≤ 38 µm²).
     lymphocyte_max_um2: float = 45.0
     #: ... and elongation (major / minor axis) below this.
     lymphocyte_max_elongation: float = 1.5
+    #: An elongated nucleus is stromal (spindle) only when narrower than this (µm, minor axis as
+    #: segmented): fibroblast and endothelial nuclei are 2-4 µm wide (4.5-5.3 µm as segmented on the
+    #: synthetic Ki-67 tiles), a tumour nucleus 6 µm or more; a wider elongated object in a nest is
+    #: touching tumour nuclei merged into one (8.7-17 µm wide there), counted by area as a clump.
+    stromal_max_width_um: float = 7.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number (got {value!r})")
+        if self.stromal_max_width_um < 0:
+            raise ConfigError(f"stromal_max_width_um must be ≥ 0 (got {self.stromal_max_width_um})")
         if self.lymphocyte_max_um2 < 0 or self.lymphocyte_max_elongation < 1:
             raise ConfigError(
                 "lymphocyte_max_um2 must be ≥ 0 and lymphocyte_max_elongation ≥ 1 "
@@ -242,8 +253,13 @@ def measure_nuclei(
     ids = nuclei[yy, xx] - 1
     count = np.maximum(np.bincount(ids, minlength=n), 1)
     mean_dab = np.maximum(np.bincount(ids, weights=dab[yy, xx], minlength=n) / count, 0.0)
+    props["core_area"] = half_maximum_area(nuclei, hematoxylin + dab, n, mpp)
     kind = nucleus_kinds(props, mpp, t, nt, mean_dab)
     n_est = nuclei_per_object(props, mpp, kind == 0, t)
+    # Every other object is one nucleus of its kind, but for the pale brown objects that are not
+    # nuclei at all (cytoplasm or stroma; :func:`nucleus_kinds`).
+    n_est[kind != 0] = 1
+    n_est[_pale_non_nuclei(props["hematoxylin"], mean_dab, nt) & (kind != 0)] = 0
     # Larger than a clump of nuclei: a fold, stain precipitate or merged tissue, not scored.
     too_large = n_est > MAX_NUCLEI_PER_OBJECT
     kind[too_large], n_est[too_large] = 3, 0
@@ -262,6 +278,32 @@ def measure_nuclei(
     )
 
 
+def half_maximum_area(labels: np.ndarray, density: np.ndarray, n: int, mpp: float) -> np.ndarray:
+    """Per object (labels 1..n), its pixels at or above half its own plateau density (px): its size as
+    the full width at half maximum measures it, whatever the blur and the global threshold.
+
+    Why: a nucleus is segmented down to a fraction of the *image's* threshold, so a dark one keeps more
+    of its blurred edge than a pale one: small dark lymphocytes (about 18-28 µm² drawn) segmented at a
+    median of 48 µm² on the synthetic Ki-67 tiles, over the 45 µm² lymphocyte cap, and 60 % of them
+    passed as tumour nuclei (30 % of those Ki-67 positive). The plateau is the mean of the object's
+    upper half (its density smoothed by 0.5 µm; chromatin texture does not make it a peak).
+    """
+    from her2score.quantify.compiled import gaussian
+
+    smooth = gaussian(np.asarray(density, dtype=np.float32), 0.5 / mpp)
+    flat = labels.ravel()
+    inside = flat > 0
+    ids = flat[inside] - 1
+    vals = smooth.ravel()[inside]
+    count = np.maximum(np.bincount(ids, minlength=n), 1)
+    mean = np.bincount(ids, weights=vals, minlength=n) / count
+    upper = vals >= mean[ids]
+    plateau = np.bincount(ids[upper], weights=vals[upper], minlength=n) / np.maximum(
+        np.bincount(ids[upper], minlength=n), 1
+    )
+    return np.bincount(ids[vals >= 0.5 * plateau[ids]], minlength=n).astype(np.float64)
+
+
 #: Fewer well-shaped single tumour nuclei than this in an image or tile: every object counts as one
 #: nucleus (:func:`nuclei_per_object` has no reliable single-nucleus area to divide by).
 MIN_SINGLE_NUCLEI = 10
@@ -277,8 +319,9 @@ SINGLE_NUCLEUS_FILL = 0.9
 def nuclei_per_object(
     props: dict[str, np.ndarray], mpp: float, tumour: np.ndarray, t: Thresholds
 ) -> np.ndarray:
-    """How many nuclei each tumour object holds (0 for the others): its area over the image's typical
-    single tumour nucleus, rounded, at least 1.
+    """How many nuclei each tumour object holds (0 for the others; :func:`measure_nuclei` then counts
+    each other nucleus once): its area over the image's typical single tumour nucleus, rounded, at
+    least 1.
 
     Why: in crowded nests touching nuclei are not all split apart, and pale negative nuclei merge more
     often than brown ones (the brown and the blue foreground are split apart, two blue neighbours are
@@ -317,8 +360,10 @@ def nucleus_kinds(
     """Index into :data:`NUCLEUS_KINDS` per nucleus: tumour, lymphocyte, stromal or other.
 
     * stromal (fibroblast, endothelial, smooth muscle): a spindle, elongation above
-      ``t.tumour_max_elongation``;
-    * lymphocyte: small and round, area below ``nt.lymphocyte_max_um2`` and elongation below
+      ``t.tumour_max_elongation`` and narrower than ``nt.stromal_max_width_um`` (a wider elongated
+      object is merged tumour nuclei);
+    * lymphocyte: small and round, area at half maximum (``props["core_area"]`` when given, see
+      :func:`half_maximum_area`; else the segmented area) below ``nt.lymphocyte_max_um2`` and elongation below
       ``nt.lymphocyte_max_elongation``, *whatever its stain*: cycling lymphocytes are Ki-67 positive
       and would leak into the index (the known "lymphocyte leak" of automated Ki-67 counts), and a
       positive lymphocyte has lost its dark blue to the brown, so darkness cannot tell it;
@@ -340,16 +385,14 @@ def nucleus_kinds(
     fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
     kind = np.full(len(area), 3, dtype=np.int8)
     sized = (area >= t.tumour_nucleus_min_um2) & (area <= t.tumour_nucleus_max_um2)
-    stromal = elongation > t.tumour_max_elongation
-    lymphocyte = (area < nt.lymphocyte_max_um2) & (elongation < nt.lymphocyte_max_elongation) & ~stromal
+    stromal = (elongation > t.tumour_max_elongation) & (props["minor"] * mpp < nt.stromal_max_width_um)
+    # Size at half maximum (``props["core_area"]``, :func:`half_maximum_area`) when measured.
+    size = props["core_area"] * mpp**2 if "core_area" in props else area
+    lymphocyte = (size < nt.lymphocyte_max_um2) & (elongation < nt.lymphocyte_max_elongation) & ~stromal
     tumour = sized & ~stromal & ~lymphocyte & (fill >= t.tumour_min_ellipse_fill)
     tumour |= (area > t.tumour_nucleus_max_um2) & ~stromal
     if mean_dab is not None and len(area):
-        # Weakly brown and hardly blue: pale cytoplasm or stroma that passed the DAB foreground, not a
-        # nucleus (a weakly positive nucleus keeps its counterstain; only strong DAB masks it).
-        hema = props["hematoxylin"]
-        pale = (hema < PALE_HEMATOXYLIN_FRACTION * np.median(hema)) & (mean_dab < nt.moderate)
-        tumour &= ~pale
+        tumour &= ~_pale_non_nuclei(props["hematoxylin"], mean_dab, nt)
     tumour &= in_nest(props["y"] * mpp, props["x"] * mpp, t)
     kind[stromal] = 2
     kind[lymphocyte] = 1
@@ -357,16 +400,28 @@ def nucleus_kinds(
     return kind
 
 
+def _pale_non_nuclei(hema: np.ndarray, mean_dab: np.ndarray | None, nt: NuclearThresholds) -> np.ndarray:
+    """Objects weakly brown and hardly blue: pale cytoplasm or stroma that passed the DAB foreground,
+    not nuclei (a weakly positive nucleus keeps its counterstain; only strong DAB masks it)."""
+    if mean_dab is None or not len(hema):
+        return np.zeros(len(hema), dtype=bool)
+    return (hema < PALE_HEMATOXYLIN_FRACTION * np.median(hema)) & (mean_dab < nt.moderate)
+
+
 class NuclearAccumulator:
     """Running counts of tumour nuclei per intensity, and of nuclei per kind (tile by tile); memory
     stays flat. The excluded positive lymphocytes are counted too (``n_lymphocytes_positive``): they
-    are what an all-nuclei Ki-67 count would have leaked into the index."""
+    are what an all-nuclei Ki-67 count would have leaked into the index. So are the nuclei of every
+    kind, and the positive ones among them (``n_nuclei_est`` each, clumps counted as several):
+    ``pct_positive_all_nuclei``."""
 
     def __init__(self) -> None:
         self.n_nuclei_all = 0
         self.intensity_counts = [0, 0, 0, 0]
         self.kind_counts = dict.fromkeys(NUCLEUS_KINDS, 0)
         self.lymphocytes_positive = 0
+        self.all_nuclei = 0
+        self.all_nuclei_positive = 0
 
     def add_nuclei(self, nuclei: Any) -> None:
         self.n_nuclei_all += len(nuclei)
@@ -381,6 +436,10 @@ class NuclearAccumulator:
                 self.kind_counts[str(name)] += int(count)
             lymph = nuclei["kind"].astype(str).to_numpy() == "lymphocyte"
             self.lymphocytes_positive += int((lymph & nuclei["positive"].to_numpy(dtype=bool)).sum())
+        if "n_nuclei_est" in nuclei:
+            est = nuclei["n_nuclei_est"].to_numpy(dtype=np.int64)
+            self.all_nuclei += int(est.sum())
+            self.all_nuclei_positive += int(est[nuclei["positive"].to_numpy(dtype=bool)].sum())
 
     def merge(self, part: NuclearAccumulator) -> None:
         self.n_nuclei_all += part.n_nuclei_all
@@ -389,6 +448,8 @@ class NuclearAccumulator:
         for name in NUCLEUS_KINDS:
             self.kind_counts[name] += part.kind_counts[name]
         self.lymphocytes_positive += part.lymphocytes_positive
+        self.all_nuclei += part.all_nuclei
+        self.all_nuclei_positive += part.all_nuclei_positive
 
     def summary(self, marker: str, thresholds: Thresholds) -> dict[str, Any]:
         row = score_nuclear_counts(marker, self.intensity_counts, self.n_nuclei_all, thresholds)
@@ -397,6 +458,9 @@ class NuclearAccumulator:
             "n_lymphocytes_positive": self.lymphocytes_positive,
             "n_stromal": self.kind_counts["stromal"],
             "n_other": self.kind_counts["other"],
+            "pct_positive_all_nuclei": (
+                100.0 * self.all_nuclei_positive / self.all_nuclei if self.all_nuclei else None
+            ),
         }
         return row
 
@@ -444,7 +508,8 @@ def score_nuclear_counts(
     return row
 
 
-#: DAB counts towards the nuclear density up to this OD (about a tumour nucleus's hematoxylin).
+#: DAB counts towards the nuclear density up to this OD (about a tumour nucleus's hematoxylin) when no
+#: cap is given; :func:`detect_nuclei` gives the image's own hematoxylin level instead.
 NUCLEAR_DAB_CAP_OD = 0.3
 
 
@@ -454,7 +519,11 @@ def nuclear_density(hematoxylin: np.ndarray, dab: np.ndarray, cap: float = NUCLE
     A positive nucleus has lost most of its blue to the brown, so hematoxylin alone misses it; but
     with DAB uncapped, strongly positive nuclei are so much denser than negative ones that Otsu's
     threshold falls between the two and the negative nuclei are lost (on synthetic ER slides half
-    of them were). Capped, a positive nucleus is about as dense as a negative one.
+    of them were). Capped, a positive nucleus is about as dense as a negative one. The cap must follow
+    the image's counterstain: :func:`detect_nuclei` passes the Otsu threshold of its hematoxylin over
+    the tissue (0.28-0.30 OD on the synthetic Ki-67 tiles, about the fixed 0.3; 0.13-0.14 with the
+    counterstain at 0.4x, where a fixed 0.3 over-called the index by 6.8 points: pale negatives were
+    lost; ``benchmarks/bench_nuclear.py --sweep``).
     """
     return hematoxylin + np.minimum(dab, np.float32(cap))
 
@@ -486,6 +555,11 @@ class NucleusParams:
     #: ... (dim or tinted scans read 0.12-0.18 OD of "DAB" over bare stroma: real BCI patches, where a
     #: fixed 0.15 OD cut made the whole stroma foreground and then "nuclei").
     dab_foreground_contrast_od: float = 0.1
+    #: DAB counts towards the nuclear density up to the image's hematoxylin level, never less than this
+    #: (OD): on the palest real scans (BCI 00000, 00007, 00118) the hematoxylin's Otsu level is 0.05-0.06,
+    #: nuclei barely visible, and a cap that low lost 70-80 % of the nuclei found; no synthetic figure
+    #: changed with it (the weak-counterstain tiles sit at 0.13-0.14).
+    min_dab_cap_od: float = 0.1
     #: Gaussian σ of the blob map whose peaks seed nuclei (about half a small nucleus's radius).
     seed_smoothing_um: float = 1.0
     #: DAB counts towards the seed map up to this OD.
@@ -532,7 +606,11 @@ def detect_nuclei(
     p = params or NucleusParams()
     hema = np.maximum(hematoxylin.astype(np.float32), 0.0)
     dab = np.maximum(dab.astype(np.float32), 0.0)
-    density = nuclear_density(hema, dab)
+    # DAB counts towards the density up to the image's own hematoxylin level (its Otsu threshold over the
+    # tissue), not a fixed OD, and at least up to ``min_dab_cap_od`` (see :func:`nuclear_density`).
+    cap = nucleus_threshold(gaussian(hema, p.smoothing_um / mpp), tissue, p.min_density_od)
+    cap = max(cap, p.min_dab_cap_od)
+    density = nuclear_density(hema, dab, cap)
     smooth = gaussian(density, p.smoothing_um / mpp)
     width = max(3, round(p.background_um / mpp))
     contrast = smooth - morph.grey_opening_rect(smooth, width, width)
@@ -673,6 +751,10 @@ def nuclear_hematoxylin(
     return StainMatrix(matrix.names, (tuple(float(v) for v in h), tuple(float(v) for v in dab_dir)))
 
 
+#: Less tissue than this (µm²) in an image: no tissue (a nucleus field of ~22 µm square).
+MIN_TISSUE_UM2 = 500.0
+
+
 @dataclass
 class NuclearQuantification:
     """Everything measured on one in-memory image for a nuclear marker."""
@@ -701,14 +783,22 @@ def quantify_nuclear_image(
 
     Raises :class:`NoTissueError` (no tissue), :class:`StainError` (H&E image, or no nuclei).
     """
-    from her2score.quantify.pipeline import tissue_mask_for
+    from her2score.quantify.pipeline import _simple_tissue_mask, tissue_mask_for
     from her2score.stain.deconvolution import separate_stains
     from her2score.stain.detect import choose_stain_vectors, looks_like_he, macenko
 
     del cell_params  # the HER2 cell model's parameters: nuclei here follow ``nucleus_params``
     rgb = np.ascontiguousarray(rgb[..., :3])
     tissue = tissue_mask_for(rgb, mpp)
-    if require_tissue and tissue.sum() * mpp**2 < 500.0:
+    if tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
+        # The slide detector removed (nearly) everything. Seen on a tile filled with tissue whose dense
+        # lymphocytes read as vivid blue "pen ink" against the tissue's own white point, the ink's
+        # 16 µm margin then covering the tile: when optical density says the field is filled with
+        # tissue (over half of it; not an image of glass and ink), score that instead.
+        dense = _simple_tissue_mask(rgb)
+        if dense.mean() > 0.5:
+            tissue = dense
+    if require_tissue and tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
         raise NoTissueError("no tissue found in the image", path)
     estimate = macenko(rgb) if check_stain or stains == "auto" else None
     if check_stain and looks_like_he(rgb, tissue, estimate):

@@ -38,6 +38,8 @@ def render_ki67_tile(
     seed: int = 0,
     lymphocyte_fraction: float = 0.2,
     cycling_lymphocytes: float = 0.3,
+    strong_od: tuple[float, float] | None = None,
+    hematoxylin_scale: float = 1.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """An RGB uint8 Ki-67 IHC tile ``size`` px square at ``mpp`` µm/px and its per-nucleus truth.
 
@@ -45,6 +47,11 @@ def render_ki67_tile(
     average); lymphocytes are ``lymphocyte_fraction`` of all nuclei, ``cycling_lymphocytes`` of them
     positive. Truth columns: ``x``, ``y`` (px), ``kind`` (tumour / lymphocyte / fibroblast),
     ``positive``, ``intensity`` (0-3), ``dab_od``.
+
+    Optional conditions for robustness sweeps (the defaults render the benchmark's tiles unchanged):
+    ``strong_od`` the mean DAB OD range of the strong class (e.g. ``(1.2, 2.0)``: near-black positives
+    whose hematoxylin is hidden; default :data:`KI67_DAB_OD`'s), ``hematoxylin_scale`` a factor on all
+    counterstain (e.g. 0.4: a weak hematoxylin). ``mpp`` scales every size in µm (0.25: a 40x scan).
     """
     import pandas as pd
 
@@ -86,8 +93,9 @@ def render_ki67_tile(
     positive[tumour] = rng.uniform(size=int(tumour.sum())) < positive_fraction
     positive[lymph] = rng.uniform(size=int(lymph.sum())) < cycling_lymphocytes
     intensity = np.where(positive, rng.integers(1, 4, n), 0).astype(np.int8)
-    lo = np.array([0.0] + [r[0] for r in KI67_DAB_OD])
-    hi = np.array([0.0] + [r[1] for r in KI67_DAB_OD])
+    classes = (*KI67_DAB_OD[:2], tuple(strong_od) if strong_od is not None else KI67_DAB_OD[2])
+    lo = np.array([0.0] + [r[0] for r in classes])
+    hi = np.array([0.0] + [r[1] for r in classes])
     dab_od = lo[intensity] + rng.uniform(size=n) * (hi - lo)[intensity]
     hema = np.where(tumour, rng.uniform(0.3, 0.55, n), np.where(lymph, rng.uniform(0.75, 1.05, n), 0.5))
     # A positive nucleus keeps less hematoxylin the more DAB it holds (DAB masks the counterstain).
@@ -114,7 +122,7 @@ def render_ki67_tile(
     fibres = ndi.gaussian_filter(rng.normal(size=(size, size)), (0.8 / mpp, 4 / mpp)).astype(np.float32)
     h_map += np.where(nest, 0.07, 0.05 + 0.25 * np.clip(fibres * 8, 0, 0.2)).astype(np.float32)
     d_map += rng.uniform(0.0, 0.025) + 0.01 * np.clip(fibres * 8, 0, 1)
-    h_map = ndi.gaussian_filter(h_map, 0.45 / mpp)
+    h_map = ndi.gaussian_filter(h_map * np.float32(hematoxylin_scale), 0.45 / mpp)
     d_map = ndi.gaussian_filter(d_map, 0.45 / mpp)
     h_vec = _unit(_HEMATOXYLIN + rng.normal(0, 0.04, 3))
     d_vec = _unit(_DAB + rng.normal(0, 0.04, 3))
@@ -137,3 +145,9 @@ def true_ki67_index(truth: pd.DataFrame) -> float:
     """Percent positive over the tumour nuclei of a tile's truth."""
     tumour = truth[truth["kind"] == "tumour"]
     return 100.0 * float(tumour["positive"].mean()) if len(tumour) else 0.0
+
+
+def true_all_nuclei_index(truth: pd.DataFrame) -> float:
+    """Percent positive over every nucleus of a tile's truth (tumour, lymphocytes, fibroblasts): what an
+    immunofluorescence truth labelling every cell (DAPI) would give."""
+    return 100.0 * float(truth["positive"].mean()) if len(truth) else 0.0
