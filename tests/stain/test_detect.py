@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,44 @@ def test_an_unstained_image_keeps_the_reference_vectors() -> None:
     matrix, source = choose_stain_vectors(blank, "auto")
     assert matrix == HDAB
     assert source.startswith("default (")
+
+
+def test_a_dab_free_ihc_with_a_tinted_background_is_not_taken_for_he() -> None:
+    """A Ki-67 / ER tile without a positive nucleus (or a HER2-0) has one stain: its Macenko "second
+    stain" is the background's tint, often green-dominant and 18-40° from hematoxylin, but no eosin
+    (before the eosin floor, 9 of these 54 were refused as H&E)."""
+    yy, xx = (np.mgrid[:256, :256] + 0.5) * 0.5
+    r = np.hypot((yy % 14.0) - 7.0, (xx % 14.0) - 7.0)
+    nuclei = np.where(r <= 4.5, 0.4, 0.0)[..., None] * _unit(HEMATOXYLIN)
+    refused = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        for tint in ((0.6, 0.75, 0.5), (0.55, 0.75, 0.45), (0.45, 0.8, 0.55)):
+            for background in (0.1, 0.15, 0.2):
+                od = nuclei + background * _unit(tint) + rng.normal(0, 0.01, nuclei.shape)
+                rgb = od_to_rgb(np.clip(od, 0, None).astype(np.float32))
+                if looks_like_he(rgb, np.ones(rgb.shape[:2], dtype=bool)):
+                    refused.append((seed, tint, background))
+    assert refused == []
+
+
+REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="real test images absent")
+def test_real_ihc_passes_and_real_he_is_refused() -> None:
+    from PIL import Image
+
+    from her2score.quantify.pipeline import tissue_mask_for
+
+    def he(path: Path) -> bool:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        return looks_like_he(rgb, tissue_mask_for(rgb, 0.5))
+
+    ihc = sorted(REAL.glob("bci-her2-pairs/IHC/*.png")) + sorted(REAL.glob("mist-her2-pairs/IHC/*.jpg"))
+    assert len(ihc) == 21
+    assert not [p.name for p in ihc if he(p)]
+    clear_he = sorted(REAL.glob("mist-her2-pairs/HE/*.jpg")) + [
+        REAL / "bci-her2-pairs" / "HE" / name for name in ("00052_test_3+.png", "00361_test_2+.png")
+    ]
+    assert [p.name for p in clear_he if not he(p)] == []
