@@ -45,8 +45,7 @@ def measure_cells(
     if n == 0:
         return empty_cells()
     props = nucleus_shapes(seg.nuclei, hematoxylin)
-    # Size and darkness at half maximum, for the lymphocyte test of :func:`cell_kinds`.
-    props["core_area"], props["plateau"] = half_maximum(seg.nuclei, hematoxylin, n, mpp)
+    add_cores(props, seg.nuclei, hematoxylin, mpp)
     cy, cx = props["y"], props["x"]
     s = thresholds.n_sectors
     t = thresholds
@@ -385,11 +384,12 @@ def nucleus_shapes(nuclei: np.ndarray, hematoxylin: np.ndarray) -> dict[str, np.
 
 
 def half_maximum(
-    labels: np.ndarray, density: np.ndarray, n: int, mpp: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per object (labels 1..n): its pixels at or above half its own plateau density (px), and that
-    plateau (the object's density as its core reads it): its size and darkness as the full width at half
-    maximum measures them, whatever the blur and the global threshold.
+    labels: np.ndarray, density: np.ndarray, n: int, mpp: float, with_core: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per object (labels 1..n): its pixels at or above half its own plateau density (px), that
+    plateau (the object's density as its core reads it) and, with ``with_core``, a label image of those
+    pixels (the core; else None): its size, darkness and shape as the full width at half maximum
+    measures them, whatever the blur and the global threshold.
 
     Why: a nucleus is segmented down to a fraction of the *image's* threshold, so a dark one keeps more
     of its blurred edge than a pale one, and its mean density is diluted by that flank. Small dark
@@ -397,24 +397,27 @@ def half_maximum(
     (44-50 µm² on the synthetic HER2 patches), over the lymphocyte caps, and passed as tumour nuclei;
     their mean hematoxylin over that area read only 1.2 x the tumour nuclei's where their cores are
     1.5 x. The plateau is the mean of the object's upper half (its density smoothed by 0.5 µm;
-    chromatin texture does not make it a peak). Used by both cell-kind filters, HER2
-    (:func:`cell_kinds`) and nuclear (:func:`~her2score.quantify.nuclear.nucleus_kinds`).
+    chromatin texture does not make it a peak). The same blur makes a thin spindle look plump (synthetic
+    fibroblasts 2-3.4 µm wide segment 5 µm wide); the core keeps its shape. Used by both cell-kind
+    filters, HER2 (:func:`cell_kinds`) and nuclear (:func:`~her2score.quantify.nuclear.nucleus_kinds`).
     """
-    from her2score.quantify.compiled import gaussian
+    from her2score.quantify.compiled import gaussian, half_maximum_sums
 
     smooth = gaussian(np.asarray(density, dtype=np.float32), 0.5 / mpp)
-    flat = labels.ravel()
-    inside = flat > 0
-    ids = flat[inside] - 1
-    vals = smooth.ravel()[inside]
-    count = np.maximum(np.bincount(ids, minlength=n), 1)
-    mean = np.bincount(ids, weights=vals, minlength=n) / count
-    upper = vals >= mean[ids]
-    plateau = np.bincount(ids[upper], weights=vals[upper], minlength=n) / np.maximum(
-        np.bincount(ids[upper], minlength=n), 1
+    return half_maximum_sums(labels, smooth, n, with_core)
+
+
+def add_cores(props: dict[str, np.ndarray], nuclei: np.ndarray, hematoxylin: np.ndarray, mpp: float) -> None:
+    """Add each nucleus's size, darkness and shape at half maximum (:func:`half_maximum`) to ``props``
+    (from :func:`nucleus_shapes`): ``core_area`` (px), ``plateau``, ``core_major``, ``core_minor``,
+    ``core_orientation`` (the segmented ones where a core is empty), as :func:`cell_kinds` reads them."""
+    props["core_area"], props["plateau"], core = half_maximum(
+        nuclei, hematoxylin, len(props["area"]), mpp, True
     )
-    area = np.bincount(ids[vals >= 0.5 * plateau[ids]], minlength=n).astype(np.float64)
-    return area, plateau
+    core_shape = nucleus_shapes(core, hematoxylin)
+    measured = core_shape["area"] > 0
+    for key in ("major", "minor", "orientation"):
+        props["core_" + key] = np.where(measured, core_shape[key], props[key])
 
 
 def empty_cells() -> Any:
@@ -564,6 +567,8 @@ def cell_kinds(
       size and darkness as measured at half maximum (``props["core_area"]`` and ``props["plateau"]``
       from :func:`half_maximum`, as :func:`measure_cells` gives them; else the segmented area and
       mean): a lymphocyte's blurred flank made it segment over the cap and diluted its darkness;
+      every elongation and orientation below likewise from the core's shape at half maximum
+      (``props["core_major"]``, ``["core_minor"]``, ``["core_orientation"]``) when given;
     * ``endothelial``: an elongated (> ``tumour_max_elongation``) nucleus lining a lumen (empty space
       within ``lumen_distance_um`` of its edge; ``lumen_um``, distance from its centre to the nearest
       empty pixel, µm);
@@ -577,14 +582,18 @@ def cell_kinds(
     """
     n = len(props["area"])
     area_um2 = props["area"] * mpp**2
-    elongation = props["major"] / np.maximum(props["minor"], 1.0)
     # Nuclei are convex ellipses: a blob filling < ``tumour_min_ellipse_fill`` of its fitted ellipse
     # is stroma or a merged clump, not a nucleus.
     fill = props["area"] / np.maximum(np.pi / 4 * props["major"] * props["minor"], 1.0)
+    # Elongation and orientation of the core at half maximum when measured (a blurred spindle looks plump).
+    shape = props
+    if "core_major" in props:
+        shape = props | {k: props["core_" + k] for k in ("major", "minor", "orientation")}
+    elongation = shape["major"] / np.maximum(shape["minor"], 1.0)
     sized = (area_um2 >= t.tumour_nucleus_min_um2) & (area_um2 <= t.tumour_nucleus_max_um2)
     spindle = elongation > t.tumour_max_elongation
     # Elongated nuclei standing side by side in a palisade are columnar epithelium (glands), not spindles.
-    spindle &= ~palisade(props, mpp, t, spindle & sized & (fill >= t.tumour_min_ellipse_fill))
+    spindle &= ~palisade(shape, mpp, t, spindle & sized & (fill >= t.tumour_min_ellipse_fill))
     shaped = sized & ~spindle & (fill >= t.tumour_min_ellipse_fill)
     # Size and darkness at half maximum (:func:`half_maximum`) when measured: the segmented area and
     # mean of a small dark nucleus include its blurred flank.

@@ -254,7 +254,7 @@ def measure_nuclei(
     ids = nuclei[yy, xx] - 1
     count = np.maximum(np.bincount(ids, minlength=n), 1)
     mean_dab = np.maximum(np.bincount(ids, weights=dab[yy, xx], minlength=n) / count, 0.0)
-    props["core_area"], _ = half_maximum(nuclei, hematoxylin + dab, n, mpp)
+    props["core_area"], _, _ = half_maximum(nuclei, hematoxylin + dab, n, mpp)
     kind = nucleus_kinds(props, mpp, t, nt, mean_dab)
     n_est = nuclei_per_object(props, mpp, kind == 0, t)
     # Every other object is one nucleus of its kind, but for the pale brown objects that are not
