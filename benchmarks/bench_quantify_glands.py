@@ -13,6 +13,8 @@ count as complete), at the generator's staining scale (``SYNTHETIC_LAB``), print
   recall (found cell kind ``tumour``), fibroblasts and lymphocytes read as tumour, and membrane-class
   agreement of the matched tumour cells.
 
+``--architecture solid`` runs the same on the solid (nests and sheets) generator, for comparison.
+
 Run: .venv/bin/python benchmarks/bench_quantify_glands.py [--patches 6] [--cores 8] [--seed 1]
 """
 
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 MPP = 0.5
+ARCHITECTURE = "glandular"
 CATEGORIES = ("0", "1+", "2+", "3+")
 MATCH_UM = 4.0
 
@@ -128,7 +131,7 @@ def patches(n: int, seed: int, rules_list: list[str]) -> dict[str, tuple[pd.Data
         for i in range(n):
             s = 2000 + 100 * seed + i
             rgb, truth = render_ihc_patch(
-                category, (512, 512), MPP, seed=s, site=i % 4, architecture="glandular"
+                category, (512, 512), MPP, seed=s, site=i % 4, architecture=ARCHITECTURE
             )
             truth = truth[truth["cell_type"] != "adipocyte"]
             for rules in rules_list:
@@ -161,7 +164,7 @@ def cores(
     from her2score.quantify.thresholds import SYNTHETIC_LAB
 
     manifest = make_cohort(
-        folder, n, seed=seed, kind="slides", size_mm=(1.2, 1.2), mpp=MPP, workers=0, architecture="glandular"
+        folder, n, seed=seed, kind="slides", size_mm=(1.2, 1.2), mpp=MPP, workers=0, architecture=ARCHITECTURE
     )
     out = {r: ([], []) for r in rules_list}
     for rec in pd.read_csv(manifest).itertuples():
@@ -185,24 +188,25 @@ def cores(
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MPP
+    global MPP, ARCHITECTURE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=6, help="glandular 512 px patches per category")
     parser.add_argument("--cores", type=int, default=8, help="glandular 1.2 x 1.2 mm slides")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rules", default="breast,gastric", help="rulebooks to score under")
     parser.add_argument("--mpp", type=float, default=MPP, help="µm/px of the patches and cores")
+    parser.add_argument("--architecture", default=ARCHITECTURE, choices=("glandular", "solid"))
     args = parser.parse_args(argv)
-    MPP = args.mpp
+    MPP, ARCHITECTURE = args.mpp, args.architecture
     rules_list = [r.strip() for r in args.rules.split(",") if r.strip()]
     wall, cpu = time.perf_counter(), time.process_time()
     if args.patches:
         for rules, (rows, pairs) in patches(args.patches, args.seed, rules_list).items():
-            report(f"glandular patches, {rules} rules", rows, pairs)
+            report(f"{ARCHITECTURE} patches, {rules} rules", rows, pairs)
     if args.cores:
         with tempfile.TemporaryDirectory(prefix="bench-glands-") as tmp:
             for rules, (rows, pairs) in cores(Path(tmp), args.cores, args.seed, rules_list).items():
-                report(f"glandular cores, {rules} rules", rows, pairs)
+                report(f"{ARCHITECTURE} cores, {rules} rules", rows, pairs)
     print(f"\n{time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU")
     print("command:", " ".join(["python", *sys.argv]))
     return 0

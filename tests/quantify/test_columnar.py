@@ -82,3 +82,28 @@ def test_columnar_gland_cells_with_intense_complete_membranes_read_3plus(rules: 
     assert (elongated["cell_kind"] == "tumour").mean() >= 0.8  # ... and tumour cells all the same
     intense = tumour["membrane_class"].to_numpy()[dist * MPP <= 4] == "intense-complete"
     assert (found["membrane_class"].astype(str).to_numpy()[intense] == "intense-complete").mean() >= 0.6
+
+
+def test_blurred_thin_spindles_are_stromal_by_their_shape_at_half_maximum() -> None:
+    """Fibroblast nuclei (10 x 2 µm) end to end in a file 14 µm apart (close enough for the nest and
+    cohesion rules), seen through a 1 µm blur: segmented low on their flank they look plump (long /
+    short axis under 2.5) and passed as tumour cells; their core at half maximum keeps the spindle."""
+    from scipy import ndimage as ndi
+    from skimage.draw import ellipse
+
+    from her2score.quantify.membrane import add_cores, nucleus_shapes
+
+    hema = np.zeros((60, 400), np.float32)
+    for k in range(12):
+        rr, cc = ellipse(30, 30 + k * 28, 2, 10, shape=hema.shape)  # radii (px): 1 x 5 µm
+        hema[rr, cc] = 0.8
+    hema = ndi.gaussian_filter(hema, 2.0)
+    labels, n = ndi.label(hema > 0.05)
+    assert n == 12
+    props = nucleus_shapes(labels, hema)
+    t = Thresholds()
+    assert (props["major"] / props["minor"] < t.tumour_max_elongation).all()
+    assert (cell_kinds(props, MPP, t, props["y"], props["x"])[2:-2] == "tumour").all()  # as before
+    add_cores(props, labels, hema, MPP)
+    assert (props["core_major"] / props["core_minor"] > t.tumour_max_elongation).all()
+    assert (cell_kinds(props, MPP, t, props["y"], props["x"]) == "stromal").all()

@@ -234,3 +234,27 @@ def test_nucleus_shapes_match_bincount_moments() -> None:
     assert np.array_equal(shapes["hematoxylin"], np.bincount(ids, weights=hema[yy, xx], minlength=n) / area)
     myy = np.bincount(ids, weights=dy * dy, minlength=n) / area + 1 / 12
     assert np.all(shapes["major"] >= 4 * np.sqrt(myy) - 1e-9)
+
+
+def test_half_maximum_sums_match_numpy() -> None:
+    """The compiled half-maximum passes give the ``np.bincount`` values, core labels included."""
+    from her2score.quantify.compiled import half_maximum_sums
+
+    labels, n = ndi.label(_field((70, 90), 3, 2.0) > 0.5)
+    density = _field((70, 90), 4, 1.0)
+    flat = labels.ravel()
+    inside = flat > 0
+    ids, vals = flat[inside] - 1, density.ravel()[inside]
+    mean = np.bincount(ids, vals, n) / np.maximum(np.bincount(ids, minlength=n), 1)
+    upper = vals >= mean[ids]
+    plateau = np.bincount(ids[upper], vals[upper], n) / np.maximum(np.bincount(ids[upper], minlength=n), 1)
+    core = vals >= 0.5 * plateau[ids]
+    ref = np.zeros(flat.shape, dtype=np.int32)
+    ref[np.flatnonzero(inside)[core]] = flat[inside][core]
+    area, got_plateau, got_core = half_maximum_sums(labels, density, n, True)
+    assert n > 3
+    assert 0 < core.mean() < 1
+    assert np.array_equal(area, np.bincount(ids[core], minlength=n).astype(np.float64))
+    assert np.array_equal(got_plateau, plateau)
+    assert np.array_equal(got_core, ref.reshape(labels.shape))
+    assert half_maximum_sums(labels, density, n, False)[2] is None

@@ -218,6 +218,23 @@ def test_small_dark_nuclei_are_not_tumour_cells() -> None:
     assert result.accumulator.summary(Thresholds())["category"] == "3+"
 
 
+def test_blurred_lymphocytes_are_told_by_their_size_and_darkness_at_half_maximum() -> None:
+    """The same rows seen through a 1 µm blur (optics, scan): the lymphocytes (24.6 µm² drawn) segment
+    at 41 µm², over the 40 µm² cap, and their mean hematoxylin is diluted by the flank; measured at
+    half their own plateau density they are small and dark again (all 30-odd passed as tumour cells
+    when judged on the segmented area and mean)."""
+    from scipy import ndimage as ndi
+
+    rgb = ndi.gaussian_filter(draw_ihc(0.8, lymphocytes=True).astype(np.float32), (2.0, 2.0, 0))
+    result = quantify_image(np.clip(rgb, 0, 255).astype(np.uint8), MPP, stains="default")
+    cells = result.cells
+    lymph_rows = ((cells["y"] * MPP - 12) / 18).round().astype(int) % 2 == 1
+    assert lymph_rows.sum() >= 30
+    assert cells.loc[lymph_rows, "nucleus_area_um2"].median() > Thresholds().lymphocyte_max_um2
+    assert (cells.loc[lymph_rows, "cell_kind"] == "inflammatory").mean() > 0.9
+    assert cells.loc[~lymph_rows, "is_tumour"].mean() > 0.9
+
+
 def test_isolated_cells_are_not_in_a_nest_but_a_single_file_is() -> None:
     t = Thresholds()
     gy, gx = np.mgrid[0:5, 0:5] * 15.0  # a nest: 25 cells 15 µm apart

@@ -44,7 +44,7 @@ import numpy as np
 from her2score import rules
 from her2score.errors import ConfigError, NoTissueError, StainError
 from her2score.quantify.cells import CellParams
-from her2score.quantify.membrane import nucleus_shapes
+from her2score.quantify.membrane import half_maximum, nucleus_shapes
 from her2score.quantify.scoring import NOT_SCORABLE, not_scorable_reason
 from her2score.quantify.thresholds import Thresholds
 from her2score.stain.deconvolution import StainMatrix
@@ -105,7 +105,8 @@ class NuclearThresholds:
     moderate: float = 0.30
     strong: float = 0.50
     #: Small round nuclei are lymphocytes (not scored): area at half the nucleus's own density below
-    #: this (µm², :func:`half_maximum_area`) ... A lymphocyte's nucleus is 5-7 µm across (≤ 38 µm²).
+    #: this (µm², :func:`~her2score.quantify.membrane.half_maximum`) ... A lymphocyte's nucleus is 5-7 µm
+    #: across (≤ 38 µm²).
     lymphocyte_max_um2: float = 45.0
     #: ... and elongation (major / minor axis) below this.
     lymphocyte_max_elongation: float = 1.5
@@ -253,7 +254,7 @@ def measure_nuclei(
     ids = nuclei[yy, xx] - 1
     count = np.maximum(np.bincount(ids, minlength=n), 1)
     mean_dab = np.maximum(np.bincount(ids, weights=dab[yy, xx], minlength=n) / count, 0.0)
-    props["core_area"] = half_maximum_area(nuclei, hematoxylin + dab, n, mpp)
+    props["core_area"], _, _ = half_maximum(nuclei, hematoxylin + dab, n, mpp)
     kind = nucleus_kinds(props, mpp, t, nt, mean_dab)
     n_est = nuclei_per_object(props, mpp, kind == 0, t)
     # Every other object is one nucleus of its kind, but for the pale brown objects that are not
@@ -276,32 +277,6 @@ def measure_nuclei(
         nt,
         n_est,
     )
-
-
-def half_maximum_area(labels: np.ndarray, density: np.ndarray, n: int, mpp: float) -> np.ndarray:
-    """Per object (labels 1..n), its pixels at or above half its own plateau density (px): its size as
-    the full width at half maximum measures it, whatever the blur and the global threshold.
-
-    Why: a nucleus is segmented down to a fraction of the *image's* threshold, so a dark one keeps more
-    of its blurred edge than a pale one: small dark lymphocytes (about 18-28 µm² drawn) segmented at a
-    median of 48 µm² on the synthetic Ki-67 tiles, over the 45 µm² lymphocyte cap, and 60 % of them
-    passed as tumour nuclei (30 % of those Ki-67 positive). The plateau is the mean of the object's
-    upper half (its density smoothed by 0.5 µm; chromatin texture does not make it a peak).
-    """
-    from her2score.quantify.compiled import gaussian
-
-    smooth = gaussian(np.asarray(density, dtype=np.float32), 0.5 / mpp)
-    flat = labels.ravel()
-    inside = flat > 0
-    ids = flat[inside] - 1
-    vals = smooth.ravel()[inside]
-    count = np.maximum(np.bincount(ids, minlength=n), 1)
-    mean = np.bincount(ids, weights=vals, minlength=n) / count
-    upper = vals >= mean[ids]
-    plateau = np.bincount(ids[upper], weights=vals[upper], minlength=n) / np.maximum(
-        np.bincount(ids[upper], minlength=n), 1
-    )
-    return np.bincount(ids[vals >= 0.5 * plateau[ids]], minlength=n).astype(np.float64)
 
 
 #: Fewer well-shaped single tumour nuclei than this in an image or tile: every object counts as one
@@ -363,7 +338,8 @@ def nucleus_kinds(
       ``t.tumour_max_elongation`` and narrower than ``nt.stromal_max_width_um`` (a wider elongated
       object is merged tumour nuclei);
     * lymphocyte: small and round, area at half maximum (``props["core_area"]`` when given, see
-      :func:`half_maximum_area`; else the segmented area) below ``nt.lymphocyte_max_um2`` and elongation below
+      :func:`~her2score.quantify.membrane.half_maximum`; else the segmented area) below
+      ``nt.lymphocyte_max_um2`` and elongation below
       ``nt.lymphocyte_max_elongation``, *whatever its stain*: cycling lymphocytes are Ki-67 positive
       and would leak into the index (the known "lymphocyte leak" of automated Ki-67 counts), and a
       positive lymphocyte has lost its dark blue to the brown, so darkness cannot tell it;
@@ -386,7 +362,8 @@ def nucleus_kinds(
     kind = np.full(len(area), 3, dtype=np.int8)
     sized = (area >= t.tumour_nucleus_min_um2) & (area <= t.tumour_nucleus_max_um2)
     stromal = (elongation > t.tumour_max_elongation) & (props["minor"] * mpp < nt.stromal_max_width_um)
-    # Size at half maximum (``props["core_area"]``, :func:`half_maximum_area`) when measured.
+    # Size at half maximum (``props["core_area"]``, :func:`~her2score.quantify.membrane.half_maximum`)
+    # when measured.
     size = props["core_area"] * mpp**2 if "core_area" in props else area
     lymphocyte = (size < nt.lymphocyte_max_um2) & (elongation < nt.lymphocyte_max_elongation) & ~stromal
     tumour = sized & ~stromal & ~lymphocyte & (fill >= t.tumour_min_ellipse_fill)

@@ -95,7 +95,8 @@ class Thresholds:
     #: Tumour-cell filter on the nucleus: segmented tumour nuclei are 6-15 µm across (pale ones come
     #: out small, so the floor is low: 18 µm²); fibroblast nuclei are spindles (long / short axis
     #: > 2.5); lymphocytes are small (< ``lymphocyte_max_um2``) AND dark (hematoxylin above
-    #: ``lymphocyte_darkness`` x the median of the image's larger nuclei); pleomorphic grade-3
+    #: ``lymphocyte_darkness`` x the median of the image's larger nuclei); size, darkness and elongation
+    #: as the nucleus's core at half maximum reads them (``membrane.half_maximum``); pleomorphic grade-3
     #: nuclei stay under ~250 µm²; blobs filling < 80 % of their fitted ellipse are not nuclei.
     tumour_nucleus_min_um2: float = 18.0
     tumour_nucleus_max_um2: float = 250.0
