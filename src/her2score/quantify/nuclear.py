@@ -794,8 +794,11 @@ def quantify_nuclear_image(
         # The slide detector removed (nearly) everything. Seen on a tile filled with tissue whose dense
         # lymphocytes read as vivid blue "pen ink" against the tissue's own white point, the ink's
         # 16 µm margin then covering the tile: when optical density says the field is filled with
-        # tissue (over half of it; not an image of glass and ink), score that instead.
-        dense = _simple_tissue_mask(rgb)
+        # tissue (over half of it; not an image of glass and ink), score that instead. Near-black
+        # pixels are never tissue (the detector's own rule): a black frame or padding stays "no tissue".
+        from her2score.slide.tissue import near_black
+
+        dense = _simple_tissue_mask(rgb) & ~near_black(rgb)
         if dense.mean() > 0.5:
             tissue = dense
     if require_tissue and tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
