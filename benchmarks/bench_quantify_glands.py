@@ -47,6 +47,7 @@ def truth_classes(truth: pd.DataFrame, rules: str) -> pd.Series:
 
 
 def truth_category(truth: pd.DataFrame, rules: str) -> str:
+    """The true HER2 category of a patch or core under ``rules`` (its tumour cells' classes)."""
     from her2score.rules import her2_category
 
     tumour = truth[truth["is_tumour"]]
@@ -78,6 +79,7 @@ def match_cells(found: pd.DataFrame, truth: pd.DataFrame, rules: str) -> pd.Data
 
 
 def cell_figures(pairs: pd.DataFrame) -> str:
+    """One line of per-cell figures from :func:`match_cells` pairs: detection, kinds, membrane classes."""
     t = pairs[pairs["type"] == "tumour"]
     det = t["matched"].mean()
     m = t[t["matched"]]
@@ -94,6 +96,7 @@ def cell_figures(pairs: pd.DataFrame) -> str:
 
 
 def spearman(rows: pd.DataFrame) -> str:
+    """Spearman of ``her2_index`` and ``h_score`` against the true category level, failed images left out."""
     from scipy.stats import spearmanr
 
     ok = rows[rows["found"] != "failed"]
@@ -104,6 +107,7 @@ def spearman(rows: pd.DataFrame) -> str:
 
 
 def report(name: str, rows: pd.DataFrame, pairs: pd.DataFrame) -> None:
+    """Print category agreement, Spearman, the confusion matrix and the per-cell figures of one run."""
     from her2score.rules import HER2_CATEGORIES
 
     right = (rows["truth"] == rows["found"]).sum()
@@ -121,6 +125,8 @@ def report(name: str, rows: pd.DataFrame, pairs: pd.DataFrame) -> None:
 
 
 def patches(n: int, seed: int, rules_list: list[str]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``n`` glandular 512 px patches per category, scored whole under each rulebook: per-image rows and
+    per-cell pairs by rulebook."""
     from her2score.data.synth import render_ihc_patch
     from her2score.errors import Her2ScoreError
     from her2score.quantify import quantify_image
@@ -159,6 +165,8 @@ def patches(n: int, seed: int, rules_list: list[str]) -> dict[str, tuple[pd.Data
 def cores(
     folder: Path, n: int, seed: int, rules_list: list[str]
 ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``n`` glandular 1.2 mm cores written under ``folder`` and scored tiled by ``quantify_file`` under
+    each rulebook: per-core rows and per-cell pairs by rulebook."""
     from her2score.data.synth import make_cohort
     from her2score.quantify import quantify_file
     from her2score.quantify.thresholds import SYNTHETIC_LAB
@@ -188,6 +196,7 @@ def cores(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the patches and cores under each rulebook and print the figures."""
     global MPP, ARCHITECTURE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=6, help="glandular 512 px patches per category")

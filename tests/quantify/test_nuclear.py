@@ -451,3 +451,18 @@ def test_a_tile_full_of_tissue_and_lymphocytes_is_not_taken_for_pen_ink() -> Non
     assert tissue_mask_for(rgb, MPP).sum() == 0  # what the slide detector gives on this tile
     row = quantify_nuclear_image(rgb, MPP).accumulator.summary("ki67", Thresholds())
     assert abs(row["ki67_index"] - true_ki67_index(truth)) < 6.0
+
+
+def test_a_black_frame_is_still_no_tissue() -> None:
+    """The optical-density fallback (a field filled with tissue) must not take a black frame or a
+    scanner's black padding for tissue: it read as a field of nuclei (``pct_positive_all_nuclei``
+    100 %) instead of "no tissue"."""
+    from her2score.errors import NoTissueError
+
+    black = np.zeros((256, 256, 3), np.uint8)
+    with pytest.raises(NoTissueError):
+        quantify_nuclear_image(black, MPP)
+    # A tile of a tiled slide (no tissue required): nothing found on the black.
+    result = quantify_nuclear_image(black, MPP, check_stain=False, require_tissue=False)
+    assert not result.tissue.any()
+    assert len(result.nuclei) == 0

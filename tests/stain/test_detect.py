@@ -76,16 +76,19 @@ def test_a_dab_free_ihc_with_a_tinted_background_is_not_taken_for_he() -> None:
     yy, xx = (np.mgrid[:256, :256] + 0.5) * 0.5
     r = np.hypot((yy % 14.0) - 7.0, (xx % 14.0) - 7.0)
     nuclei = np.where(r <= 4.5, 0.4, 0.0)[..., None] * _unit(HEMATOXYLIN)
-    refused = []
+    refused, without_floor = [], 0
     for seed in range(6):
         rng = np.random.default_rng(seed)
         for tint in ((0.6, 0.75, 0.5), (0.55, 0.75, 0.45), (0.45, 0.8, 0.55)):
             for background in (0.1, 0.15, 0.2):
                 od = nuclei + background * _unit(tint) + rng.normal(0, 0.01, nuclei.shape)
                 rgb = od_to_rgb(np.clip(od, 0, None).astype(np.float32))
-                if looks_like_he(rgb, np.ones(rgb.shape[:2], dtype=bool)):
+                tissue = np.ones(rgb.shape[:2], dtype=bool)
+                if looks_like_he(rgb, tissue):
                     refused.append((seed, tint, background))
+                without_floor += looks_like_he(rgb, tissue, min_eosin_share=0.0)
     assert refused == []
+    assert without_floor > 0  # the eosin floor is what lets them pass
 
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
@@ -108,3 +111,22 @@ def test_real_ihc_passes_and_real_he_is_refused() -> None:
         REAL / "bci-her2-pairs" / "HE" / name for name in ("00052_test_3+.png", "00361_test_2+.png")
     ]
     assert [p.name for p in clear_he if not he(p)] == []
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="real test images absent")
+def test_pale_real_he_is_not_flagged_for_an_he_model() -> None:
+    """Where H&E is expected (``predict`` with an H&E model), the eosin floor is not applied: the pale
+    real BCI H&E 00001, 00002 and 00011 (eosin in 1-2 % of the tissue) were flagged "does not look like
+    H&E" once the floor came in; an IHC is still flagged for an H&E model."""
+    from PIL import Image
+
+    from her2score.engine.predict import stain_status
+
+    def status(path: Path, expected: str) -> str:
+        return stain_status(np.asarray(Image.open(path).convert("RGB")), expected=expected)
+
+    names = ("00001_train_3+", "00002_train_3+", "00011_test_3+")
+    pale = [REAL / "bci-her2-pairs" / "HE" / f"{name}.png" for name in names]
+    assert [p.name for p in pale if status(p, "he") != "ok"] == []
+    partner = REAL / "bci-her2-pairs" / "IHC" / f"{names[0]}.png"  # its IHC is still flagged
+    assert status(partner, "he").startswith("warning: does not look like H&E")

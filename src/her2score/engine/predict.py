@@ -396,12 +396,14 @@ def stain_status(picture: Any, expected: str = "ihc") -> str:
     if picture is None:
         return "ok"
     from her2score.slide.tissue import tissue_mask
-    from her2score.stain.detect import looks_like_he
+    from her2score.stain.detect import MACENKO_MIN_EOSIN_SHARE, looks_like_he
 
     mask = tissue_mask(picture)
     if not mask.any():
         return "ok"
-    he = looks_like_he(picture, mask)
+    # Where H&E is expected, an ambiguous picture (a pale H&E with little eosin) counts as H&E: no eosin
+    # floor on the Macenko cue (it is there so that a DAB-free IHC is not refused as H&E).
+    he = looks_like_he(picture, mask, min_eosin_share=0.0 if expected == "he" else MACENKO_MIN_EOSIN_SHARE)
     if expected == "ihc" and he:
         return "warning: looks like H&E, not IHC; this prediction is meaningless"
     if expected == "he" and not he:

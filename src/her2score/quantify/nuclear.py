@@ -728,10 +728,6 @@ def nuclear_hematoxylin(
     return StainMatrix(matrix.names, (tuple(float(v) for v in h), tuple(float(v) for v in dab_dir)))
 
 
-#: Less tissue than this (µm²) in an image: no tissue (a nucleus field of ~22 µm square).
-MIN_TISSUE_UM2 = 500.0
-
-
 @dataclass
 class NuclearQuantification:
     """Everything measured on one in-memory image for a nuclear marker."""
@@ -760,22 +756,25 @@ def quantify_nuclear_image(
 
     Raises :class:`NoTissueError` (no tissue), :class:`StainError` (H&E image, or no nuclei).
     """
-    from her2score.quantify.pipeline import _simple_tissue_mask, tissue_mask_for
+    from her2score.quantify.pipeline import MIN_IMAGE_TISSUE_UM2, _simple_tissue_mask, tissue_mask_for
     from her2score.stain.deconvolution import separate_stains
     from her2score.stain.detect import choose_stain_vectors, looks_like_he, macenko
 
     del cell_params  # the HER2 cell model's parameters: nuclei here follow ``nucleus_params``
     rgb = np.ascontiguousarray(rgb[..., :3])
     tissue = tissue_mask_for(rgb, mpp)
-    if tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
+    if tissue.sum() * mpp**2 < MIN_IMAGE_TISSUE_UM2:
         # The slide detector removed (nearly) everything. Seen on a tile filled with tissue whose dense
         # lymphocytes read as vivid blue "pen ink" against the tissue's own white point, the ink's
         # 16 µm margin then covering the tile: when optical density says the field is filled with
-        # tissue (over half of it; not an image of glass and ink), score that instead.
-        dense = _simple_tissue_mask(rgb)
+        # tissue (over half of it; not an image of glass and ink), score that instead. Near-black
+        # pixels are never tissue (the detector's own rule): a black frame or padding stays "no tissue".
+        from her2score.slide.tissue import near_black
+
+        dense = _simple_tissue_mask(rgb) & ~near_black(rgb)
         if dense.mean() > 0.5:
             tissue = dense
-    if require_tissue and tissue.sum() * mpp**2 < MIN_TISSUE_UM2:
+    if require_tissue and tissue.sum() * mpp**2 < MIN_IMAGE_TISSUE_UM2:
         raise NoTissueError("no tissue found in the image", path)
     estimate = macenko(rgb) if check_stain or stains == "auto" else None
     if check_stain and looks_like_he(rgb, tissue, estimate):

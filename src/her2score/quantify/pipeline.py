@@ -26,6 +26,10 @@ from her2score.quantify.thresholds import Thresholds
 from her2score.stain.deconvolution import StainMatrix, rgb_to_od
 from her2score.stain.detect import choose_stain_vectors, looks_like_he, macenko
 
+#: Less tissue than this (µm²) in an image or a slide's overview: no tissue, nothing to score (about a
+#: 22 µm square). Not :data:`her2score.slide.tissue.MIN_TISSUE_UM2`, the smallest tissue piece kept.
+MIN_IMAGE_TISSUE_UM2 = 500.0
+
 
 def tissue_mask_for(rgb: np.ndarray, mpp: float, mask_mpp: float = 2.0) -> np.ndarray:
     """Tissue mask at the image's size, computed at ~``mask_mpp`` µm/px (fast) and scaled back.
@@ -91,7 +95,7 @@ def quantify_image(
     p = cell_params or CellParams()
     rgb = np.ascontiguousarray(rgb[..., :3])
     tissue = tissue_mask_for(rgb, mpp) if tissue is None else tissue
-    if require_tissue and tissue.sum() * mpp**2 < 500.0:  # less than ~ a 22 µm square: nothing to score
+    if require_tissue and tissue.sum() * mpp**2 < MIN_IMAGE_TISSUE_UM2:
         raise NoTissueError("no tissue found in the image", path)
     estimate = macenko(rgb) if check_stain or stains == "auto" else None
     if check_stain and looks_like_he(rgb, tissue, estimate):

@@ -556,7 +556,7 @@ def quantify_tiled(
     import pyarrow.parquet as pq
 
     from her2score.io import atomic_path, write_csv
-    from her2score.quantify.pipeline import _row_head, tissue_mask_for
+    from her2score.quantify.pipeline import MIN_IMAGE_TISSUE_UM2, _row_head, tissue_mask_for
     from her2score.slide.tissue import tile_grid
     from her2score.stain.detect import choose_stain_vectors, looks_like_he
 
@@ -569,7 +569,7 @@ def quantify_tiled(
             stack.enter_context(pool)
         overview, overview_mpp = slide.read_overview(max_size=OVERVIEW_MAX_SIZE)
         tissue = tissue_mask_for(overview, overview_mpp, mask_mpp=max(overview_mpp, 2.0))
-        if tissue.sum() * overview_mpp**2 < 500.0:
+        if tissue.sum() * overview_mpp**2 < MIN_IMAGE_TISSUE_UM2:
             raise NoTissueError("no tissue found in the image", path)
         # Stain checks on about a megapixel of the overview: plenty of pixels for the vectors, and a
         # 4,000 px overview of a core would otherwise cost more than scoring a tenth of it.

@@ -88,7 +88,7 @@ def tissue_mask(
     textured = _local_std((r + g + b) / 3.0, 5) > TEXTURE_STD
     stained = (od_sum > threshold) | ((chroma > CHROMA_TISSUE) & (od_sum > OD_FLOOR)) | (textured & faint)
 
-    near_black = (vmax < 0.25) | ((vmax < 0.35) & (saturation < 0.25))
+    near_black = _near_black(vmax, saturation)
     pen = _pen_ink(norm, vmax, vmin, saturation)
     if pen.any():
         pen = ndi.maximum_filter(pen, size=2 * margin_px + 1)  # separable: fast for wide margins
@@ -99,6 +99,20 @@ def tissue_mask(
     # Hole filling must not bring ink, debris or shadow back.
     mask &= ~pen & ~near_black & ~shadow
     return _remove_small(mask, min_px)
+
+
+def near_black(rgb: np.ndarray) -> np.ndarray:
+    """Near-black, unsaturated pixels of an RGB uint8 image against its own white point: dark debris,
+    black ink, a scanner's black padding. :func:`tissue_mask` never counts them as tissue; a fallback
+    tissue mask must not either."""
+    rgb = _as_rgb(rgb)
+    norm = np.minimum(rgb.astype(np.float32) / _white_point(rgb), 1.0)
+    vmax, vmin = norm.max(axis=-1), norm.min(axis=-1)
+    return _near_black(vmax, (vmax - vmin) / np.maximum(vmax, 1e-3))
+
+
+def _near_black(vmax: np.ndarray, saturation: np.ndarray) -> np.ndarray:
+    return (vmax < 0.25) | ((vmax < 0.35) & (saturation < 0.25))
 
 
 def _as_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -101,12 +101,20 @@ def choose_stain_vectors(
 MACENKO_MIN_EOSIN_SHARE = 0.2
 
 
-def looks_like_he(rgb: np.ndarray, tissue: np.ndarray, estimate: StainMatrix | None = None) -> bool:
+def looks_like_he(
+    rgb: np.ndarray,
+    tissue: np.ndarray,
+    estimate: StainMatrix | None = None,
+    min_eosin_share: float = MACENKO_MIN_EOSIN_SHARE,
+) -> bool:
     """True when the stain that is not hematoxylin is eosin-pink rather than DAB-brown.
 
     Two cues: most tissue pixels carry eosin in an H-E-DAB deconvolution, or the Macenko second
     stain is distinct from hematoxylin and green-dominant (eosin absorbs green, DAB most in blue) while
-    some eosin is there (:data:`MACENKO_MIN_EOSIN_SHARE`: a stain-free background tint is not eosin).
+    some eosin is there (``min_eosin_share`` of the tissue, :data:`MACENKO_MIN_EOSIN_SHARE`: a
+    stain-free background tint is not eosin). The floor leans towards IHC, right where an IHC is
+    expected (refusing a real IHC is the worse mistake); where H&E is expected, pass 0 so that a pale
+    H&E with little eosin still counts as H&E (:func:`her2score.engine.predict.stain_status`).
     """
     od = rgb_to_od(rgb)[tissue]
     if od.shape[0] < 500:
@@ -126,4 +134,4 @@ def looks_like_he(rgb: np.ndarray, tissue: np.ndarray, estimate: StainMatrix | N
     # HER2-0 IHC it is a hematoxylin variant. Refusing a real IHC is the worse mistake, so pale,
     # ambiguous images pass (some oddly stained H&E with little eosin then pass too).
     distinct = _angle_deg(other, HEMATOXYLIN) >= 18.0
-    return bool(eosin_share > 0.6 or (distinct and green_dominant and eosin_share >= MACENKO_MIN_EOSIN_SHARE))
+    return bool(eosin_share > 0.6 or (distinct and green_dominant and eosin_share >= min_eosin_share))

@@ -17,7 +17,12 @@ incomplete by the breast one). The shared lateral membrane of two neighbours car
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from her2score.data.synth.cells import Layout
 
 ARCHITECTURES = ("solid", "glandular")
 PATTERN_RING, PATTERN_U = 0, 1
@@ -209,7 +214,7 @@ def coarse_cover(glands: dict[str, np.ndarray], shape: tuple[int, int], factor: 
 
 
 def render_glands(
-    layout: object,
+    layout: Layout,
     y0: int,
     x0: int,
     h: int,
