@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument(
+        "--architecture", default="solid", choices=("solid", "glandular"), help="ER/PR patches' tumour"
+    )
     ap.add_argument("--ki67", type=int, default=10, help="hard synthetic Ki-67 tiles (0: none)")
     ap.add_argument("--sweep", type=int, default=0, help="Ki-67 tiles per robustness condition (0: none)")
     ap.add_argument("--conditions", default=",".join(SWEEP), help="sweep conditions, comma-separated")
@@ -190,7 +193,13 @@ def receptor_cohort(args: argparse.Namespace) -> None:
         marker = ("er", "pr")[i % 2]
         status = ("pos", "pos", "neg", "neg")[i % 4] if i % 8 < 4 else ("pos", "neg")[i % 2]
         rgb, truth = render_ihc_patch(
-            status, size=(args.size, args.size), mpp=MPP, seed=args.seed + i, site=i % 4, marker=marker
+            status,
+            size=(args.size, args.size),
+            mpp=MPP,
+            seed=args.seed + i,
+            site=i % 4,
+            marker=marker,
+            architecture=args.architecture,
         )
         tumour = truth[truth["is_tumour"]]
         true_pct = 100.0 * float(tumour["nuclear_positive"].mean())

@@ -65,6 +65,23 @@ def test_palisading_elongated_nuclei_are_tumour_and_isolated_spindles_stromal() 
         Thresholds(palisade_max_angle_deg=120)
 
 
+def test_the_nuclear_mode_takes_a_palisade_for_epithelium_too() -> None:
+    """ER/PR/Ki-67 (``nucleus_kinds``) share the palisade rule: columnar nuclei are scored, thin
+    fibroblasts side by side and fibroblasts end to end are not (kind 0 tumour, 2 stromal)."""
+    from her2score.quantify.nuclear import NuclearThresholds, nucleus_kinds
+
+    t = Thresholds()
+    col = _props(np.full(12, 50.0), np.arange(12) * 8.0, 12.0, 4.0, np.pi / 2)
+    fib = _props(np.full(8, 200.0), 400 + np.arange(8) * 25.0, 14.0, 3.2, 0.0)
+    thin = _props(np.full(10, 900.0), np.arange(10) * 8.0, 14.0, 2.0, np.pi / 2)
+    props = {k: np.concatenate([p[k] for p in (col, fib, thin)]) for k in col}
+    kinds = nucleus_kinds(props, MPP, t, NuclearThresholds())
+    assert (kinds[1:11] == 0).all()  # the inner columnar nuclei (the ends have a neighbour on one side)
+    assert (kinds[12:] == 2).all()
+    off = nucleus_kinds(props, MPP, dataclasses.replace(t, palisade_radius_um=0.0), NuclearThresholds())
+    assert (off[:12] == 2).all()
+
+
 @pytest.mark.parametrize("rules", ["breast", "gastric"])
 def test_columnar_gland_cells_with_intense_complete_membranes_read_3plus(rules: str) -> None:
     rgb, truth = render_ihc_patch("3+", (384, 384), MPP, seed=0, architecture="glandular")

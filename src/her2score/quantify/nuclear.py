@@ -354,7 +354,7 @@ def nucleus_kinds(
     Size tells a lymphocyte only roughly: a low-grade tumour with nuclei under ~7 µm across loses
     some of its nuclei to the lymphocyte class (a lab can lower ``lymphocyte_max_um2``).
     """
-    from her2score.quantify.membrane import in_nest
+    from her2score.quantify.membrane import in_nest, palisade
 
     area = props["area"] * mpp**2
     elongation = props["major"] / np.maximum(props["minor"], 1.0)
@@ -362,6 +362,9 @@ def nucleus_kinds(
     kind = np.full(len(area), 3, dtype=np.int8)
     sized = (area >= t.tumour_nucleus_min_um2) & (area <= t.tumour_nucleus_max_um2)
     stromal = (elongation > t.tumour_max_elongation) & (props["minor"] * mpp < nt.stromal_max_width_um)
+    # Elongated nuclei standing side by side in a palisade are columnar epithelium (glands), not spindles:
+    # the HER2 cell kinds' rule (:func:`~her2score.quantify.membrane.palisade`).
+    stromal &= ~palisade(props, mpp, t, stromal & sized & (fill >= t.tumour_min_ellipse_fill))
     # Size at half maximum (``props["core_area"]``, :func:`~her2score.quantify.membrane.half_maximum`)
     # when measured.
     size = props["core_area"] * mpp**2 if "core_area" in props else area
