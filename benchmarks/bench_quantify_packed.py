@@ -48,7 +48,7 @@ def run_case(
     from her2score.quantify import cells as cells_mod
     from her2score.quantify import quantify_file
 
-    rgb, _truth = render_ihc_patch(
+    rgb, truth = render_ihc_patch(
         category,
         (size, size),
         mpp,
@@ -76,6 +76,8 @@ def run_case(
     finally:
         cells_mod.unstained_floor = original
     row = res.row
+    true_tumour = truth[truth["is_tumour"]]
+    true_ic = float((true_tumour["membrane_class"].astype(str) == "intense-complete").mean())
     cells = pd.read_parquet(res.cells_path)
     tumour = cells[cells["is_tumour"]]
     shares = tumour["membrane_class"].astype(str).value_counts(normalize=True)
@@ -97,6 +99,7 @@ def run_case(
         "cyto": float(np.median(cyto)) if len(cyto) else np.nan,
         "stains": row.get("stain_vectors", ""),
         "n_tum": len(tumour),
+        "true_ic": true_ic,
         "classes": " ".join(f"{SHORT[k]}{100 * v:.0f}" for k, v in shares.items() if v >= 0.02),
         "cpu_s": cpu,
         "wall_s": wall,
@@ -130,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{r['arch']:5} {r['truth']:2} blush {blush:.2f} {mpp} µm/px {size:5d} px "
                                 f"{r['mode']:5} -> {r['category']:2} index {r['index']:.3f} "
                                 f"H {r['h_score']:5.1f} bg {r['bg']} floor {r['floor']} "
-                                f"cyto {r['cyto']:.3f} {r['stains']} n {r['n_tum']} | {r['classes']} "
+                                f"cyto {r['cyto']:.3f} {r['stains']} n {r['n_tum']} | true IC{100 * r['true_ic']:.0f} | {r['classes']} "
                                 f"({r['cpu_s']:.1f} CPU s)",
                                 flush=True,
                             )
     frame = pd.DataFrame(rows)
-    print(f"\n{len(frame)} fields, {time.process_time() - c0:.0f} CPU s, {time.perf_counter() - t0:.0f} s wall")
+    print(
+        f"\n{len(frame)} fields, {time.process_time() - c0:.0f} CPU s, {time.perf_counter() - t0:.0f} s wall"
+    )
     bad = 0
     for (arch, mpp, px), g in frame.groupby(["arch", "mpp", "px"]):
         threes = g[g["truth"] == "3+"]
