@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{r['arch']:5} {r['truth']:2} blush {blush:.2f} {mpp} µm/px {size:5d} px "
                                 f"{r['mode']:5} -> {r['category']:2} index {r['index']:.3f} "
                                 f"H {r['h_score']:5.1f} bg {r['bg']} floor {r['floor']} "
-                                f"cyto {r['cyto']:.3f} {r['stains']} n {r['n_tum']} | true IC{100 * r['true_ic']:.0f} | {r['classes']} "
+                                f"cyto {r['cyto']:.3f} {r['stains']} n {r['n_tum']} | "
+                                f"true IC{100 * r['true_ic']:.0f} | {r['classes']} "
                                 f"({r['cpu_s']:.1f} CPU s)",
                                 flush=True,
                             )
