@@ -14,7 +14,8 @@ DAB, the unstained floor(s), the stain-vector source and the membrane-class shar
 3+ reads 2+ or lower or has an index below a 2+'s of the same layout.
 
 ``--dab-gain 0.45`` weakens all membrane staining to the real scale of a 3+ (the 90th percentile of
-the 3+ membranes 0.43-0.58 OD instead of 0.76-1.33 on 768² fields; the 1+ then fall below the faint threshold).
+the 3+ membranes 0.43-0.58 OD instead of 0.76-1.33 on 768² fields; the 1+ then fall below the faint
+threshold).
 
 Run: .venv/bin/python benchmarks/bench_quantify_packed.py [--size 768] [--core 2048] [--mpp 0.4,0.5]
 [--blush 0,0.1,0.2,0.3] [--dab-gain 0.7]
