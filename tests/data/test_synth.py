@@ -312,3 +312,15 @@ def test_whole_slide_layouts_carry_artefacts_sometimes():
         kinds["dust"] += bool((layout.cells["kind"] == 4).any())
         assert 0.05 < (layout.fields["tissue"] > 0.5).mean() < 0.8
     assert all(0 < count < 12 for count in kinds.values()), kinds
+
+
+def test_patch_packed_with_tumour_and_a_blush():
+    """``tumour_fraction=1.0``: tumour over all of the tissue (no stroma cells); ``blush`` darkens it in
+    DAB; the category still holds (bench_quantify_packed.py's fields)."""
+    _, drawn = render_ihc_patch("1+", size=(256, 256), seed=2)
+    packed, cells = render_ihc_patch("1+", size=(256, 256), seed=2, tumour_fraction=1.0)
+    blushed, _ = render_ihc_patch("1+", size=(256, 256), seed=2, tumour_fraction=1.0, blush=0.25)
+    assert (drawn["cell_type"] != "tumour").any()
+    assert (cells["cell_type"] == "tumour").all()
+    assert her2_category(_tumour(cells)["membrane_class"]) == "1+"
+    assert blushed.mean() < packed.mean() - 10

@@ -680,6 +680,33 @@ def test_her2_index_counts_membrane_dab_above_the_image_background() -> None:
     assert acc.summary(Thresholds())["her2_index"] == pytest.approx(100 * 0.20, abs=0.2)  # top tenth
 
 
+def test_background_of_a_field_packed_with_stained_tumour_is_capped() -> None:
+    """In a field packed with stained tumour (glands or sheets back to back, a gastric TMA core) the
+    tissue outside every cell is the thin space between membranes and the palest cytoplasm carries
+    the blush: read as "background" they would rise with the staining (0.3-0.44 OD in tiles of a
+    synthetic 3+ core) and be taken off every membrane. Unstained tissue reads at most 0.17 OD on
+    the real scans, so the background stops at MAX_BACKGROUND_DAB_OD; a real tint below it is kept."""
+    from her2score.quantify.cells import CellSegmentation
+    from her2score.quantify.membrane import MAX_BACKGROUND_DAB_OD, background_dab
+
+    cells = np.zeros((100, 100), np.int32)
+    cells[2:98, 2:49], cells[2:98, 51:98] = 1, 2  # two cells filling the field, a thin gap between
+    seg = CellSegmentation(nuclei=cells, cells=cells, rings=cells, cytoplasm=cells, hematoxylin_threshold=0.0)
+    hema = np.full(cells.shape, 0.05, np.float32)
+    stained = np.full(cells.shape, 0.40, np.float32)  # the gap lies in the membranes' blur
+    assert 0.15 <= MAX_BACKGROUND_DAB_OD <= 0.25
+    assert background_dab(seg, hema, stained, np.array([0.3, 0.3])) == pytest.approx(MAX_BACKGROUND_DAB_OD)
+    packed = CellSegmentation(
+        nuclei=np.ones_like(cells),
+        cells=np.ones_like(cells),
+        rings=cells,
+        cytoplasm=cells,
+        hematoxylin_threshold=0.0,
+    )  # no tissue outside the cells: the palest cytoplasm (a 0.3 OD blush) is the fallback
+    assert background_dab(packed, hema, stained, np.full(20, 0.3)) == pytest.approx(MAX_BACKGROUND_DAB_OD)
+    assert background_dab(packed, hema, stained, np.full(20, 0.12)) == pytest.approx(0.12)
+
+
 def test_top_decile_index_follows_the_ten_percent_rule() -> None:
     """``her2_index``: the mean per-cell index of the most strongly stained tenth of the tumour
     cells. A heterogeneous 3+ (intense complete membranes in 20 % of the cells, the rest unstained)

@@ -444,6 +444,14 @@ EMPTY_OD = 0.04
 MIN_EXTRACELLULAR_FRACTION = 0.01
 #: ... as this quantile of the extracellular tissue's DAB (stroma, not the occasional stained fibre).
 BACKGROUND_QUANTILE = 0.25
+#: The background is at most this DAB OD. Unstained tissue reads 0.02-0.17 OD on the real BCI scans
+#: (the darkest, dimmest of them); a higher reading is stain, not background: in a field packed with
+#: stained tumour (glands or sheets back to back, little stroma: a gastric TMA core) the "tissue
+#: outside every cell" is the thin space between cells, lying in the blur of their membranes, and
+#: the palest cytoplasm carries the blush. Measured on such synthetic fields
+#: (``benchmarks/bench_quantify_packed.py``) it reached 0.3-0.44 OD in tiles of a 3+ core, which
+#: the index would then subtract from every membrane of that tile.
+MAX_BACKGROUND_DAB_OD = 0.2
 
 
 def background_dab(
@@ -461,7 +469,7 @@ def background_dab(
     The :data:`BACKGROUND_QUANTILE` of DAB over tissue outside every cell (not empty: total OD at
     least :data:`EMPTY_OD`), when that covers at least :data:`MIN_EXTRACELLULAR_FRACTION` of the
     image; else (a field packed with cells) the lower decile of the cells' cytoplasm DAB; 0 without
-    either.
+    either; at most :data:`MAX_BACKGROUND_DAB_OD` (more is stain, not an unstained background).
     """
     from her2score.quantify.kernels import box_mean
 
@@ -470,9 +478,10 @@ def background_dab(
         total = box_mean(hematoxylin + dab, 3)
         values = dab[outside & (total >= EMPTY_OD)]
         if values.size >= MIN_EXTRACELLULAR_FRACTION * dab.size:
-            return float(np.quantile(values[:: max(1, values.size // 200_000)], BACKGROUND_QUANTILE))
+            level = np.quantile(values[:: max(1, values.size // 200_000)], BACKGROUND_QUANTILE)
+            return float(min(level, MAX_BACKGROUND_DAB_OD))
     if len(cytoplasm_dab):
-        return float(np.quantile(cytoplasm_dab, 0.1))
+        return float(min(np.quantile(cytoplasm_dab, 0.1), MAX_BACKGROUND_DAB_OD))
     return 0.0
 
 

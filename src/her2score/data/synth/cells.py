@@ -288,8 +288,12 @@ def build_layout(
     *,
     whole_slide: bool = True,
     artefacts: bool = True,
+    tumour_fraction: float | None = None,
 ) -> Layout:
-    """Draw the regions and cells of one section of ``shape`` (h, w) level-0 px at ``mpp`` µm/px."""
+    """Draw the regions and cells of one section of ``shape`` (h, w) level-0 px at ``mpp`` µm/px.
+
+    ``tumour_fraction`` (0..1) sets the share of the tissue that is tumour instead of the drawn one (a
+    core packed with tumour: 1.0); the random draws are the same either way."""
     h, w = shape
     factor = max(1, round(COARSE_MPP / mpp))
     hc, wc = -(-h // factor), -(-w // factor)
@@ -303,12 +307,15 @@ def build_layout(
     inside = tissue > 0.5
 
     g = case.grade
+    wanted_fraction = tumour_fraction
     tumour_fraction = float(np.clip(rng.normal(0.3 + 0.3 * g, 0.08), 0.15, 0.75))
     if not whole_slide:
         tumour_fraction = float(np.clip(tumour_fraction + 0.15, 0.25, 0.85))
     nest_scale = rng.uniform(25, 60) * um
     if case.architecture == "glandular":  # glands crowd larger tumour areas (a gastric core is mostly tumour)
         tumour_fraction, nest_scale = min(tumour_fraction + 0.25, 0.9), 2 * nest_scale
+    if wanted_fraction is not None:
+        tumour_fraction = float(wanted_fraction)
     tumour = _threshold_fraction(_smooth_noise((hc, wc), nest_scale, rng), inside, tumour_fraction)
     rest = inside & (tumour < 0.5)
     fat = _threshold_fraction(_smooth_noise((hc, wc), 60 * um, rng), rest, rng.uniform(0.0, 0.35))

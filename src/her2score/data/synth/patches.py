@@ -61,6 +61,9 @@ def render_ihc_patch(
     site: int = 0,
     marker: str = "her2",
     architecture: str = "solid",
+    tumour_fraction: float | None = None,
+    blush: float | None = None,
+    dab_gain: float | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Render one IHC patch of ``size`` (width, height) px at ``mpp`` µm/px and its per-cell truth.
 
@@ -70,11 +73,21 @@ def render_ihc_patch(
     ``architecture="glandular"`` draws the tumour as tubular glands of columnar cells
     (:mod:`~her2score.data.synth.glands`; truth gains ``membrane_pattern``, ring or basolateral, and
     basolateral "U" membranes count as complete, as the gastric rulebook reads them).
+    ``tumour_fraction`` (share of the tissue that is tumour; 1.0: a field packed with tumour) and
+    ``blush`` (cytoplasmic DAB of the tumour cells, OD) and ``dab_gain`` (the section's membrane
+    staining strength, x the site's; 0.45 brings the 3+ membranes' 90th percentile to the 0.4-0.6 OD of
+    real scans, and the 1+ below the faint threshold) replace the drawn ones (None: drawn).
     """
     rng = _rng(0, category, seed, site, marker)
     case = _case(category, marker, rng, architecture)
     w, h = int(size[0]), int(size[1])
-    layout = build_layout((h, w), mpp, case, rng, whole_slide=False, artefacts=False)
+    layout = build_layout(
+        (h, w), mpp, case, rng, whole_slide=False, artefacts=False, tumour_fraction=tumour_fraction
+    )
+    if blush is not None:
+        layout.blush = float(blush)
+    if dab_gain is not None:
+        layout.dab_gain = float(dab_gain)
     stamps = make_stamps(mpp, case.grade, rng)
     style = site_style(site)
     rgb = render_region(layout, stamps, style, 0, 0, h, w, "ihc")
