@@ -637,6 +637,16 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     (long axes within ``palisade_max_angle_deg``, the neighbour itself elongated at least 1.5 x) whose
     centre lies within ``palisade_radius_um`` and beside it (offset across the long axis at least half
     a nucleus width, along it at most ``palisade_max_offset`` x the candidate's length).
+
+    A columnar epithelium is one layer (pseudostratified at most: its nuclei are staggered *beside*
+    each other) between a free surface and the stroma: beyond one end of each nucleus, along its long
+    axis, lie its cell's apex and the lumen, beyond the other the basement membrane. Smooth muscle
+    (muscularis, vessel walls) and other fascicles are sheets many cells deep whose nuclei are
+    stacked end to end as well as side by side. So a candidate is *not* in a palisade when beyond each
+    of its two tips lies a near-parallel elongated nucleus: its centre past the tip and within half the
+    candidate's length of its axis, its near tip within ``palisade_free_end`` x that length of the tip
+    (a window about one nucleus long and wide beyond each tip). A two-tier pseudostratified layer keeps
+    a free end on every nucleus (the lower tier faces the basement membrane, the upper the lumen).
     """
     n = len(props["area"])
     out = np.zeros(n, dtype=bool)
@@ -652,9 +662,14 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     tree = cKDTree(np.column_stack([y_um, x_um]))
     theta = props["orientation"]
     max_angle = np.deg2rad(t.palisade_max_angle_deg)
+    # The window beyond each tip: across the axis by at most ``band`` either side, past the tip by at most
+    # ``reach`` (a nucleus's length wide and deep by default).
+    band = 0.5 * major_um
+    reach = t.palisade_free_end * major_um
+    radius = np.maximum(t.palisade_radius_um, np.hypot(0.5 * major_um + reach, band))[cand]
     for i, near in zip(
         cand,
-        tree.query_ball_point(np.column_stack([y_um[cand], x_um[cand]]), t.palisade_radius_um),
+        tree.query_ball_point(np.column_stack([y_um[cand], x_um[cand]]), radius),
         strict=True,
     ):
         j = np.asarray([k for k in near if k != i], dtype=np.int64)
@@ -664,13 +679,20 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
         dy, dx = y_um[j] - y_um[i], x_um[j] - x_um[i]
         along = dx * np.cos(theta[i]) + dy * np.sin(theta[i])
         across = -dx * np.sin(theta[i]) + dy * np.cos(theta[i])
+        parallel = (diff <= max_angle) & (elongation[j] >= 1.5)
         ok = (
-            (diff <= max_angle)
-            & (elongation[j] >= 1.5)
+            parallel
+            & (np.hypot(dy, dx) <= t.palisade_radius_um)
             & (np.abs(across) >= 0.5 * minor_um[i])
             & (np.abs(along) <= t.palisade_max_offset * major_um[i])
         )
         out[i] = bool((ok & (across > 0)).any() and (ok & (across < 0)).any())
+        if out[i] and reach[i] > 0:
+            # An in-line neighbour's centre lies beyond this nucleus's tip, its near tip within ``reach``.
+            gap = np.abs(along) - 0.5 * (major_um[i] + major_um[j])
+            beyond = np.abs(along) > 0.5 * major_um[i]
+            in_line = parallel & beyond & (np.abs(across) <= band[i]) & (gap <= reach[i])
+            out[i] = not ((in_line & (along > 0)).any() and (in_line & (along < 0)).any())
     return out
 
 
