@@ -643,10 +643,10 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     axis, lie its cell's apex and the lumen, beyond the other the basement membrane. Smooth muscle
     (muscularis, vessel walls) and other fascicles are sheets many cells deep whose nuclei are
     stacked end to end as well as side by side. So a candidate is *not* in a palisade when beyond each
-    of its two tips lies a near-parallel elongated nucleus: its centre past the tip and within half the
-    candidate's length of its axis, its near tip within ``palisade_free_end`` x that length of the tip
-    (a window about one nucleus long and wide beyond each tip). A two-tier pseudostratified layer keeps
-    a free end on every nucleus (the lower tier faces the basement membrane, the upper the lumen).
+    of its two tips lies a near-parallel elongated nucleus wholly past the tip (not overlapping it
+    along the axis, as staggered pseudostratified neighbours do), its near tip within
+    ``palisade_free_end`` x the candidate's length of the tip and its centre within half that length
+    of the candidate's axis (a window one nucleus long and wide beyond each tip).
     """
     n = len(props["area"])
     out = np.zeros(n, dtype=bool)
@@ -666,7 +666,9 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     # ``reach`` (a nucleus's length wide and deep by default).
     band = 0.5 * major_um
     reach = t.palisade_free_end * major_um
-    radius = np.maximum(t.palisade_radius_um, np.hypot(0.5 * major_um + reach, band))[cand]
+    # ... so neighbours are searched as far as the centre of the longest elongated nucleus there could be.
+    longest = float(np.max(major_um[elongation >= 1.5], initial=0.0))
+    radius = np.maximum(t.palisade_radius_um, np.hypot(0.5 * (major_um + longest) + reach, band))[cand]
     for i, near in zip(
         cand,
         tree.query_ball_point(np.column_stack([y_um[cand], x_um[cand]]), radius),
@@ -688,10 +690,11 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
         )
         out[i] = bool((ok & (across > 0)).any() and (ok & (across < 0)).any())
         if out[i] and reach[i] > 0:
-            # An in-line neighbour's centre lies beyond this nucleus's tip, its near tip within ``reach``.
+            # An in-line neighbour lies wholly past this nucleus's tip (``gap`` > 0: a pseudostratified
+            # neighbour, staggered by up to a nucleus length, overlaps it along the axis), its near tip
+            # within ``reach`` of the tip.
             gap = np.abs(along) - 0.5 * (major_um[i] + major_um[j])
-            beyond = np.abs(along) > 0.5 * major_um[i]
-            in_line = parallel & beyond & (np.abs(across) <= band[i]) & (gap <= reach[i])
+            in_line = parallel & (np.abs(across) <= band[i]) & (gap > 0) & (gap <= reach[i])
             out[i] = not ((in_line & (along > 0)).any() and (in_line & (along < 0)).any())
     return out
 

@@ -125,8 +125,8 @@ class Thresholds:
     palisade_max_angle_deg: float = 40.0
     palisade_max_offset: float = 1.0
     #: ... and a palisade is one layer facing a free surface (a lumen on the apical side, stroma on the
-    #: basal side): a nucleus with a near-parallel elongated nucleus in line beyond *both* of its tips
-    #: (within half its length of its axis, the near tip within this many of its lengths past its tip)
+    #: basal side): a nucleus with a near-parallel elongated nucleus in line wholly past *both* of its
+    #: tips (within half its length of its axis, the near tip within this many of its lengths of the tip)
     #: lies in a many-layered sheet of spindles (smooth muscle, a fascicle), not in an epithelium. 0: off.
     palisade_free_end: float = 1.0
     #: An elongated nucleus whose edge lies within this distance (µm) of empty space (a vessel's lumen)
