@@ -82,6 +82,38 @@ def test_the_nuclear_mode_takes_a_palisade_for_epithelium_too() -> None:
     assert (off[:12] == 2).all()
 
 
+def test_a_sheet_of_smooth_muscle_is_not_a_palisade_but_a_stratified_one_is() -> None:
+    """Smooth muscle (16-18 x 3.3 µm nuclei, 7.5 µm apart side by side, staggered, 8 rows deep) has
+    nuclei in line beyond both tips: only its first and last rows (a free end) may pass as a palisade.
+    A two-tier pseudostratified palisade (neighbours staggered by up to a nucleus length) keeps a free
+    end on every nucleus and stays epithelium."""
+    from her2score.quantify.nuclear import NuclearThresholds, nucleus_kinds
+
+    t = Thresholds()
+    rng = np.random.default_rng(1)
+    cols, rows = 12, 8
+    col = np.repeat(np.arange(cols), rows)
+    row = np.tile(np.arange(rows), cols)
+    y = row * 24.0 + (col % 2) * 12.0 + rng.uniform(-2, 2, col.size)
+    muscle = _props(
+        y, col * 7.5 + rng.uniform(-0.7, 0.7, col.size), rng.uniform(16, 18, col.size), 3.3, np.pi / 2
+    )
+    strat = _props(np.where(np.arange(16) % 2, 8.0, 0.0) + 500, np.arange(16) * 7.0, 12.0, 4.0, np.pi / 2)
+    props = {k: np.concatenate([muscle[k], strat[k]]) for k in muscle}
+    inner = np.r_[(row > 0) & (row < rows - 1), np.zeros(16, bool)]
+    for kinds in (
+        cell_kinds(props, MPP, t, props["y"], props["x"]) == "tumour",
+        nucleus_kinds(props, MPP, t, NuclearThresholds()) == 0,
+    ):
+        assert not kinds[inner].any()
+        assert kinds[col.size + 1 : -1].all()
+    # Without the free-end rule most of the sheet passed as columnar epithelium (the specificity hole).
+    off = dataclasses.replace(t, palisade_free_end=0.0)
+    assert (cell_kinds(props, MPP, off, props["y"], props["x"])[inner] == "tumour").mean() > 0.5
+    with pytest.raises(ConfigError, match="palisade_free_end"):
+        Thresholds(palisade_free_end=-1)
+
+
 @pytest.mark.parametrize("rules", ["breast", "gastric"])
 def test_columnar_gland_cells_with_intense_complete_membranes_read_3plus(rules: str) -> None:
     rgb, truth = render_ihc_patch("3+", (384, 384), MPP, seed=0, architecture="glandular")

@@ -646,6 +646,16 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     (long axes within ``palisade_max_angle_deg``, the neighbour itself elongated at least 1.5 x) whose
     centre lies within ``palisade_radius_um`` and beside it (offset across the long axis at least half
     a nucleus width, along it at most ``palisade_max_offset`` x the candidate's length).
+
+    A columnar epithelium is one layer (pseudostratified at most: its nuclei are staggered *beside*
+    each other) between a free surface and the stroma: beyond one end of each nucleus, along its long
+    axis, lie its cell's apex and the lumen, beyond the other the basement membrane. Smooth muscle
+    (muscularis, vessel walls) and other fascicles are sheets many cells deep whose nuclei are
+    stacked end to end as well as side by side. So a candidate is *not* in a palisade when beyond each
+    of its two tips lies a near-parallel elongated nucleus wholly past the tip (not overlapping it
+    along the axis, as staggered pseudostratified neighbours do), its near tip within
+    ``palisade_free_end`` x the candidate's length of the tip and its centre within half that length
+    of the candidate's axis (a window one nucleus long and wide beyond each tip).
     """
     n = len(props["area"])
     out = np.zeros(n, dtype=bool)
@@ -661,9 +671,16 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
     tree = cKDTree(np.column_stack([y_um, x_um]))
     theta = props["orientation"]
     max_angle = np.deg2rad(t.palisade_max_angle_deg)
+    # The window beyond each tip: across the axis by at most ``band`` either side, past the tip by at most
+    # ``reach`` (a nucleus's length wide and deep by default).
+    band = 0.5 * major_um
+    reach = t.palisade_free_end * major_um
+    # ... so neighbours are searched as far as the centre of the longest elongated nucleus there could be.
+    longest = float(np.max(major_um[elongation >= 1.5], initial=0.0))
+    radius = np.maximum(t.palisade_radius_um, np.hypot(0.5 * (major_um + longest) + reach, band))[cand]
     for i, near in zip(
         cand,
-        tree.query_ball_point(np.column_stack([y_um[cand], x_um[cand]]), t.palisade_radius_um),
+        tree.query_ball_point(np.column_stack([y_um[cand], x_um[cand]]), radius),
         strict=True,
     ):
         j = np.asarray([k for k in near if k != i], dtype=np.int64)
@@ -673,13 +690,21 @@ def palisade(props: dict[str, np.ndarray], mpp: float, t: Thresholds, candidates
         dy, dx = y_um[j] - y_um[i], x_um[j] - x_um[i]
         along = dx * np.cos(theta[i]) + dy * np.sin(theta[i])
         across = -dx * np.sin(theta[i]) + dy * np.cos(theta[i])
+        parallel = (diff <= max_angle) & (elongation[j] >= 1.5)
         ok = (
-            (diff <= max_angle)
-            & (elongation[j] >= 1.5)
+            parallel
+            & (np.hypot(dy, dx) <= t.palisade_radius_um)
             & (np.abs(across) >= 0.5 * minor_um[i])
             & (np.abs(along) <= t.palisade_max_offset * major_um[i])
         )
         out[i] = bool((ok & (across > 0)).any() and (ok & (across < 0)).any())
+        if out[i] and reach[i] > 0:
+            # An in-line neighbour lies wholly past this nucleus's tip (``gap`` > 0: a pseudostratified
+            # neighbour, staggered by up to a nucleus length, overlaps it along the axis), its near tip
+            # within ``reach`` of the tip.
+            gap = np.abs(along) - 0.5 * (major_um[i] + major_um[j])
+            in_line = parallel & (np.abs(across) <= band[i]) & (gap > 0) & (gap <= reach[i])
+            out[i] = not ((in_line & (along > 0)).any() and (in_line & (along < 0)).any())
     return out
 
 

@@ -124,6 +124,11 @@ class Thresholds:
     palisade_min_width_um: float = 3.0
     palisade_max_angle_deg: float = 40.0
     palisade_max_offset: float = 1.0
+    #: ... and a palisade is one layer facing a free surface (a lumen on the apical side, stroma on the
+    #: basal side): a nucleus with a near-parallel elongated nucleus in line wholly past *both* of its
+    #: tips (within half its length of its axis, the near tip within this many of its lengths of the tip)
+    #: lies in a many-layered sheet of spindles (smooth muscle, a fascicle), not in an epithelium. 0: off.
+    palisade_free_end: float = 1.0
     #: An elongated nucleus whose edge lies within this distance (µm) of empty space (a vessel's lumen)
     #: is endothelial rather than stromal.
     lumen_distance_um: float = 3.0
@@ -200,9 +205,15 @@ class Thresholds:
             raise ConfigError(
                 f"darker_neighbour_ratio must be 0 (off) or at least 1 (got {self.darker_neighbour_ratio})"
             )
-        if self.palisade_radius_um < 0 or self.palisade_min_width_um < 0 or self.palisade_max_offset <= 0:
+        if (
+            self.palisade_radius_um < 0
+            or self.palisade_min_width_um < 0
+            or self.palisade_max_offset <= 0
+            or self.palisade_free_end < 0
+        ):
             raise ConfigError(
-                "need palisade_radius_um >= 0 (0: off), palisade_min_width_um >= 0, palisade_max_offset > 0"
+                "need palisade_radius_um >= 0 (0: off), palisade_min_width_um >= 0, palisade_max_offset > 0,"
+                " palisade_free_end >= 0 (0: off)"
             )
         if not 0 <= self.palisade_max_angle_deg <= 90:
             raise ConfigError(
