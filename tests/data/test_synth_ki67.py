@@ -33,8 +33,10 @@ def test_sweep_conditions_change_only_what_they_name() -> None:
 
 
 def test_all_nuclei_truth_counts_every_kind() -> None:
-    _, truth = render_ki67_tile(0.3, size=160, seed=2)
-    tumour = truth["kind"] == "tumour"
-    assert true_ki67_index(truth) == 100.0 * truth.loc[tumour, "positive"].mean()
-    assert true_all_nuclei_index(truth) == 100.0 * truth["positive"].mean()
-    assert (~tumour).any()
+    """The clinical index counts tumour nuclei only; the all-nuclei index every nucleus: positive
+    (cycling) lymphocytes raise only the second, negative stroma lowers only the second."""
+    _, none_cycling = render_ki67_tile(0.5, size=160, seed=2, cycling_lymphocytes=0.0)
+    assert 0 < true_all_nuclei_index(none_cycling) < true_ki67_index(none_cycling)
+    _, only_lymphocytes = render_ki67_tile(0.0, size=160, seed=2, cycling_lymphocytes=1.0)
+    assert true_ki67_index(only_lymphocytes) == 0.0
+    assert true_all_nuclei_index(only_lymphocytes) > 0.0

@@ -55,6 +55,7 @@ def synth(
     """
     from her2score.cli.checks import check_output_dir
     from her2score.data.synth import make_cohort
+    from her2score.data.synth.glands import ARCHITECTURES
 
     level0 = float(mpp)
     if not 0.1 <= level0 <= 2.0:
@@ -67,8 +68,10 @@ def synth(
         raise ConfigError(f"--size-mm {size_mm} is outside 0.5-50 mm", out)
     if kind not in ("slides", "pairs"):
         raise ConfigError(f"--kind must be 'slides' or 'pairs', not {kind!r}", out)
-    if architecture not in ("solid", "glandular"):
-        raise ConfigError(f"--architecture must be 'solid' or 'glandular', not {architecture!r}", out)
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(
+            f"--architecture must be one of {', '.join(ARCHITECTURES)}, not {architecture!r}", out
+        )
     if architecture != "solid" and kind != "slides":
         raise ConfigError("--architecture glandular is drawn for --kind slides only", out)
     marker_list = [m.strip().lower() for m in markers.split(",") if m.strip()]
@@ -85,9 +88,8 @@ def synth(
         "n_sites": sites,
         "patch_size": patch_size,
         "workers": workers,
+        "architecture": architecture,
     }
-    if architecture != "solid":
-        kwargs["architecture"] = architecture
     if quiet:
         manifest = make_cohort(out, n, seed=seed, kind=kind, **kwargs)
     else:

@@ -307,16 +307,15 @@ def build_layout(
     inside = tissue > 0.5
 
     g = case.grade
-    wanted_fraction = tumour_fraction
-    tumour_fraction = float(np.clip(rng.normal(0.3 + 0.3 * g, 0.08), 0.15, 0.75))
+    # The drawn share of tumour (always drawn, so that the random stream is the same whatever is asked).
+    drawn = float(np.clip(rng.normal(0.3 + 0.3 * g, 0.08), 0.15, 0.75))
     if not whole_slide:
-        tumour_fraction = float(np.clip(tumour_fraction + 0.15, 0.25, 0.85))
+        drawn = float(np.clip(drawn + 0.15, 0.25, 0.85))
     nest_scale = rng.uniform(25, 60) * um
     if case.architecture == "glandular":  # glands crowd larger tumour areas (a gastric core is mostly tumour)
-        tumour_fraction, nest_scale = min(tumour_fraction + 0.25, 0.9), 2 * nest_scale
-    if wanted_fraction is not None:
-        tumour_fraction = float(wanted_fraction)
-    tumour = _threshold_fraction(_smooth_noise((hc, wc), nest_scale, rng), inside, tumour_fraction)
+        drawn, nest_scale = min(drawn + 0.25, 0.9), 2 * nest_scale
+    share = drawn if tumour_fraction is None else float(tumour_fraction)
+    tumour = _threshold_fraction(_smooth_noise((hc, wc), nest_scale, rng), inside, share)
     rest = inside & (tumour < 0.5)
     fat = _threshold_fraction(_smooth_noise((hc, wc), 60 * um, rng), rest, rng.uniform(0.0, 0.35))
     lymph = _threshold_fraction(
